@@ -1,0 +1,314 @@
+//! The Raft log store: entries in the `log` column family, vote / committed / last-purged in
+//! `raft`.
+//!
+//! Durability (DESIGN.md §1.1): an append is written as one batch and fsynced before openraft
+//! is told it is flushed, and the vote is fsynced before `save_vote` returns. Purge and truncate
+//! leave no holes, and purge never goes past the purge gate.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
+use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
+
+use super::db::{self, cf, CF_LOG, CF_RAFT};
+use super::error::{blocking, to_raft, StoreError};
+use super::gate::PurgeGate;
+use crate::keys::{decode_index_key, index_key};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    gate: PurgeGate,
+    /// The latest committed index openraft told us about (0: none yet).
+    committed: Arc<AtomicU64>,
+    sizes: Arc<Mutex<Sizes>>,
+}
+
+/// The encoded size of the entries the log holds, as a running total by index (counted from the
+/// first entry present when the store opened), so the bytes between two indices are one
+/// subtraction: what the archive backlog is measured in.
+#[derive(Default)]
+struct Sizes(BTreeMap<u64, u64>);
+
+impl Sizes {
+    /// The running total through the greatest index at or below `index` (0 below the first).
+    fn through(&self, index: u64) -> u64 {
+        self.0.range(..=index).next_back().map_or(0, |(_, total)| *total)
+    }
+
+    fn push(&mut self, index: u64, bytes: u64) {
+        let total = self.through(index.saturating_sub(1)) + bytes;
+        self.0.split_off(&index);
+        self.0.insert(index, total);
+    }
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<DB>, gate: PurgeGate) -> Result<Self, StoreError> {
+        let committed: Option<LogId> = db::get(&db, CF_RAFT, KEY_COMMITTED)?;
+        let committed = Arc::new(AtomicU64::new(committed.map_or(0, |c| c.index)));
+        let mut sizes = Sizes::default();
+        for item in db.iterator_cf(cf(&db, CF_LOG), IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| StoreError::rocks("read log", e))?;
+            let index = decode_index_key(&key).ok_or_else(|| StoreError::Corrupt("malformed log key".into()))?;
+            sizes.push(index, value.len() as u64);
+        }
+        Ok(LogStore { db, gate, committed, sizes: Arc::new(Mutex::new(sizes)) })
+    }
+
+    /// Encoded bytes of the log entries after `after` (None: from the first) through `through`.
+    pub fn bytes_between(&self, after: Option<u64>, through: u64) -> u64 {
+        let sizes = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+        let base = after.map_or(0, |a| sizes.through(a));
+        sizes.through(through).saturating_sub(base)
+    }
+
+    /// The committed index as last saved by openraft: what the archiver may read up to.
+    pub fn committed_index(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+
+    /// Committed entries in `[from, to]` (inclusive), for readers outside openraft (archiving).
+    pub async fn read_range(&self, from: u64, to: u64) -> Result<Vec<Entry>, StoreError> {
+        let db = self.db.clone();
+        blocking(move || read_entries(&db, from, to.saturating_add(1))).await
+    }
+
+    /// Restore only: records an empty log that starts after `at`, committed up to it.
+    pub async fn seal_restored(&self, at: LogId) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        self.committed.store(at.index, Ordering::SeqCst);
+        blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_RAFT), KEY_LAST_PURGED, db::encode(&at));
+            batch.put_cf(cf(&db, CF_RAFT), KEY_COMMITTED, db::encode(&at));
+            db::write_synced(&db, batch, "seal restored log")
+        })
+        .await
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StoreError> {
+        db::get(&self.db, CF_RAFT, KEY_LAST_PURGED)
+    }
+}
+
+fn read_entries(db: &DB, start: u64, end_exclusive: u64) -> Result<Vec<Entry>, StoreError> {
+    let mut out = Vec::new();
+    let from = index_key(start);
+    let iter = db.iterator_cf(cf(db, CF_LOG), IteratorMode::From(&from, Direction::Forward));
+    for item in iter {
+        let (key, value) = item.map_err(|e| StoreError::rocks("read log", e))?;
+        let index = decode_index_key(&key).ok_or_else(|| StoreError::Corrupt("malformed log key".into()))?;
+        if index >= end_exclusive {
+            break;
+        }
+        out.push(db::decode::<Entry>(&value, "log")?);
+    }
+    Ok(out)
+}
+
+fn range_to_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = range_to_bounds(&range);
+        let db = self.db.clone();
+        blocking(move || read_entries(&db, start, end)).await.map_err(to_raft(StorageIOError::read_logs))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let read = to_raft(StorageIOError::read_logs);
+        let last_purged = self.last_purged().map_err(&read)?;
+        let db = self.db.clone();
+        let last = blocking(move || {
+            let mut iter = db.iterator_cf(cf(&db, CF_LOG), IteratorMode::End);
+            match iter.next() {
+                Some(item) => {
+                    let (_, value) = item.map_err(|e| StoreError::rocks("read last log entry", e))?;
+                    Ok(Some(db::decode::<Entry>(&value, "log")?.log_id))
+                }
+                None => Ok(None),
+            }
+        })
+        .await
+        .map_err(&read)?;
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        let bytes = db::encode(vote);
+        blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_RAFT), KEY_VOTE, bytes);
+            // DESIGN.md §1.1: a vote is durable before it is cast.
+            db::write_synced(&db, batch, "save vote")
+        })
+        .await
+        .map_err(to_raft(StorageIOError::write_vote))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        db::get(&self.db, CF_RAFT, KEY_VOTE).map_err(to_raft(StorageIOError::read_vote))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(c) = &committed {
+            self.committed.fetch_max(c.index, Ordering::SeqCst);
+        }
+        // Only the log id is stored; None is never saved over a known value.
+        let Some(committed) = committed else { return Ok(()) };
+        let db = self.db.clone();
+        let bytes = db::encode(&committed);
+        blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_RAFT), KEY_COMMITTED, bytes);
+            // Not synced: the committed index is a hint that openraft re-learns from a quorum.
+            db::write(&db, batch, "save committed")
+        })
+        .await
+        .map_err(to_raft(StorageIOError::write))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        db::get(&self.db, CF_RAFT, KEY_COMMITTED).map_err(to_raft(StorageIOError::read))
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let db = self.db.clone();
+        let encoded: Vec<([u8; 8], Vec<u8>)> =
+            entries.into_iter().map(|e| (index_key(e.log_id.index), db::encode(&e))).collect();
+        let sizes: Vec<(u64, u64)> = encoded.iter().map(|(k, v)| (u64::from_be_bytes(*k), v.len() as u64)).collect();
+        let result = blocking(move || {
+            let mut batch = WriteBatch::default();
+            let log = cf(&db, CF_LOG);
+            for (key, value) in encoded {
+                batch.put_cf(log, key, value);
+            }
+            // DESIGN.md §1.1: entries are on disk before openraft counts this node's ack.
+            db::write_synced(&db, batch, "append log entries")
+        })
+        .await;
+        match result {
+            Ok(()) => {
+                let mut totals = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+                for (index, bytes) in sizes {
+                    totals.push(index, bytes);
+                }
+                drop(totals);
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let io = std::io::Error::other(e.to_string());
+                callback.log_io_completed(Err(io));
+                Err(to_raft(StorageIOError::write_logs)(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.sizes.lock().unwrap_or_else(|e| e.into_inner()).0.split_off(&log_id.index);
+        let db = self.db.clone();
+        blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(cf(&db, CF_LOG), index_key(log_id.index), index_key(u64::MAX));
+            batch.delete_cf(cf(&db, CF_LOG), index_key(u64::MAX));
+            db::write_synced(&db, batch, "truncate log")
+        })
+        .await
+        .map_err(to_raft(StorageIOError::write_logs))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let limit = self.gate.limit();
+        let db = self.db.clone();
+        let already = self.last_purged().map_err(to_raft(StorageIOError::read_logs))?;
+        blocking(move || {
+            let mut upto = log_id;
+            if upto.index > limit {
+                // Keep what is not yet archived; openraft reads its state again on restart.
+                tracing::warn!(requested = upto.index, limit, "purge held back by the purge gate");
+                match read_entries(&db, limit, limit.saturating_add(1))?.pop() {
+                    Some(entry) => upto = entry.log_id,
+                    None => return Ok(0),
+                }
+            }
+            if already.is_some_and(|a| a.index >= upto.index) {
+                return Ok(0);
+            }
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_RAFT), KEY_LAST_PURGED, db::encode(&upto));
+            batch.delete_range_cf(cf(&db, CF_LOG), index_key(0), index_key(upto.index + 1));
+            db::write_synced(&db, batch, "purge log")?;
+            Ok(upto.index)
+        })
+        .await
+        .map(|upto| {
+            // Keep the purged entry's running total: the sums after it still subtract from it.
+            let mut sizes = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+            sizes.0 = sizes.0.split_off(&upto);
+        })
+        .map_err(to_raft(StorageIOError::write_logs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sizes;
+
+    #[test]
+    fn sizes_sum_the_bytes_between_indices_across_truncate_and_purge() {
+        let mut s = Sizes::default();
+        for i in 1..=5 {
+            s.push(i, 10 * i);
+        }
+        // 10 + 20 + 30 + 40 + 50
+        assert_eq!(s.through(5), 150);
+        assert_eq!(s.through(5) - s.through(2), 120);
+        // A conflicting append at 4 replaces 4 and 5.
+        s.push(4, 7);
+        assert_eq!(s.through(9), 67);
+        // Purging up to 3 keeps 3's running total.
+        s.0 = s.0.split_off(&3);
+        assert_eq!(s.through(4) - s.through(3), 7);
+        assert_eq!(s.through(0), 0);
+    }
+}

@@ -1,0 +1,326 @@
+//! The state machine: applies committed entries to the items, builds and installs snapshots.
+//!
+//! Invariant: the applied log id, membership, digest and revision counter are written in the
+//! same batch as the state changes they describe. A snapshot install is redone from its file on
+//! the next start if a crash interrupts it, so state is never left half installed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use rocksdb::{WriteBatch, DB};
+use tokio::sync::watch;
+
+use super::apply::{Applier, KEY_META};
+use super::db::{self, cf, CF_DIGESTS, CF_META};
+use super::error::{blocking, read_snapshot, to_raft, write_snapshot, StoreError};
+use super::loader::StateLoader;
+use super::reader::StateReader;
+use super::records::{DigestPoint, MachineMeta};
+use super::snapshot::{self, SnapshotHeader};
+use crate::command::CommandResult;
+use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// Present in `meta` while a snapshot install is under way.
+const KEY_INSTALLING: &[u8] = b"installing";
+pub(crate) const CURRENT: &str = "current.snap";
+const INCOMING: &str = "incoming.snap";
+const INSTALLING: &str = "installing.snap";
+
+pub struct StateMachine {
+    db: Arc<DB>,
+    dir: PathBuf,
+    meta: MachineMeta,
+    applied: watch::Sender<DigestPoint>,
+}
+
+impl StateMachine {
+    pub(crate) fn open(db: Arc<DB>, dir: PathBuf) -> Result<Self, StoreError> {
+        if db::get::<bool>(&db, CF_META, KEY_INSTALLING)?.is_some() {
+            tracing::warn!("finishing a snapshot install that a crash interrupted");
+            finish_install(&db, &dir)?;
+        }
+        remove_leftovers(&dir)?;
+        let meta: MachineMeta = db::get(&db, CF_META, KEY_META)?.unwrap_or_default();
+        let (applied, _) = watch::channel(meta.point());
+        Ok(StateMachine { db, dir, meta, applied })
+    }
+
+    /// Restore only: makes the replayed state the first state of a new cluster — applied at
+    /// `at` with `membership`, revisions continuing above `resync.floor` — and builds the Raft
+    /// snapshot new members will receive. The log store must be sealed at the same log id.
+    pub async fn seal_restored(
+        &mut self,
+        at: LogId,
+        membership: openraft::Membership<crate::NodeId, crate::Node>,
+        resync: super::ResyncRange,
+    ) -> Result<(), StoreError> {
+        let mut meta = self.meta.clone();
+        meta.applied = Some(at);
+        meta.membership = StoredMembership::new(Some(at), membership);
+        meta.revision = meta.revision.max(resync.floor);
+        meta.resync = Some(resync);
+        let db = self.db.clone();
+        let sealed = meta.clone();
+        blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(cf(&db, CF_DIGESTS), [].as_slice(), [0xffu8; 9].as_slice());
+            let point = sealed.point();
+            batch.put_cf(cf(&db, CF_DIGESTS), crate::keys::index_key(point.index), db::encode(&point));
+            batch.put_cf(cf(&db, CF_META), KEY_META, db::encode(&sealed));
+            db::write_synced(&db, batch, "seal restored state")
+        })
+        .await?;
+        self.meta = meta;
+        self.applied.send_replace(self.meta.point());
+        let mut builder = self.get_snapshot_builder().await;
+        builder.build_snapshot().await.map_err(|e| StoreError::Corrupt(format!("cannot build the snapshot: {e}")))?;
+        Ok(())
+    }
+
+    /// Restore only: starts loading a whole state (an archive snapshot's records) into this
+    /// machine, replacing its items and changes; `load_archived` finishes it.
+    pub fn loader(&self) -> StateLoader {
+        StateLoader::new(self.db.clone())
+    }
+
+    /// Restore only: checks what `loader` loaded against `expected` (digest and live items)
+    /// and records it as the state applied at `expected.applied`.
+    pub async fn load_archived(&mut self, loader: StateLoader, expected: MachineMeta) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        let meta = expected.clone();
+        blocking(move || {
+            loader.finish(meta.digest, meta.items, "archive snapshot")?;
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(cf(&db, CF_DIGESTS), [].as_slice(), [0xffu8; 9].as_slice());
+            let point = meta.point();
+            batch.put_cf(cf(&db, CF_DIGESTS), crate::keys::index_key(point.index), db::encode(&point));
+            batch.put_cf(cf(&db, CF_META), KEY_META, db::encode(&meta));
+            db::write_synced(&db, batch, "load archived state")
+        })
+        .await?;
+        self.meta = expected;
+        self.applied.send_replace(self.meta.point());
+        Ok(())
+    }
+
+    /// The read side, sharing this machine's database and apply notifications.
+    pub fn reader(&self) -> StateReader {
+        StateReader::new(self.db.clone(), self.applied.subscribe())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Loads `installing.snap` into the database and publishes it as the current snapshot.
+fn finish_install(db: &Arc<DB>, dir: &Path) -> Result<MachineMeta, StoreError> {
+    let installing = dir.join(INSTALLING);
+    let header = snapshot::load(db, &installing)?;
+    let mut machine = header.machine.clone();
+    machine.applied = header.meta.last_log_id;
+    machine.membership = header.meta.last_membership.clone();
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(cf(db, CF_DIGESTS), [].as_slice(), [0xffu8; 9].as_slice());
+    let point = machine.point();
+    batch.put_cf(cf(db, CF_DIGESTS), crate::keys::index_key(point.index), db::encode(&point));
+    batch.put_cf(cf(db, CF_META), KEY_META, db::encode(&machine));
+    batch.delete_cf(cf(db, CF_META), KEY_INSTALLING);
+    db::write_synced(db, batch, "finish snapshot install")?;
+    std::fs::rename(&installing, dir.join(CURRENT)).map_err(|e| StoreError::io(&installing, e))?;
+    sync_dir(dir)?;
+    Ok(machine)
+}
+
+/// Removes what a crash can leave behind while a snapshot was being built or received.
+fn remove_leftovers(dir: &Path) -> Result<(), StoreError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let removed = if name.starts_with("checkpoint-") {
+            std::fs::remove_dir_all(&path)
+        } else if name.starts_with("building-") || name == INCOMING {
+            std::fs::remove_file(&path)
+        } else {
+            continue;
+        };
+        removed.map_err(|e| StoreError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
+}
+
+/// Copies a snapshot's bytes from its start into `path` and fsyncs them.
+async fn copy_to(mut from: tokio::fs::File, path: &Path) -> Result<(), StoreError> {
+    use tokio::io::AsyncSeekExt;
+    let io = |e| StoreError::io(path, e);
+    from.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+    let mut to = tokio::fs::File::create(path).await.map_err(io)?;
+    tokio::io::copy(&mut from, &mut to).await.map_err(io)?;
+    to.sync_all().await.map_err(io)
+}
+
+async fn open_snapshot(path: PathBuf, meta: SnapshotMeta) -> Result<Snapshot, StoreError> {
+    let file = tokio::fs::File::open(&path).await.map_err(|e| StoreError::io(&path, e))?;
+    Ok(Snapshot { meta, snapshot: Box::new(file) })
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.meta.applied, self.meta.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let (db, meta) = (self.db.clone(), self.meta.clone());
+        let (results, meta) = blocking(move || {
+            let mut applier = Applier::new(&db, meta);
+            let results = entries.iter().map(|e| applier.apply(e)).collect::<Result<Vec<_>, _>>()?;
+            Ok((results, applier.commit()?))
+        })
+        .await
+        .map_err(to_raft(StorageIOError::write_state_machine))?;
+        self.meta = meta;
+        self.applied.send_replace(self.meta.point());
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Taken now, while no apply runs: the snapshot is exactly the state at `meta.applied`.
+        let (db, dir) = (self.db.clone(), self.dir.clone());
+        let id = format!(
+            "{}-{}-{}",
+            self.meta.applied.map_or(0, |l| l.leader_id.term),
+            self.meta.applied.map_or(0, |l| l.index),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros())
+        );
+        let checkpoint = dir.join(format!("checkpoint-{id}"));
+        let path = checkpoint.clone();
+        let made = blocking(move || {
+            let cp = rocksdb::checkpoint::Checkpoint::new(&db).map_err(|e| StoreError::rocks("checkpoint", e))?;
+            cp.create_checkpoint(&path).map_err(|e| StoreError::rocks("create checkpoint", e))
+        })
+        .await;
+        SnapshotBuilder { checkpoint: made.map(|()| checkpoint), dir, id, machine: self.meta.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.path(INCOMING);
+        // Read and write: install_snapshot reads back what the chunks wrote.
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| to_raft(write_snapshot)(StoreError::io(&path, e)))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let fail = to_raft(write_snapshot);
+        let installing = self.path(INSTALLING);
+        // Whatever file openraft hands over, its bytes become `installing.snap`, fsynced.
+        copy_to(*snapshot, &installing).await.map_err(&fail)?;
+        let _ = tokio::fs::remove_file(self.path(INCOMING)).await;
+        let (db, dir, meta) = (self.db.clone(), self.dir.clone(), meta.clone());
+        let machine = blocking(move || {
+            let header = snapshot::verify(&installing)?;
+            if header.meta.last_log_id != meta.last_log_id {
+                return Err(StoreError::Corrupt(format!(
+                    "received snapshot is at {:?}, openraft expected {:?}",
+                    header.meta.last_log_id, meta.last_log_id
+                )));
+            }
+            sync_dir(&dir)?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_META), KEY_INSTALLING, db::encode(&true));
+            db::write_synced(&db, batch, "mark snapshot install")?;
+            finish_install(&db, &dir)
+        })
+        .await
+        .map_err(&fail)?;
+        self.meta = machine;
+        self.applied.send_replace(self.meta.point());
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let path = self.path(CURRENT);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let read = to_raft(read_snapshot);
+        let p = path.clone();
+        let header = blocking(move || snapshot::read_header(&p)).await.map_err(&read)?;
+        open_snapshot(path, header.meta).await.map(Some).map_err(read)
+    }
+}
+
+/// Builds a snapshot from the checkpoint taken when it was created.
+pub struct SnapshotBuilder {
+    checkpoint: Result<PathBuf, StoreError>,
+    dir: PathBuf,
+    id: String,
+    machine: MachineMeta,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let fail = to_raft(write_snapshot);
+        let checkpoint = match &self.checkpoint {
+            Ok(p) => p.clone(),
+            Err(e) => return Err(fail(StoreError::Corrupt(format!("no checkpoint for the snapshot: {e}")))),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.machine.applied,
+            last_membership: self.machine.membership.clone(),
+            snapshot_id: self.id.clone(),
+        };
+        let header = SnapshotHeader { meta: meta.clone(), machine: self.machine.clone() };
+        let (dir, id) = (self.dir.clone(), self.id.clone());
+        let path = blocking(move || {
+            let result = write_from_checkpoint(&checkpoint, &dir, &id, &header);
+            let _ = std::fs::remove_dir_all(&checkpoint);
+            result
+        })
+        .await
+        .map_err(&fail)?;
+        open_snapshot(path, meta).await.map_err(fail)
+    }
+}
+
+fn write_from_checkpoint(
+    checkpoint: &Path,
+    dir: &Path,
+    id: &str,
+    header: &SnapshotHeader,
+) -> Result<PathBuf, StoreError> {
+    let names = DB::list_cf(&rocksdb::Options::default(), checkpoint)
+        .map_err(|e| StoreError::rocks("list checkpoint column families", e))?;
+    let view = DB::open_cf_for_read_only(&rocksdb::Options::default(), checkpoint, names, false)
+        .map_err(|e| StoreError::rocks("open checkpoint", e))?;
+    let building = dir.join(format!("building-{id}.snap"));
+    snapshot::write(&view, header, &building)?;
+    let current = dir.join(CURRENT);
+    std::fs::rename(&building, &current).map_err(|e| StoreError::io(&building, e))?;
+    sync_dir(dir)?;
+    Ok(current)
+}

@@ -1,0 +1,186 @@
+//! Store tests: openraft's storage suite, and the state machine's own promises (deterministic
+//! apply, preconditions, the digest).
+
+use openraft::storage::RaftStateMachine;
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+use tempfile::TempDir;
+
+use super::{open, LogStore, StateMachine};
+use crate::command::*;
+use crate::types::{StorageError, TypeConfig};
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+        let dir = TempDir::new().expect("temp dir");
+        let store = open(dir.path()).expect("open store");
+        Ok((dir, store.log, store.machine))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() {
+    Suite::test_all(Builder).expect("openraft's storage suite passes");
+}
+
+fn put(user: &str, id: &str, value: &str, if_revision: Option<u64>) -> Write {
+    Write {
+        user_id: user.into(),
+        ops: vec![Op::Put(PutOp {
+            collection: "contacts".into(),
+            item_id: id.into(),
+            value: value.as_bytes().to_vec(),
+            content_type: "text/plain".into(),
+            if_revision,
+        })],
+    }
+}
+
+fn delete(user: &str, id: &str, if_revision: Option<u64>) -> Write {
+    Write {
+        user_id: user.into(),
+        ops: vec![Op::Delete(DeleteOp { collection: "contacts".into(), item_id: id.into(), if_revision })],
+    }
+}
+
+fn entry(index: u64, writes: Vec<Write>) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Command { proposed_at_us: index as i64 * 1000, writes }),
+    }
+}
+
+async fn apply_all(sm: &mut StateMachine, entries: Vec<Entry<TypeConfig>>) -> Vec<CommandResult> {
+    sm.apply(entries).await.expect("apply")
+}
+
+fn sample_log() -> Vec<Entry<TypeConfig>> {
+    vec![
+        entry(1, vec![put("u1", "a", "1", None), put("u2", "a", "x", None)]),
+        entry(2, vec![put("u1", "b", "2", Some(0)), put("u1", "a", "1b", Some(1))]),
+        entry(3, vec![delete("u2", "a", None), put("u1", "c", "3", None)]),
+        entry(4, vec![put("u1", "a", "stale", Some(1)), delete("u1", "zzz", None)]),
+    ]
+}
+
+#[tokio::test]
+async fn apply_is_deterministic_across_nodes_and_batchings() {
+    let (d1, d2) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (mut one, mut two) = (open(d1.path()).unwrap(), open(d2.path()).unwrap());
+    // Node one applies the log in a single call, node two one entry at a time.
+    let r1 = apply_all(&mut one.machine, sample_log()).await;
+    let mut r2 = Vec::new();
+    for e in sample_log() {
+        r2.extend(apply_all(&mut two.machine, vec![e]).await);
+    }
+    assert_eq!(r1, r2);
+    let (p1, p2) = (one.reader.applied(), two.reader.applied());
+    assert_eq!(p1, p2);
+    assert_eq!(p1.index, 4);
+    assert_eq!(p1.revision, 6, "six ops applied, two rejected");
+    assert_eq!(p1.items, 3, "u1/a, u1/b, u1/c live; u2/a deleted");
+    let (c1, c2) = (one.reader.changes("u1", 0, 100).await.unwrap(), two.reader.changes("u1", 0, 100).await.unwrap());
+    assert_eq!(c1, c2);
+}
+
+#[tokio::test]
+async fn preconditions_are_checked_and_reported_with_the_current_revision() {
+    let dir = TempDir::new().unwrap();
+    let mut s = open(dir.path()).unwrap();
+    let r = apply_all(&mut s.machine, sample_log()).await;
+    assert_eq!(
+        r[0].outcomes,
+        vec![WriteOutcome::Applied { revisions: vec![1] }, WriteOutcome::Applied { revisions: vec![2] }]
+    );
+    assert_eq!(r[1].outcomes[0], WriteOutcome::Applied { revisions: vec![3] }, "if_revision 0 on a new item");
+    assert_eq!(r[1].outcomes[1], WriteOutcome::Applied { revisions: vec![4] }, "if_revision matches");
+    assert_eq!(
+        r[3].outcomes[0],
+        WriteOutcome::Rejected { op: 0, reason: Rejection::RevisionMismatch { expected: 1, current: 4 } }
+    );
+    assert_eq!(r[3].outcomes[1], WriteOutcome::Rejected { op: 0, reason: Rejection::NotFound });
+    let a = s.reader.get("u1", "contacts", "a").await.unwrap().expect("u1/a exists");
+    assert_eq!(a.record.value, b"1b");
+    assert_eq!(a.record.revision, 4);
+
+    // A create-only put on an existing item fails; after a delete it succeeds again.
+    let r = apply_all(&mut s.machine, vec![entry(5, vec![put("u1", "a", "new", Some(0))])]).await;
+    assert_eq!(
+        r[0].outcomes[0],
+        WriteOutcome::Rejected { op: 0, reason: Rejection::RevisionMismatch { expected: 0, current: 4 } }
+    );
+    let r =
+        apply_all(&mut s.machine, vec![entry(6, vec![delete("u1", "a", Some(4)), put("u1", "a", "again", Some(0))])])
+            .await;
+    assert!(matches!(r[0].outcomes[1], WriteOutcome::Applied { .. }), "a deleted item counts as absent");
+}
+
+#[tokio::test]
+async fn a_batch_applies_all_of_its_ops_or_none() {
+    let dir = TempDir::new().unwrap();
+    let mut s = open(dir.path()).unwrap();
+    apply_all(&mut s.machine, vec![entry(1, vec![put("u", "a", "1", None)])]).await;
+    let before = s.reader.applied();
+    let mut w = put("u", "b", "2", None);
+    w.ops.extend(put("u", "a", "x", Some(99)).ops);
+    let r = apply_all(&mut s.machine, vec![entry(2, vec![w])]).await;
+    assert_eq!(
+        r[0].outcomes[0],
+        WriteOutcome::Rejected { op: 1, reason: Rejection::RevisionMismatch { expected: 99, current: 1 } }
+    );
+    assert!(s.reader.get("u", "contacts", "b").await.unwrap().is_none(), "the first op was not applied");
+    let after = s.reader.applied();
+    assert_eq!((before.digest, before.revision), (after.digest, after.revision));
+}
+
+#[tokio::test]
+async fn digest_moves_on_put_and_delete_and_returns_when_a_put_is_undone() {
+    let dir = TempDir::new().unwrap();
+    let mut s = open(dir.path()).unwrap();
+    apply_all(&mut s.machine, vec![entry(1, vec![put("u", "a", "1", None)])]).await;
+    let base = s.reader.applied().digest;
+    apply_all(&mut s.machine, vec![entry(2, vec![put("u", "b", "2", None)])]).await;
+    let with_b = s.reader.applied().digest;
+    assert_ne!(base, with_b, "a put changes the digest");
+    apply_all(&mut s.machine, vec![entry(3, vec![put("u", "a", "1-changed", None)])]).await;
+    assert_ne!(with_b, s.reader.applied().digest, "an overwrite changes the digest");
+    apply_all(&mut s.machine, vec![entry(4, vec![delete("u", "b", None)])]).await;
+    let without_b = s.reader.applied().digest;
+    assert_ne!(without_b, with_b, "a delete changes the digest");
+    // Undo: delete the item just created; the digest returns exactly.
+    apply_all(&mut s.machine, vec![entry(5, vec![put("u", "c", "3", None)])]).await;
+    apply_all(&mut s.machine, vec![entry(6, vec![delete("u", "c", None)])]).await;
+    assert_eq!(s.reader.applied().digest, without_b);
+    // The digest history remembers each index.
+    assert_eq!(s.reader.digest_at(2).await.unwrap().map(|p| p.digest), Some(with_b));
+    assert_eq!(s.reader.digest_at(4).await.unwrap().map(|p| p.digest), Some(without_b));
+}
+
+#[tokio::test]
+async fn state_and_digest_survive_reopening() {
+    let dir = TempDir::new().unwrap();
+    let point = {
+        let mut s = open(dir.path()).unwrap();
+        apply_all(&mut s.machine, sample_log()).await;
+        s.reader.applied()
+    };
+    let s = open(dir.path()).unwrap();
+    assert_eq!(s.reader.applied(), point);
+    assert_eq!(s.reader.list("u1", "contacts", None, 10).await.unwrap().0.len(), 3);
+}
+
+#[tokio::test]
+async fn changes_hold_each_items_latest_write_in_revision_order() {
+    let dir = TempDir::new().unwrap();
+    let mut s = open(dir.path()).unwrap();
+    apply_all(&mut s.machine, sample_log()).await;
+    let changes = s.reader.changes("u1", 0, 100).await.unwrap();
+    let seen: Vec<(u64, &str)> = changes.iter().map(|c| (c.revision, c.item_id.as_str())).collect();
+    assert_eq!(seen, vec![(3, "b"), (4, "a"), (6, "c")]);
+    let u2 = s.reader.changes("u2", 0, 100).await.unwrap();
+    assert_eq!(u2.len(), 1);
+    assert!(u2[0].item.is_none(), "u2/a is a tombstone");
+    assert_eq!(s.reader.changes("u1", 4, 100).await.unwrap().len(), 1);
+}

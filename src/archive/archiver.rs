@@ -1,0 +1,332 @@
+//! The archiver: on the leader, uploads committed log entries as segments, in index order,
+//! never skipping one; on every node, keeps the purge gate at the archive's last index.
+//!
+//! Invariants: a segment holds committed entries only (they never change, so re-uploading one
+//! after a leader change is harmless); a node purges nothing past what the archive holds
+//! (DESIGN.md §1.5); an upload that fails is retried with backoff, and the failure is reported
+//! in the status rather than skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use keepsake_raft::types::Entry;
+use keepsake_raft::{LogStore, NodeId, PurgeGate, Raft, StateReader};
+use object_store::{ObjectStore, ObjectStoreExt};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::entry::archived;
+use super::segment::{self, Segment};
+use super::snapshot::parse_manifest_name;
+use super::snapshotter::Snapshotter;
+use super::store::Archive;
+use crate::config::ArchiveConfig;
+use crate::proposer::now_us;
+use crate::proto::archive::ArchivedEntry;
+
+/// Entries read from the log per step, at most.
+const MAX_ENTRIES_PER_SEGMENT: usize = 4096;
+const HEAD: &str = "head";
+
+/// What the archive holds and how the archiver is doing, as this node knows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArchiveStatus {
+    /// The last index in the archive (None: nothing archived yet, or not known yet).
+    pub archived_index: Option<u64>,
+    /// Whether this node is the one uploading.
+    pub uploading: bool,
+    /// When the oldest committed entry not yet archived was first seen (0: none waiting). While
+    /// a new leader cannot learn the archive's last index, the time it started trying.
+    pub pending_since_us: i64,
+    /// Encoded bytes of the committed entries not yet archived (as the leader's log counts them).
+    pub backlog_bytes: u64,
+    pub last_success_us: i64,
+    pub last_error: String,
+    pub segments_uploaded: u64,
+    pub bytes_uploaded: u64,
+}
+
+/// The small `head` object: a shortcut to the archive's last index for followers. The listing
+/// stays the truth; `head` may lag it, never lead it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Head {
+    archived_index: u64,
+}
+
+pub struct Archiver {
+    pub archive: Archive,
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub raft: Raft,
+    pub log: LogStore,
+    pub reader: StateReader,
+    pub gate: PurgeGate,
+    pub config: ArchiveConfig,
+    pub status: watch::Sender<ArchiveStatus>,
+    /// ARCHIVED writes waiting (see `ArchiveView::urgent`): cut at once while any waits.
+    pub waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Archives a snapshot where the log no longer holds the next index to archive.
+    pub snapshotter: Arc<Snapshotter>,
+}
+
+impl Archiver {
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ArchiveStatus)) {
+        self.status.send_modify(f);
+    }
+
+    fn fail(&self, what: &str, e: impl std::fmt::Display) {
+        let message = format!("{what}: {e}");
+        tracing::warn!(archive = %self.archive.url, "{message}");
+        self.update(|s| s.last_error = message);
+    }
+
+    /// Runs until the task is aborted.
+    pub async fn run(self: Arc<Self>) {
+        // Nothing may be purged until the archive's last index is known.
+        self.gate.set_limit(0);
+        loop {
+            if self.is_leader() {
+                self.lead().await;
+            } else {
+                self.follow().await;
+            }
+        }
+    }
+
+    /// As a follower: learn the archive's last index from `head`, to hold the purge gate there.
+    async fn follow(&self) {
+        self.update(|s| s.uploading = false);
+        let mut metrics = self.raft.metrics();
+        while !self.is_leader() {
+            match self.archive.store.get(&self.archive.path(HEAD)).await {
+                Ok(got) => {
+                    match got.bytes().await.map_err(|e| e.to_string()).and_then(|b| {
+                        serde_json::from_slice::<Head>(&b).map_err(|e| format!("malformed head object: {e}"))
+                    }) {
+                        Ok(head) => {
+                            self.gate.set_limit(head.archived_index);
+                            self.update(|s| s.archived_index = Some(head.archived_index));
+                        }
+                        Err(e) => self.fail("reading the archive head", e),
+                    }
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => self.fail("reading the archive head", e),
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
+        }
+    }
+
+    /// The last index the archive holds, from the listing alone: the newest segment's last
+    /// entry, or the newest snapshot's index if that is further (retention may have left no
+    /// segment after it).
+    async fn last_archived(&self) -> Result<Option<u64>, object_store::Error> {
+        let segments: Vec<_> = self.archive.store.list(Some(&self.archive.path("segments"))).try_collect().await?;
+        let snapshots: Vec<_> = self.archive.store.list(Some(&self.archive.path("snapshots"))).try_collect().await?;
+        let last_segment =
+            segments.iter().filter_map(|o| segment::parse_object_name(o.location.as_ref())).map(|(_, last)| last).max();
+        let last_snapshot = snapshots.iter().filter_map(|o| parse_manifest_name(o.location.as_ref())).max();
+        Ok(last_segment.max(last_snapshot))
+    }
+
+    /// As leader: upload segments until leadership moves.
+    async fn lead(&self) {
+        // Until the archive's last index is known, the whole wait counts as archive lag.
+        self.update(|s| {
+            s.uploading = true;
+            s.pending_since_us = now_us();
+        });
+        let archived = loop {
+            if !self.is_leader() {
+                return;
+            }
+            match self.last_archived().await {
+                Ok(a) => break a,
+                Err(e) => {
+                    self.fail("listing the archive", e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        tracing::info!(archived = ?archived, "archiving as leader");
+        if let Some(a) = archived {
+            self.gate.set_limit(a);
+        }
+        self.update(|s| {
+            s.archived_index = archived;
+            s.pending_since_us = 0;
+        });
+        let mut archived = archived;
+        let mut pending_since: Option<Instant> = None;
+        let max_age = Duration::from_millis(self.config.max_segment_age_ms);
+        while self.is_leader() {
+            let committed = self.log.committed_index();
+            let next = archived.map_or(0, |a| a + 1);
+            let backlog = if committed < next { 0 } else { self.log.bytes_between(archived, committed) };
+            self.update(|s| s.backlog_bytes = backlog);
+            if committed < next {
+                pending_since = None;
+                self.update(|s| s.pending_since_us = 0);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            let since = *pending_since.get_or_insert_with(|| {
+                self.update(|s| s.pending_since_us = now_us());
+                Instant::now()
+            });
+            let last = committed.min(next + MAX_ENTRIES_PER_SEGMENT as u64 - 1);
+            let entries = match self.log.read_range(next, last).await {
+                Ok(e) => e,
+                Err(e) => {
+                    self.fail("reading the log", e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if entries.first().map(|e| e.log_id.index) != Some(next) {
+                // A Raft snapshot stands where `next` was (this node caught up by installing one,
+                // or this is a restored cluster whose log starts after its restored state): the
+                // archive goes on from an archive snapshot of that state, with no gap.
+                match self.snapshotter.upload_base().await {
+                    Ok(up) if up.index + 1 >= next => {
+                        tracing::info!(index = up.index, "archived a snapshot where the log no longer holds {next}");
+                        archived = Some(up.index);
+                        pending_since = None;
+                        self.gate.set_limit(up.index);
+                        self.write_head(up.index).await;
+                        self.update(|s| {
+                            s.archived_index = Some(up.index);
+                            s.last_error.clear();
+                        });
+                    }
+                    Ok(up) => self.fail(
+                        "archiving",
+                        format!(
+                            "the log no longer holds index {next} and the snapshot at {} does not reach it",
+                            up.index
+                        ),
+                    ),
+                    Err(e) => self.fail(&format!("archiving a snapshot in place of index {next}"), e),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let (batch, bytes) = take_segment(entries, self.config.max_segment_bytes);
+            let full = bytes >= self.config.max_segment_bytes || batch.len() == MAX_ENTRIES_PER_SEGMENT;
+            let urgent = self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0;
+            if !full && !urgent && since.elapsed() < max_age {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            let last = batch.last().map_or(next, |e| e.index);
+            match self.upload(batch).await {
+                Some(size) => {
+                    archived = Some(last);
+                    pending_since = None;
+                    self.gate.set_limit(last);
+                    self.write_head(last).await;
+                    self.update(|s| {
+                        s.archived_index = Some(last);
+                        s.pending_since_us = 0;
+                        s.last_success_us = now_us();
+                        s.last_error.clear();
+                        s.segments_uploaded += 1;
+                        s.bytes_uploaded += size as u64;
+                    });
+                }
+                None => return, // leadership moved while retrying
+            }
+        }
+    }
+
+    /// Uploads one segment, retrying with exponential backoff while this node leads. Returns
+    /// its size, or None when leadership moved first.
+    async fn upload(&self, entries: Vec<ArchivedEntry>) -> Option<usize> {
+        let last = entries.last()?.index;
+        let digest = self.digest_after(last).await?;
+        let segment = Segment::new(&self.cluster_id, entries, digest);
+        let bytes = bytes::Bytes::from(segment.encode());
+        let path = self.archive.path(&segment.object_name());
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match put(self.archive.store.as_ref(), &path, bytes.clone()).await {
+                Ok(()) => return Some(bytes.len()),
+                Err(e) => self.fail(&format!("uploading {path}"), e),
+            }
+            if !self.is_leader() {
+                return None;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// The state digest right after `index` (waits for this node to apply it).
+    async fn digest_after(&self, index: u64) -> Option<[u8; 32]> {
+        loop {
+            let mut applied = self.reader.watch();
+            let reached = async move { applied.wait_for(|p| p.index >= index).await.map(|_| ()) };
+            let reached = tokio::time::timeout(Duration::from_secs(1), reached).await;
+            if !self.is_leader() {
+                return None;
+            }
+            if !matches!(reached, Ok(Ok(()))) {
+                continue;
+            }
+            match self.reader.digest_at(index).await {
+                Ok(Some(point)) => return Some(point.digest.0),
+                Ok(None) => self.fail("archiving", format!("no digest recorded at index {index}")),
+                Err(e) => self.fail("reading the digest", e),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn write_head(&self, index: u64) {
+        let body = serde_json::to_vec(&Head { archived_index: index }).expect("a head encodes");
+        if let Err(e) = self.archive.store.put(&self.archive.path(HEAD), body.into()).await {
+            // Only a shortcut for followers; the listing stays right.
+            tracing::debug!(error = %e, "cannot update the archive head");
+        }
+    }
+}
+
+/// Multipart objects have parts of at least 5 MiB; larger segments go up in parts.
+const MULTIPART_ABOVE: usize = 8 << 20;
+
+/// Writes one object whole, in parts when it is large; a failed multipart upload is aborted.
+pub(crate) async fn put(
+    store: &dyn ObjectStore,
+    path: &object_store::path::Path,
+    bytes: bytes::Bytes,
+) -> object_store::Result<()> {
+    if bytes.len() <= MULTIPART_ABOVE {
+        return store.put(path, bytes.into()).await.map(|_| ());
+    }
+    let mut upload = object_store::WriteMultipart::new(store.put_multipart(path).await?);
+    upload.write(&bytes);
+    upload.finish().await.map(|_| ())
+}
+
+/// The longest prefix of `entries` (at least one) within `max_bytes`, in archived form.
+fn take_segment(entries: Vec<Entry>, max_bytes: u64) -> (Vec<ArchivedEntry>, u64) {
+    let mut out = Vec::new();
+    let mut bytes = 0u64;
+    for e in &entries {
+        let a = archived(e);
+        let size = a.encoded_len() as u64 + 8;
+        if !out.is_empty() && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        out.push(a);
+    }
+    (out, bytes)
+}

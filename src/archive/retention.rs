@@ -1,0 +1,163 @@
+//! Retention: deletes from the archive only what no restore inside the window can need, and
+//! the leases that keep retention away from an archive a restore or drill is reading.
+//!
+//! Invariant: the base — the newest snapshot whose last write is at or before the window's
+//! start — stays, with every snapshot and segment after it (so the newest snapshot and the
+//! segments after it always stay); nothing is deleted while any lease is live; a chunk goes only
+//! when no kept manifest names it, no snapshot being written has pinned it, and it is over an
+//! hour old. Manifests go before the segments and chunks they start from.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+
+use super::segment::parse_object_name;
+use super::snapshot::{decode_manifest, parse_chunk_name, parse_manifest_name};
+use super::store::Archive;
+use crate::config::ArchiveConfig;
+use crate::proposer::now_us;
+
+/// An unreferenced chunk younger than this may belong to a snapshot still being written.
+const CHUNK_GRACE_US: i64 = 3_600_000_000;
+/// How long a lease holds without being renewed.
+pub const LEASE_DURATION: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The index of the base snapshot (None: no snapshot is old enough yet; nothing deleted).
+    pub base: Option<u64>,
+    pub manifests: usize,
+    pub segments: usize,
+    pub chunks: usize,
+    /// A live lease held retention off.
+    pub held: bool,
+}
+
+/// `leases/<holder>.lease`: a restore or drill reading this archive until `expires_us`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Lease {
+    holder: String,
+    expires_us: i64,
+}
+
+/// A restore's or drill's hold on an archive; `release` deletes it.
+pub struct LeaseGuard {
+    archive: Archive,
+    path: Path,
+    holder: String,
+}
+
+impl LeaseGuard {
+    /// Takes (or renews) a lease for `holder` lasting `LEASE_DURATION`.
+    pub async fn take(archive: &Archive, holder: &str) -> Result<LeaseGuard, object_store::Error> {
+        let guard = LeaseGuard {
+            archive: archive.clone(),
+            path: archive.path(&format!("leases/{holder}.lease")),
+            holder: holder.into(),
+        };
+        guard.renew().await?;
+        Ok(guard)
+    }
+
+    pub async fn renew(&self) -> Result<(), object_store::Error> {
+        let lease = Lease { holder: self.holder.clone(), expires_us: now_us() + LEASE_DURATION.as_micros() as i64 };
+        let body = serde_json::to_vec(&lease).expect("a lease encodes");
+        self.archive.store.put(&self.path, body.into()).await.map(|_| ())
+    }
+
+    pub async fn release(self) {
+        if let Err(e) = self.archive.store.delete(&self.path).await {
+            tracing::warn!(lease = %self.path, "cannot delete the lease (it expires on its own): {e}");
+        }
+    }
+}
+
+async fn list(archive: &Archive, dir: &str) -> Result<Vec<ObjectMeta>, object_store::Error> {
+    archive.store.list(Some(&archive.path(dir))).try_collect().await
+}
+
+/// Whether any restore or drill holds a live lease on the archive.
+async fn leased(archive: &Archive) -> Result<bool, String> {
+    for o in list(archive, "leases").await.map_err(|e| format!("listing leases: {e}"))? {
+        let bytes = match archive.store.get(&o.location).await {
+            Ok(got) => got.bytes().await.map_err(|e| format!("reading {}: {e}", o.location))?,
+            Err(object_store::Error::NotFound { .. }) => continue, // released meanwhile
+            Err(e) => return Err(format!("reading {}: {e}", o.location)),
+        };
+        // A lease that cannot be read holds, rather than being ignored.
+        let live = serde_json::from_slice::<Lease>(&bytes).map_or(true, |l| l.expires_us > now_us());
+        if live {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Applies `config.retention` to the archive; `pinned` chunks belong to snapshots being written.
+pub async fn apply(archive: &Archive, config: &ArchiveConfig, pinned: &HashSet<[u8; 32]>) -> Result<Report, String> {
+    let Some(window) = config.retention()? else { return Ok(Report::default()) };
+    if leased(archive).await? {
+        return Ok(Report { held: true, ..Report::default() });
+    }
+    let cutoff = now_us() - window.as_micros() as i64;
+    let objects = list(archive, "snapshots").await.map_err(|e| format!("listing snapshots: {e}"))?;
+    // Every manifest, read: (index, last write, chunks, object).
+    let mut manifests = Vec::new();
+    for o in &objects {
+        let Some(index) = parse_manifest_name(o.location.as_ref()) else { continue };
+        let name = o.location.to_string();
+        let bytes = archive
+            .store
+            .get(&o.location)
+            .await
+            .map_err(|e| format!("reading {name}: {e}"))?
+            .bytes()
+            .await
+            .map_err(|e| format!("reading {name}: {e}"))?;
+        // A damaged manifest stops retention: it cannot tell what the snapshot needs.
+        let m = decode_manifest(&name, &bytes).map_err(|e| e.to_string())?;
+        let chunks: Vec<[u8; 32]> = m.chunks.iter().filter_map(|c| c.hash.as_slice().try_into().ok()).collect();
+        manifests.push((index, m.last_write_us, chunks, o.location.clone()));
+    }
+    let Some(base) = manifests.iter().filter(|m| m.1 <= cutoff).map(|m| m.0).max() else {
+        return Ok(Report::default());
+    };
+    let mut report = Report { base: Some(base), ..Report::default() };
+    let mut kept: HashSet<[u8; 32]> = pinned.clone();
+    for (index, _, chunks, location) in &manifests {
+        if *index < base {
+            delete(archive, location).await?;
+            report.manifests += 1;
+        } else {
+            kept.extend(chunks.iter().copied());
+        }
+    }
+    for o in list(archive, "segments").await.map_err(|e| format!("listing segments: {e}"))? {
+        if parse_object_name(o.location.as_ref()).is_some_and(|(_, last)| last <= base) {
+            delete(archive, &o.location).await?;
+            report.segments += 1;
+        }
+    }
+    for o in &objects {
+        let Some(hash) = parse_chunk_name(o.location.as_ref()) else { continue };
+        if !kept.contains(&hash) && o.last_modified.timestamp_micros() < now_us() - CHUNK_GRACE_US {
+            delete(archive, &o.location).await?;
+            report.chunks += 1;
+        }
+    }
+    if report.manifests + report.segments + report.chunks > 0 {
+        tracing::info!(?report, "retention deleted what no restore in the window needs");
+    }
+    Ok(report)
+}
+
+async fn delete(archive: &Archive, location: &Path) -> Result<(), String> {
+    match archive.store.delete(location).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(format!("deleting {location}: {e}")),
+    }
+}

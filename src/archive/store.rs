@@ -1,0 +1,77 @@
+//! Opening the object store an archive URL names: a local directory (fsynced: the embedded
+//! default must be as durable as what it backs up) or S3 and S3-compatible servers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+
+use crate::config::ArchiveConfig;
+
+/// An object store and the path of one cluster's archive in it.
+#[derive(Clone, Debug)]
+pub struct Archive {
+    pub store: Arc<dyn ObjectStore>,
+    /// `<prefix>/<cluster-id>`: every object of this cluster lives under it.
+    pub root: Path,
+    /// Names the archive in messages (the URL, never credentials).
+    pub url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("archive url {url:?}: {problem}")]
+    Url { url: String, problem: String },
+    #[error("archive {url}: {source}")]
+    Store { url: String, source: object_store::Error },
+}
+
+impl Archive {
+    pub fn open(config: &ArchiveConfig, default_dir: &std::path::Path, cluster_id: &str) -> Result<Self, OpenError> {
+        let url = if config.url.is_empty() { default_dir.display().to_string() } else { config.url.clone() };
+        let bad = |problem: String| OpenError::Url { url: url.clone(), problem };
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("names no bucket; write s3://bucket/prefix".into()));
+            }
+            // One request gives up after `request_timeout_ms`, and object_store retries little:
+            // the archiver retries on its own and reports every failure in its status.
+            let timeout = Duration::from_millis(config.request_timeout_ms);
+            let client =
+                ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout.min(Duration::from_secs(5)));
+            let retry = RetryConfig { max_retries: 1, retry_timeout: timeout, ..RetryConfig::default() };
+            let mut b =
+                AmazonS3Builder::from_env().with_bucket_name(bucket).with_client_options(client).with_retry(retry);
+            if !config.endpoint.is_empty() {
+                b = b.with_endpoint(&config.endpoint).with_allow_http(config.endpoint.starts_with("http://"));
+            }
+            if !config.region.is_empty() {
+                b = b.with_region(&config.region);
+            }
+            let s3 = b.build().map_err(|source| OpenError::Store { url: url.clone(), source })?;
+            (Arc::new(s3), prefix.trim_matches('/').to_owned())
+        } else {
+            let dir = url.strip_prefix("file://").unwrap_or(&url);
+            if dir.contains("://") {
+                return Err(bad("unknown scheme; use s3://bucket/prefix, file:///path or a directory".into()));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create the directory: {e}")))?;
+            let local = LocalFileSystem::new_with_prefix(dir)
+                .map_err(|source| OpenError::Store { url: url.clone(), source })?
+                .with_fsync(true);
+            (Arc::new(local), String::new())
+        };
+        let root =
+            if prefix.is_empty() { Path::from(cluster_id) } else { Path::from(format!("{prefix}/{cluster_id}")) };
+        Ok(Archive { store, root, url })
+    }
+
+    /// The full path of an object under this cluster's root (e.g. `segments/…`).
+    pub fn path(&self, name: &str) -> Path {
+        Path::from(format!("{}/{name}", self.root))
+    }
+}

@@ -1,0 +1,185 @@
+//! Backup commands for SREs: how far behind the archive is.
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::client::{request, with_failover, Failure};
+use super::{ClientOpts, Output};
+use crate::archive::store::Archive;
+use crate::config::ArchiveConfig;
+use crate::proto::v1::admin_client::AdminClient;
+use crate::proto::v1::{BackupSnapshotRequest, BackupStatusRequest};
+
+#[derive(Subcommand)]
+pub enum BackupCommand {
+    /// The archive's last index, the lag behind the committed log, and the last error.
+    Status(StatusArgs),
+    /// Take an archive snapshot now (on the leader); give it a --timeout long enough to upload.
+    Snapshot(StatusArgs),
+    /// The archive's snapshots and segments, from the object store.
+    List(ArchiveArgs),
+    /// Check every segment's checksums, the index continuity and overlaps; exit 1 on a fault.
+    Verify(ArchiveArgs),
+}
+
+/// Where an archive is, for commands that read the object store directly.
+#[derive(Args)]
+pub struct ArchiveArgs {
+    /// s3://bucket/prefix, file:///path or a directory.
+    #[arg(long, env = "KEEPSAKE_ARCHIVE")]
+    pub archive: String,
+    /// The cluster whose archive to read.
+    #[arg(long)]
+    pub cluster_id: String,
+    /// S3 endpoint of an S3-compatible server.
+    #[arg(long, env = "KEEPSAKE_ARCHIVE_ENDPOINT", default_value = "")]
+    pub endpoint: String,
+    #[arg(long, env = "AWS_REGION", default_value = "")]
+    pub region: String,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+impl ArchiveArgs {
+    pub fn open(&self) -> Result<Archive, Failure> {
+        let config = ArchiveConfig {
+            url: self.archive.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            ..ArchiveConfig::default()
+        };
+        Archive::open(&config, std::path::Path::new(&self.archive), &self.cluster_id)
+            .map_err(|e| Failure::usage(e.to_string()))
+    }
+}
+
+fn store_failure(e: object_store::Error) -> Failure {
+    Failure { message: format!("cannot read the archive: {e}"), code: 5 }
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+}
+
+pub async fn run(cmd: BackupCommand) -> Result<(), Failure> {
+    match cmd {
+        BackupCommand::List(a) => return list(a).await,
+        BackupCommand::Verify(a) => return verify(a).await,
+        BackupCommand::Snapshot(a) => return snapshot(a).await,
+        BackupCommand::Status(a) => {
+            let s = with_failover(&a.opts, |ch| {
+                let opts = a.opts.clone();
+                async move { AdminClient::new(ch).backup_status(request(&opts, BackupStatusRequest {})).await }
+            })
+            .await?
+            .into_inner();
+            match a.opts.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({
+                        "node_id": s.node_id, "archive_url": s.archive_url, "archived_index": s.archived_index,
+                        "committed_index": s.committed_index, "lag_entries": s.lag_entries,
+                        "lag_seconds": s.lag_seconds, "last_error": s.last_error,
+                        "last_success_unix_us": s.last_success_unix_us, "segments_uploaded": s.segments_uploaded,
+                        "bytes_uploaded": s.bytes_uploaded, "uploading": s.uploading, "lag_bytes": s.lag_bytes,
+                    })
+                ),
+                Output::Text => {
+                    println!("archive:        {}", s.archive_url);
+                    let archived = s.archived_index.map_or("nothing yet".to_string(), |i| i.to_string());
+                    println!("archived index: {archived} (committed {})", s.committed_index);
+                    println!(
+                        "lag:            {} entries, {} bytes, {:.3} s",
+                        s.lag_entries, s.lag_bytes, s.lag_seconds
+                    );
+                    println!(
+                        "uploaded:       {} segments, {} bytes (by node {})",
+                        s.segments_uploaded, s.bytes_uploaded, s.node_id
+                    );
+                    if !s.last_error.is_empty() {
+                        println!("last error:     {}", s.last_error);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn list(a: ArchiveArgs) -> Result<(), Failure> {
+    let archive = a.open()?;
+    let segments = crate::archive::verify::list(&archive).await.map_err(store_failure)?;
+    let snapshots = crate::archive::verify::list_snapshots(&archive).await.map_err(store_failure)?;
+    match a.output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "snapshots": snapshots.iter().map(|(index, name, bytes)| json!({"object": name, "index": index, "bytes": bytes})).collect::<Vec<_>>(),
+                "segments": segments.iter().map(|s| json!({"object": s.name, "first_index": s.first, "last_index": s.last, "bytes": s.bytes})).collect::<Vec<_>>(),
+            })
+        ),
+        Output::Text => {
+            for (index, name, bytes) in &snapshots {
+                println!("{name}\tsnapshot at {index}\t{bytes} bytes (manifest)");
+            }
+            for s in &segments {
+                println!("{}\t{}-{}\t{} bytes", s.name, s.first, s.last, s.bytes);
+            }
+            println!("{} snapshots, {} segments", snapshots.len(), segments.len());
+        }
+    }
+    Ok(())
+}
+
+async fn verify(a: ArchiveArgs) -> Result<(), Failure> {
+    let archive = a.open()?;
+    let r = crate::archive::verify::verify(&archive, &a.cluster_id).await.map_err(store_failure)?;
+    match a.output {
+        Output::Json => println!(
+            "{}",
+            json!({"segments": r.segments, "snapshots": r.snapshots, "chunks": r.chunks, "bytes": r.bytes, "first_index": r.first_index,
+                   "last_index": r.last_index, "problems": r.problems})
+        ),
+        Output::Text => {
+            println!("archive {} of cluster {}", archive.url, a.cluster_id);
+            println!("segments: {}, snapshots: {} ({} chunks), {} bytes", r.segments, r.snapshots, r.chunks, r.bytes);
+            match (r.first_index, r.last_index) {
+                (Some(f), Some(l)) => println!("entries: {f}-{l}"),
+                _ => println!("entries: none"),
+            }
+            for p in &r.problems {
+                println!("FAULT: {p}");
+            }
+            if r.problems.is_empty() {
+                println!("ok: every segment checks out and the entries are continuous");
+            }
+        }
+    }
+    if r.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure { message: format!("the archive has {} fault(s); see above", r.problems.len()), code: 1 })
+    }
+}
+
+async fn snapshot(a: StatusArgs) -> Result<(), Failure> {
+    let r = with_failover(&a.opts, |ch| {
+        let opts = a.opts.clone();
+        async move { AdminClient::new(ch).backup_snapshot(request(&opts, BackupSnapshotRequest {})).await }
+    })
+    .await?
+    .into_inner();
+    match a.opts.output {
+        Output::Json => println!(
+            "{}",
+            json!({"index": r.index, "chunks": r.chunks, "new_chunks": r.new_chunks, "new_bytes": r.new_bytes})
+        ),
+        Output::Text => println!(
+            "archived a snapshot at index {}: {} chunks, {} new ({} bytes uploaded)",
+            r.index, r.chunks, r.new_chunks, r.new_bytes
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Starting and stopping one node (`keepsake serve`): open the store, start Raft, serve the
+//! client and peer ports, bootstrap a new cluster, and keep the log purged behind snapshots.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use keepsake_raft::{Node, Raft};
+use openraft::SnapshotPolicy;
+use tokio::sync::watch;
+
+use crate::archive::archiver::{ArchiveStatus, Archiver};
+use crate::archive::snapshotter::Snapshotter;
+use crate::archive::store::Archive;
+use crate::config::NodeConfig;
+use crate::peer::client::Peers;
+use crate::peer::service::PeerService;
+use crate::proposer::Proposer;
+use crate::proto::raft::raft_transport_server::RaftTransportServer;
+use crate::replica::{ArchiveView, Replica};
+
+fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
+    let r = &config.raft;
+    let c = openraft::Config {
+        cluster_name: config.cluster_id.clone(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        install_snapshot_timeout: r.install_snapshot_timeout_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_every_entries),
+        // Purging is ours (see `purge_behind_snapshots`), so it can honour the purge gate.
+        max_in_snapshot_log_to_keep: u64::MAX,
+        max_payload_entries: 1000,
+        ..Default::default()
+    };
+    Ok(c.validate()?)
+}
+
+/// Runs a node until `shutdown` resolves, then stops it cleanly.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    bind_cluster_id(&config)?;
+    let store = keepsake_raft::open(&config.data_dir)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let client_listener = crate::server::bind(&config.client_addr).await?;
+    let peer_listener = crate::server::bind(&config.peer_addr).await?;
+
+    let peers = Peers::new(config.limits.max_message_bytes());
+    let raft =
+        Raft::new(config.node_id, Arc::new(raft_config(&config)?), peers.clone(), store.log.clone(), store.machine)
+            .await
+            .context("cannot start raft")?;
+    let proposer = Proposer::start(raft.clone(), config.limits.max_pending_writes);
+    let archive = Archive::open(&config.archive, &config.data_dir.join("archive"), &config.cluster_id)?;
+    let (status_tx, status_rx) = watch::channel(ArchiveStatus::default());
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let snapshotter = Arc::new(Snapshotter::new(
+        archive.clone(),
+        config.cluster_id.clone(),
+        config.node_id,
+        raft.clone(),
+        config.data_dir.clone(),
+        config.archive.clone(),
+        status_rx.clone(),
+    ));
+    let archiver = Arc::new(Archiver {
+        archive: archive.clone(),
+        cluster_id: config.cluster_id.clone(),
+        node_id: config.node_id,
+        raft: raft.clone(),
+        log: store.log.clone(),
+        reader: store.reader.clone(),
+        gate: store.gate.clone(),
+        config: config.archive.clone(),
+        status: status_tx,
+        waiting: waiting.clone(),
+        snapshotter: snapshotter.clone(),
+    });
+    let replica = Arc::new(Replica {
+        id: config.node_id,
+        config: config.clone(),
+        raft: raft.clone(),
+        reader: store.reader,
+        log: store.log,
+        gate: store.gate,
+        peers,
+        proposer,
+        archive: ArchiveView { url: archive.url.clone(), status: status_rx, waiting, snapshotter: snapshotter.clone() },
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let max = config.limits.max_message_bytes();
+    let peer_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            RaftTransportServer::new(PeerService::new(replica.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(peer_listener),
+            stopped(stop_rx.clone()),
+        );
+    let peer_task = tokio::spawn(peer_server);
+    let client_task =
+        tokio::spawn(crate::server::serve_clients(replica.clone(), client_listener, stopped(stop_rx.clone())));
+
+    bootstrap(&replica).await?;
+    let purger = tokio::spawn(purge_behind_snapshots(replica.clone()));
+    let archiving = tokio::spawn(archiver.run());
+    let snapshotting = tokio::spawn(snapshotter.run());
+    tracing::info!(node = config.node_id, client = %config.client_addr, peer = %config.peer_addr, "node started");
+
+    shutdown.await;
+    tracing::info!(node = config.node_id, "shutting down");
+    purger.abort();
+    archiving.abort();
+    snapshotting.abort();
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), client_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), peer_task).await;
+    raft.shutdown().await.ok();
+    Ok(())
+}
+
+/// A data directory belongs to one cluster: a node refuses to start under another cluster id,
+/// so a restored node never writes into the old cluster's archive by mistake.
+fn bind_cluster_id(config: &NodeConfig) -> anyhow::Result<()> {
+    let path = config.data_dir.join("cluster_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if id.trim() == config.cluster_id => Ok(()),
+        Ok(id) => anyhow::bail!(
+            "{} belongs to cluster {:?}, but this node is configured for {:?}; start it with --cluster-id {}",
+            config.data_dir.display(),
+            id.trim(),
+            config.cluster_id,
+            id.trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, &config.cluster_id).with_context(|| format!("cannot write {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// A node whose log is empty and that has initial members starts the cluster. Every initial
+/// member may do this with the same membership: openraft accepts that.
+async fn bootstrap(replica: &Replica) -> anyhow::Result<()> {
+    let members = &replica.config.members;
+    if members.is_empty() || replica.raft.is_initialized().await? {
+        return Ok(());
+    }
+    let nodes: BTreeMap<u64, Node> = members
+        .iter()
+        .map(|m| (m.id, Node { client_addr: m.client_addr.clone(), peer_addr: m.peer_addr.clone() }))
+        .collect();
+    match replica.raft.initialize(nodes).await {
+        Ok(()) => tracing::info!("bootstrapped a new cluster with {} voters", members.len()),
+        Err(e) => tracing::info!("not bootstrapping: {e}"),
+    }
+    Ok(())
+}
+
+/// The one place that purges the Raft log: behind the newest snapshot, keeping
+/// `keep_entries_after_snapshot` entries, and never past the purge gate.
+async fn purge_behind_snapshots(replica: Arc<Replica>) {
+    let keep = replica.config.raft.keep_entries_after_snapshot;
+    let mut metrics = replica.raft.metrics();
+    let mut last = 0;
+    loop {
+        let snapshot = metrics.borrow_and_update().snapshot.map_or(0, |s| s.index);
+        let upto = snapshot.saturating_sub(keep).min(replica.gate.limit());
+        if upto > last {
+            if let Err(e) = replica.raft.trigger().purge_log(upto).await {
+                tracing::warn!(error = %e, "cannot purge the log");
+                return;
+            }
+            last = upto;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

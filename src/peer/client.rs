@@ -1,0 +1,157 @@
+//! openraft's network over the peer transport, plus the two calls a follower makes to the
+//! leader for clients: forwarding a write and asking for a read index.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keepsake_raft::{Node, NodeId, TypeConfig, Write, WriteOutcome};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{decode, encode};
+use crate::proto::raft::raft_transport_client::RaftTransportClient;
+use crate::proto::raft::{ProposeRequest, RaftMessage, ReadIndexRequest, TimeoutNowRequest};
+
+/// One channel per peer address, shared by openraft's replication and client forwarding.
+#[derive(Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    max_message_bytes: usize,
+}
+
+impl Peers {
+    pub fn new(max_message_bytes: usize) -> Self {
+        Peers { channels: Arc::default(), max_message_bytes }
+    }
+
+    pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, tonic::Status> {
+        let mut channels = self.channels.lock().expect("peer channel map is never poisoned");
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| tonic::Status::internal(format!("bad peer address {addr}: {e}")))?
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                let c = endpoint.connect_lazy();
+                channels.insert(addr.to_owned(), c.clone());
+                c
+            }
+        };
+        Ok(RaftTransportClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    /// Forwards a client's write to the leader; returns (log index, proposed at, outcome).
+    pub async fn propose(
+        &self,
+        leader_addr: &str,
+        write: &Write,
+        archived: bool,
+        timeout: Duration,
+    ) -> Result<(u64, i64, WriteOutcome), tonic::Status> {
+        let mut req = tonic::Request::new(ProposeRequest { write: encode(write), archived });
+        req.set_timeout(timeout);
+        let resp = self.client(leader_addr)?.propose(req).await?.into_inner();
+        Ok((resp.log_index, resp.proposed_at_us, decode(&resp.outcome, "write outcome")?))
+    }
+
+    /// Asks the leader which index a linearizable read must wait for.
+    pub async fn read_index(&self, leader_addr: &str, timeout: Duration) -> Result<u64, tonic::Status> {
+        let mut req = tonic::Request::new(ReadIndexRequest {});
+        req.set_timeout(timeout);
+        Ok(self.client(leader_addr)?.read_index(req).await?.into_inner().index)
+    }
+
+    /// Tells a peer to start an election now (leader transfer).
+    pub async fn timeout_now(&self, addr: &str, from: NodeId, timeout: Duration) -> Result<(), tonic::Status> {
+        let mut req = tonic::Request::new(TimeoutNowRequest { from_node_id: from });
+        req.set_timeout(timeout);
+        self.client(addr)?.timeout_now(req).await.map(|_| ())
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Peers {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
+        PeerLink { target, addr: node.peer_addr.clone(), peers: self.clone() }
+    }
+}
+
+/// openraft's connection to one peer.
+pub struct PeerLink {
+    target: NodeId,
+    addr: String,
+    peers: Peers,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
+
+impl PeerLink {
+    /// Sends one Raft RPC; the peer answers with a postcard `Result<Resp, RaftError<E>>`.
+    async fn call<Req, Resp, E>(&self, method: &'static str, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        let unreachable = |e: &dyn std::error::Error| RPCError::Unreachable(Unreachable::new(&AnyErr(e.to_string())));
+        let mut client = self.peers.client(&self.addr).map_err(|e| unreachable(&e))?;
+        let mut request = tonic::Request::new(RaftMessage { payload: encode(req) });
+        request.set_timeout(option.hard_ttl());
+        let resp = match method {
+            "append" => client.append_entries(request).await,
+            "vote" => client.vote(request).await,
+            _ => client.install_snapshot(request).await,
+        };
+        let resp = match resp {
+            Ok(r) => r.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable => return Err(unreachable(&status)),
+            Err(status) => return Err(RPCError::Network(NetworkError::new(&status))),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            postcard::from_bytes(&resp.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Debug)]
+struct AnyErr(String);
+impl std::fmt::Display for AnyErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for AnyErr {}
+
+impl RaftNetwork<TypeConfig> for PeerLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        self.call("append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call("snapshot", &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        self.call("vote", &rpc, &option).await
+    }
+}

@@ -1,0 +1,121 @@
+//! Group commit at the application level: coalesces the client writes that arrive while earlier
+//! entries are in flight into one Raft log entry, so one fsync serves many writes.
+//!
+//! The queue is bounded (`limits.max_pending_writes`): when it is full a write is refused with
+//! RESOURCE_EXHAUSTED rather than buffered without end. Every waiting client gets exactly one
+//! answer: the outcome of its write or the error that stopped its entry.
+
+use std::sync::Arc;
+
+use keepsake_raft::{Command, Raft, Write, WriteOutcome};
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::replica::ReplicaError;
+
+/// Entries proposed but not yet committed, at most.
+const MAX_ENTRIES_IN_FLIGHT: usize = 4;
+/// Writes in one entry, at most.
+const MAX_WRITES_PER_ENTRY: usize = 1024;
+/// Bytes of values in one entry, at most (a single larger write still goes alone).
+const MAX_ENTRY_BYTES: usize = 8 << 20;
+
+/// A write that is in the log, committed and applied.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub log_index: u64,
+    pub proposed_at_us: i64,
+    pub outcome: WriteOutcome,
+}
+
+struct Pending {
+    write: Write,
+    done: oneshot::Sender<Result<Committed, ReplicaError>>,
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Proposer {
+    pub fn start(raft: Raft, capacity: usize) -> Self {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        tokio::spawn(run(raft, rx));
+        Proposer { tx }
+    }
+
+    pub async fn propose(&self, write: Write) -> Result<Committed, ReplicaError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.try_send(Pending { write, done }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ReplicaError::Overloaded(
+                "too many writes are waiting to be committed on the leader; retry with backoff".into(),
+            ),
+            mpsc::error::TrySendError::Closed(_) => ReplicaError::ShuttingDown,
+        })?;
+        rx.await.map_err(|_| ReplicaError::ShuttingDown)?
+    }
+}
+
+fn write_bytes(w: &Write) -> usize {
+    w.ops
+        .iter()
+        .map(|op| match op {
+            keepsake_raft::Op::Put(p) => p.value.len() + p.item_id.len() + p.collection.len(),
+            keepsake_raft::Op::Delete(d) => d.item_id.len() + d.collection.len(),
+        })
+        .sum()
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        // Whatever queued while we waited for a slot joins this entry.
+        let mut bytes = write_bytes(&first.write);
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITES_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += write_bytes(&p.write);
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            submit(&raft, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+async fn submit(raft: &Raft, batch: Vec<Pending>) {
+    let proposed_at_us = now_us();
+    let (writes, waiters): (Vec<Write>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.done)).unzip();
+    match raft.client_write(Command { proposed_at_us, writes }).await {
+        Ok(resp) => {
+            let log_index = resp.data.log_index;
+            for (outcome, done) in resp.data.outcomes.into_iter().zip(waiters) {
+                let _ = done.send(Ok(Committed { log_index, proposed_at_us, outcome }));
+            }
+        }
+        Err(e) => {
+            let err = match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+                    ReplicaError::NoLeader("leadership moved while the write was being proposed; retry".into())
+                }
+                RaftError::APIError(other) => ReplicaError::Internal(other.to_string()),
+                RaftError::Fatal(f) => ReplicaError::Internal(format!("raft stopped: {f}")),
+            };
+            for done in waiters {
+                let _ = done.send(Err(err.clone()));
+            }
+        }
+    }
+}

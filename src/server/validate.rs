@@ -1,0 +1,206 @@
+//! Request validation: everything is checked here, against `Limits`, before it can reach the
+//! log. Each error names the field, the limit and what to change.
+
+use keepsake_raft::{DeleteOp, Op, PutOp};
+use tonic::Status;
+
+use crate::limits::Limits;
+use crate::proto::v1::{batch_op, BatchOp, Consistency, Durability, ItemKey};
+
+pub fn id(limits: &Limits, field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is empty; give a non-empty id")));
+    }
+    if value.len() > limits.max_id_bytes {
+        return Err(Status::invalid_argument(format!(
+            "{field} is {} bytes, over the limit of {} bytes; use a shorter id",
+            value.len(),
+            limits.max_id_bytes
+        )));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(Status::invalid_argument(format!(
+            "{field} contains the control character U+{:04X}; ids must be printable text",
+            c as u32
+        )));
+    }
+    Ok(())
+}
+
+pub fn key(limits: &Limits, key: Option<&ItemKey>) -> Result<ItemKey, Status> {
+    let key = key.ok_or_else(|| Status::invalid_argument("key is missing; give user_id, collection and item_id"))?;
+    id(limits, "key.user_id", &key.user_id)?;
+    id(limits, "key.collection", &key.collection)?;
+    id(limits, "key.item_id", &key.item_id)?;
+    Ok(key.clone())
+}
+
+pub fn value(limits: &Limits, field: &str, value: &[u8], content_type: &str) -> Result<(), Status> {
+    if value.len() > limits.max_value_bytes {
+        return Err(Status::invalid_argument(format!(
+            "{field} is {} bytes, over the limit of {} bytes; split it or store it elsewhere",
+            value.len(),
+            limits.max_value_bytes
+        )));
+    }
+    if content_type.len() > limits.max_content_type_bytes || content_type.chars().any(|c| c.is_control()) {
+        return Err(Status::invalid_argument(format!(
+            "content_type must be printable and at most {} bytes",
+            limits.max_content_type_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// True for ARCHIVED: the write is acknowledged only once it is in the archive.
+pub fn durability(raw: i32) -> Result<bool, Status> {
+    match Durability::try_from(raw) {
+        Ok(Durability::Unspecified | Durability::Quorum) => Ok(false),
+        Ok(Durability::Archived) => Ok(true),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "durability {raw} is not a known value; use QUORUM (1) or ARCHIVED (2)"
+        ))),
+    }
+}
+
+pub fn consistency(raw: i32) -> Result<Consistency, Status> {
+    match Consistency::try_from(raw) {
+        Ok(Consistency::Unspecified | Consistency::Linearizable) => Ok(Consistency::Linearizable),
+        Ok(Consistency::Stale) => Ok(Consistency::Stale),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "consistency {raw} is not a known value; use LINEARIZABLE (1) or STALE (2)"
+        ))),
+    }
+}
+
+/// Checks a whole batch and turns it into log ops.
+pub fn batch(limits: &Limits, user_id: &str, ops: &[BatchOp]) -> Result<Vec<Op>, Status> {
+    id(limits, "user_id", user_id)?;
+    if ops.is_empty() {
+        return Err(Status::invalid_argument("the batch has no ops; give at least one put or delete"));
+    }
+    if ops.len() > limits.max_batch_ops {
+        return Err(Status::invalid_argument(format!(
+            "the batch has {} ops, over the limit of {}; split it into several batches",
+            ops.len(),
+            limits.max_batch_ops
+        )));
+    }
+    let mut total = 0usize;
+    let mut out = Vec::with_capacity(ops.len());
+    for (n, op) in ops.iter().enumerate() {
+        let field = |f: &str| format!("ops[{n}].{f}");
+        let converted = match &op.op {
+            Some(batch_op::Op::Put(p)) => {
+                id(limits, &field("collection"), &p.collection)?;
+                id(limits, &field("item_id"), &p.item_id)?;
+                value(limits, &field("value"), &p.value, &p.content_type)?;
+                total += p.value.len() + p.item_id.len() + p.collection.len();
+                Op::Put(PutOp {
+                    collection: p.collection.clone(),
+                    item_id: p.item_id.clone(),
+                    value: p.value.clone(),
+                    content_type: p.content_type.clone(),
+                    if_revision: p.if_revision,
+                })
+            }
+            Some(batch_op::Op::Delete(d)) => {
+                id(limits, &field("collection"), &d.collection)?;
+                id(limits, &field("item_id"), &d.item_id)?;
+                total += d.item_id.len() + d.collection.len();
+                Op::Delete(DeleteOp {
+                    collection: d.collection.clone(),
+                    item_id: d.item_id.clone(),
+                    if_revision: d.if_revision,
+                })
+            }
+            None => return Err(Status::invalid_argument(format!("ops[{n}] is neither a put nor a delete"))),
+        };
+        out.push(converted);
+    }
+    if total > limits.max_batch_bytes {
+        return Err(Status::invalid_argument(format!(
+            "the batch carries {total} bytes, over the limit of {} bytes; split it",
+            limits.max_batch_bytes
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::v1::{BatchDelete, BatchPut};
+    use tonic::Code;
+
+    fn limits() -> Limits {
+        Limits { max_value_bytes: 10, max_id_bytes: 8, max_batch_ops: 2, max_batch_bytes: 16, ..Limits::default() }
+    }
+
+    fn k(u: &str, c: &str, i: &str) -> ItemKey {
+        ItemKey { user_id: u.into(), collection: c.into(), item_id: i.into() }
+    }
+
+    #[test]
+    fn ids_must_be_present_short_and_printable() {
+        let l = limits();
+        assert!(key(&l, Some(&k("u", "c", "i"))).is_ok());
+        assert!(key(&l, None).unwrap_err().message().contains("missing"));
+        let e = key(&l, Some(&k("", "c", "i"))).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("user_id is empty"));
+        let e = key(&l, Some(&k("u", "c", "123456789"))).unwrap_err();
+        assert!(e.message().contains("9 bytes, over the limit of 8"));
+        let e = key(&l, Some(&k("u", "c\u{0}x", "i"))).unwrap_err();
+        assert!(e.message().contains("U+0000"));
+        assert!(key(&l, Some(&k("u\n", "c", "i"))).is_err());
+        assert!(key(&l, Some(&k("ü", "日本", "i"))).is_ok(), "non-ASCII printable text is fine");
+    }
+
+    #[test]
+    fn values_over_the_limit_are_refused() {
+        let l = limits();
+        assert!(value(&l, "value", &[0; 10], "").is_ok());
+        let e = value(&l, "value", &[0; 11], "").unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("11 bytes, over the limit of 10"));
+        assert!(value(&l, "value", b"", "text/\u{7}").is_err());
+    }
+
+    #[test]
+    fn unknown_enum_values_are_refused() {
+        assert_eq!(durability(7).unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(consistency(-1).unwrap_err().code(), Code::InvalidArgument);
+        assert!(!durability(0).unwrap());
+        assert!(durability(2).unwrap());
+        assert_eq!(consistency(2).unwrap(), Consistency::Stale);
+    }
+
+    #[test]
+    fn batches_are_bounded_in_ops_and_bytes() {
+        let l = limits();
+        let put = |id: &str, v: &[u8]| BatchOp {
+            op: Some(batch_op::Op::Put(BatchPut {
+                collection: "c".into(),
+                item_id: id.into(),
+                value: v.to_vec(),
+                content_type: String::new(),
+                if_revision: None,
+            })),
+        };
+        let del = BatchOp {
+            op: Some(batch_op::Op::Delete(BatchDelete {
+                collection: "c".into(),
+                item_id: "x".into(),
+                if_revision: None,
+            })),
+        };
+        assert_eq!(batch(&l, "u", &[put("a", b"1"), del.clone()]).unwrap().len(), 2);
+        assert!(batch(&l, "u", &[]).unwrap_err().message().contains("no ops"));
+        assert!(batch(&l, "u", &[del.clone(), del.clone(), del.clone()]).unwrap_err().message().contains("3 ops"));
+        let e = batch(&l, "u", &[put("a", &[0; 10]), put("b", &[0; 10])]).unwrap_err();
+        assert!(e.message().contains("over the limit of 16 bytes"), "{}", e.message());
+        assert!(batch(&l, "u", &[BatchOp { op: None }]).is_err());
+        assert!(batch(&l, "u", &[put("bad\u{1}", b"")]).unwrap_err().message().contains("ops[0].item_id"));
+    }
+}

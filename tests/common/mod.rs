@@ -1,0 +1,910 @@
+//! The integration-test harness: a `Cluster` of real `keepsake serve` processes on 127.0.0.1,
+//! plus small gRPC helpers (bounded in time) that the cluster tests share.
+//!
+//! Each node gets fresh ports, its own temporary directory (data dir, `node.toml`, `node.log`)
+//! and test-speed Raft timings. The harness can kill (SIGKILL), stop (SIGTERM), restart, pause
+//! (SIGSTOP) and resume (SIGCONT) nodes. Dropping the `Cluster` kills every node it still runs,
+//! also when a test panics — and then it prints the tail of every node's log.
+//!
+//! Every call made here carries a gRPC deadline and a local timeout, so a broken cluster fails
+//! the test instead of hanging it.
+
+#![allow(dead_code)]
+
+mod s3;
+pub use s3::{S3Server, S3_ENV};
+
+use std::fs::OpenOptions;
+use std::future::Future;
+use std::net::TcpListener;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use keepsake::proto::v1::admin_client::AdminClient;
+use keepsake::proto::v1::store_client::StoreClient;
+use keepsake::proto::v1::{
+    Consistency, DeleteRequest, DeleteResponse, DigestRequest, DigestResponse, GetRequest, Item, ItemKey, ListRequest,
+    NodeStatus, NodeStatusRequest, PutRequest, PutResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
+};
+use tempfile::TempDir;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+/// The deadline of an ordinary test request.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `start` waits for the new cluster to elect a leader.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `stop` waits for a node to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines of each node's log printed when a test panics.
+const LOG_TAIL_LINES: usize = 40;
+/// Largest message a test client accepts (List pages and export chunks stay far below).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// `KEEPSAKE_*` variables that would override the written config file.
+const OVERRIDING_VARS: [&str; 7] = [
+    "KEEPSAKE_CONFIG",
+    "KEEPSAKE_NODE_ID",
+    "KEEPSAKE_CLUSTER_ID",
+    "KEEPSAKE_DATA_DIR",
+    "KEEPSAKE_CLIENT_ADDR",
+    "KEEPSAKE_PEER_ADDR",
+    "KEEPSAKE_MEMBERS",
+];
+
+/// Options of a test cluster; `start` launches it.
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    nodes: usize,
+    /// Extra nodes with no initial members, not started: learners-to-be (`restart` starts one).
+    spares: usize,
+    cluster_id: String,
+    bootstrap: bool,
+    snapshot_every: u64,
+    keep_after_snapshot: u64,
+    /// (url, endpoint) of an S3 archive; None: a fresh local directory.
+    s3_archive: Option<(String, String)>,
+    /// Extra lines for the `[archive]` table.
+    archive_extra: String,
+}
+
+impl ClusterBuilder {
+    /// Archive to `server`, under `s3://<bucket>/<prefix>/<cluster-id>/`.
+    pub fn archive_s3(mut self, server: &S3Server, prefix: &str) -> Self {
+        self.s3_archive = Some((server.url(prefix), server.endpoint.clone()));
+        self
+    }
+
+    /// One more `key = value` line in every node's `[archive]` table.
+    pub fn archive_option(mut self, key: &str, value: &str) -> Self {
+        self.archive_extra.push_str(&format!("{key} = {value}\n"));
+        self
+    }
+
+    /// How many nodes (ids 1..=n); 3 unless set.
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// Extra nodes (ids n+1..) that are configured but not started and not initial members.
+    pub fn spares(mut self, n: usize) -> Self {
+        self.spares = n;
+        self
+    }
+
+    /// `raft.snapshot_every_entries` (default 10,000).
+    pub fn snapshot_every(mut self, entries: u64) -> Self {
+        self.snapshot_every = entries;
+        self
+    }
+
+    /// `raft.keep_entries_after_snapshot` (default 1,000).
+    pub fn keep_after_snapshot(mut self, entries: u64) -> Self {
+        self.keep_after_snapshot = entries;
+        self
+    }
+
+    /// Starts every node and waits until they agree on a leader.
+    pub async fn start(self) -> Cluster {
+        let initial = self.nodes;
+        let cluster = self.prepare();
+        cluster.launch(initial).await;
+        cluster
+    }
+
+    /// The cluster's own id (default `keepsake-test`).
+    pub fn cluster_id(mut self, id: &str) -> Self {
+        self.cluster_id = id.to_owned();
+        self
+    }
+
+    /// Nodes start with no initial members: the cluster already exists in a seeded data dir.
+    pub fn no_bootstrap(mut self) -> Self {
+        self.bootstrap = false;
+        self
+    }
+
+    /// Allocates ports, directories and configs, and starts nothing (see `Cluster::launch`).
+    pub fn prepare(self) -> Cluster {
+        assert!(self.nodes > 0, "a cluster needs at least one node");
+        let total = self.nodes + self.spares;
+        let ports = free_ports(total * 2);
+        let all: Vec<(u64, String, String)> = (0..total)
+            .map(|i| {
+                let id = i as u64 + 1;
+                (id, format!("127.0.0.1:{}", ports[2 * i]), format!("127.0.0.1:{}", ports[2 * i + 1]))
+            })
+            .collect();
+        let addrs = &all[..self.nodes];
+        let archive =
+            tempfile::Builder::new().prefix("keepsake-test-archive-").tempdir().expect("create an archive dir");
+        let (archive_url, archive_endpoint) = match &self.s3_archive {
+            Some((url, endpoint)) => (url.clone(), endpoint.clone()),
+            None => (archive.path().to_string_lossy().into_owned(), String::new()),
+        };
+        let mut nodes = Vec::with_capacity(total);
+        for (id, client_addr, peer_addr) in &all {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("keepsake-test-node{id}-"))
+                .tempdir()
+                .expect("create a temporary directory for a test node");
+            let config_path = dir.path().join("node.toml");
+            let log_path = dir.path().join("node.log");
+            let data_dir = dir.path().join("data");
+            let members = if self.bootstrap && (*id as usize) <= self.nodes { addrs } else { &[] };
+            let mut config = node_config(&self, *id, &data_dir, client_addr, peer_addr, members);
+            config.push_str(&format!(
+                "\n[archive]\nurl = {}\nendpoint = {}\nmax_segment_age_ms = 100\nrequest_timeout_ms = 2000\n{}",
+                toml_string(&archive_url),
+                toml_string(&archive_endpoint),
+                self.archive_extra
+            ));
+            std::fs::write(&config_path, config).expect("write the test node's node.toml");
+            nodes.push(NodeProc {
+                id: *id,
+                client_addr: client_addr.clone(),
+                peer_addr: peer_addr.clone(),
+                config_path,
+                log_path,
+                child: Mutex::new(None),
+                paused: AtomicBool::new(false),
+                channel: Mutex::new(connect(client_addr)),
+                dir,
+            });
+        }
+        Cluster { nodes, archive, archive_url, archive_endpoint, cluster_id: self.cluster_id.clone() }
+    }
+}
+
+/// Three (or more) real `keepsake serve` processes. Node ids are 1..=n.
+pub struct Cluster {
+    nodes: Vec<NodeProc>,
+    cluster_id: String,
+    /// The local archive directory (used unless the cluster archives to S3).
+    archive: TempDir,
+    /// What the nodes are configured with: a directory or `s3://…`, and the S3 endpoint.
+    archive_url: String,
+    archive_endpoint: String,
+}
+
+struct NodeProc {
+    id: u64,
+    client_addr: String,
+    peer_addr: String,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    /// None once killed or stopped.
+    child: Mutex<Option<Child>>,
+    paused: AtomicBool,
+    /// Replaced on restart, so clients never reuse a connection to the previous process.
+    channel: Mutex<Channel>,
+    /// Holds the data dir, config and log; removed when the cluster is dropped.
+    dir: TempDir,
+}
+
+impl NodeProc {
+    fn spawn(&self) -> Child {
+        let log =
+            OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open the test node's log file");
+        let log_err = log.try_clone().expect("duplicate the test node's log file handle");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keepsake"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        for var in OVERRIDING_VARS {
+            cmd.env_remove(var);
+        }
+        cmd.envs(S3_ENV);
+        die_with_parent(&mut cmd);
+        cmd.spawn().unwrap_or_else(|e| panic!("cannot start `keepsake serve` for node {}: {e}", self.id))
+    }
+
+    fn pid(&self) -> Option<libc::pid_t> {
+        lock(&self.child).as_ref().map(|c| c.id() as libc::pid_t)
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        match std::fs::read(&self.log_path) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let all: Vec<&str> = text.lines().collect();
+                all[all.len().saturating_sub(lines)..].join("\n")
+            }
+            Err(e) => format!("(cannot read {}: {e})", self.log_path.display()),
+        }
+    }
+}
+
+impl Cluster {
+    /// A cluster of `n` nodes with the default test options.
+    pub async fn start(n: usize) -> Cluster {
+        Cluster::builder().nodes(n).start().await
+    }
+
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            nodes: 3,
+            spares: 0,
+            snapshot_every: 10_000,
+            keep_after_snapshot: 1000,
+            cluster_id: "keepsake-test".into(),
+            bootstrap: true,
+            s3_archive: None,
+            archive_extra: String::new(),
+        }
+    }
+
+    /// Starts nodes 1..=n and waits until they agree on a leader.
+    pub async fn launch(&self, n: usize) {
+        for node in &self.nodes[..n] {
+            *lock(&node.child) = Some(node.spawn());
+        }
+        self.wait_for_leader(START_TIMEOUT).await;
+    }
+
+    /// `ID=CLIENT/PEER,…` for every node (the `--members` format).
+    pub fn members_flag(&self) -> String {
+        self.nodes.iter().map(|n| format!("{}={}/{}", n.id, n.client_addr, n.peer_addr)).collect::<Vec<_>>().join(",")
+    }
+
+    /// A node's data directory (what `keepsake serve` is configured with).
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.node_dir(id).join("data")
+    }
+
+    /// The cluster's id.
+    pub fn id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// The directory holding the cluster's archive (`<dir>/keepsake-test/segments/…`), when it
+    /// is local.
+    pub fn archive_dir(&self) -> std::path::PathBuf {
+        assert!(self.archive_endpoint.is_empty(), "this cluster archives to S3, not to a directory");
+        self.archive.path().to_path_buf()
+    }
+
+    /// `--archive URL [--endpoint E]`, as the CLI's archive commands take them.
+    pub fn archive_args(&self) -> Vec<String> {
+        let mut args = vec!["--archive".to_owned(), self.archive_url.clone()];
+        if !self.archive_endpoint.is_empty() {
+            args.extend(["--endpoint".to_owned(), self.archive_endpoint.clone()]);
+        }
+        args
+    }
+
+    /// Every node id, running or not.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Nodes that are running and not paused.
+    pub fn live_ids(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| lock(&n.child).is_some() && !n.paused.load(Ordering::SeqCst))
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        lock(&self.node(id).child).is_some()
+    }
+
+    pub fn client_addr(&self, id: u64) -> String {
+        self.node(id).client_addr.clone()
+    }
+
+    pub fn peer_addr(&self, id: u64) -> String {
+        self.node(id).peer_addr.clone()
+    }
+
+    /// The node's directory (data dir, node.toml, node.log).
+    pub fn node_dir(&self, id: u64) -> PathBuf {
+        self.node(id).dir.path().to_path_buf()
+    }
+
+    /// A lazily connected channel to the node's client port (never fails up front).
+    pub fn channel(&self, id: u64) -> Channel {
+        lock(&self.node(id).channel).clone()
+    }
+
+    pub fn store(&self, id: u64) -> StoreClient<Channel> {
+        StoreClient::new(self.channel(id))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn admin(&self, id: u64) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(id))
+    }
+
+    /// Store clients for the given nodes, in that order.
+    pub fn stores(&self, ids: &[u64]) -> Vec<StoreClient<Channel>> {
+        ids.iter().map(|&id| self.store(id)).collect()
+    }
+
+    /// The node's own view of itself (Admin.NodeStatus, 500 ms deadline).
+    pub async fn get_node_status(&self, id: u64) -> Result<NodeStatus, Status> {
+        let mut admin = self.admin(id);
+        bounded_for(
+            Duration::from_secs(1),
+            admin.get_node_status(request(NodeStatusRequest {}, Duration::from_millis(500))),
+        )
+        .await
+    }
+
+    /// The leader as the live nodes see it now: a node reporting itself leader (highest term).
+    pub async fn leader_id(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for id in self.live_ids() {
+            if let Ok(s) = self.get_node_status(id).await {
+                if s.role == "leader" && best.is_none_or(|(term, _)| s.term > term) {
+                    best = Some((s.term, s.node_id));
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    /// Polls NodeStatus on every live node (every 50 ms) until all of them name the same live
+    /// leader and that leader reports itself leader; panics after `timeout`, or at once when a
+    /// node has exited on its own.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no answer yet");
+        loop {
+            self.check_no_node_exited();
+            let live = self.live_ids();
+            assert!(!live.is_empty(), "wait_for_leader: no node is running");
+            let mut views = Vec::with_capacity(live.len());
+            for &id in &live {
+                match self.get_node_status(id).await {
+                    Ok(s) => views.push(s),
+                    Err(e) => {
+                        last = format!("node {id} did not answer NodeStatus: {:?} {}", e.code(), e.message());
+                        break;
+                    }
+                }
+            }
+            if views.len() == live.len() {
+                if let Some(leader) = agreed_leader(&views, &live) {
+                    return leader;
+                }
+                last = views
+                    .iter()
+                    .map(|s| format!("node {}: {} term {} leader {:?}", s.node_id, s.role, s.term, s.leader_id))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+            }
+            if Instant::now() >= deadline {
+                panic!("live nodes {live:?} did not agree on a leader within {timeout:?}; last seen: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls NodeStatus until the node's applied index is at least `index`.
+    pub async fn wait_for_applied(&self, id: u64, index: u64, timeout: Duration) -> NodeStatus {
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            match self.get_node_status(id).await {
+                Ok(s) if s.applied_index >= index => return s,
+                Ok(s) => {
+                    last = format!(
+                        "applied {} (last log {}, committed {}, snapshot {}, role {})",
+                        s.applied_index, s.last_log_index, s.committed_index, s.snapshot_index, s.role
+                    )
+                }
+                Err(e) => last = format!("NodeStatus failed: {:?} {}", e.code(), e.message()),
+            }
+            if Instant::now() >= deadline {
+                panic!("node {id} did not apply up to index {index} within {timeout:?}; last seen: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Admin.Digest on one node (index 0: its applied index).
+    pub async fn digest(&self, id: u64, index: u64) -> DigestResponse {
+        let mut admin = self.admin(id);
+        bounded(admin.digest(request(DigestRequest { index }, RPC_TIMEOUT)))
+            .await
+            .unwrap_or_else(|e| panic!("Digest(index {index}) on node {id} failed: {:?} {}", e.code(), e.message()))
+    }
+
+    /// Admin.TriggerSnapshot on one node.
+    pub async fn trigger_snapshot(&self, id: u64) -> TriggerSnapshotResponse {
+        let mut admin = self.admin(id);
+        bounded_for(
+            Duration::from_secs(20),
+            admin.trigger_snapshot(request(TriggerSnapshotRequest {}, Duration::from_secs(15))),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("TriggerSnapshot on node {id} failed: {:?} {}", e.code(), e.message()))
+    }
+
+    /// SIGKILL, then reap the process.
+    pub fn kill(&self, id: u64) {
+        let node = self.node(id);
+        let mut child = lock(&node.child).take().unwrap_or_else(|| panic!("kill: node {id} is not running"));
+        if node.paused.swap(false, Ordering::SeqCst) {
+            signal(child.id() as libc::pid_t, libc::SIGCONT);
+        }
+        child.kill().unwrap_or_else(|e| panic!("cannot SIGKILL node {id}: {e}"));
+        child.wait().unwrap_or_else(|e| panic!("cannot reap node {id}: {e}"));
+    }
+
+    /// SIGTERM, then wait up to 10 s for a clean exit; panics (after SIGKILL) if it does not exit.
+    pub async fn stop(&self, id: u64) {
+        let node = self.node(id);
+        let pid = node.pid().unwrap_or_else(|| panic!("stop: node {id} is not running"));
+        if node.paused.swap(false, Ordering::SeqCst) {
+            signal(pid, libc::SIGCONT);
+        }
+        signal(pid, libc::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            let exited = {
+                let mut guard = lock(&node.child);
+                let state = guard.as_mut().map(|c| c.try_wait());
+                match state {
+                    Some(Ok(Some(status))) => {
+                        guard.take();
+                        Some(status)
+                    }
+                    Some(Ok(None)) => None,
+                    Some(Err(e)) => panic!("cannot wait for node {id}: {e}"),
+                    None => panic!("stop: node {id} was reaped by someone else"),
+                }
+            };
+            if exited.is_some() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                if let Some(mut child) = lock(&node.child).take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                panic!("node {id} did not exit within {STOP_TIMEOUT:?} of SIGTERM (killed it)");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts a killed or stopped node again: same config, data dir and ports. Does not wait.
+    pub fn restart(&self, id: u64) {
+        let node = self.node(id);
+        let mut child = lock(&node.child);
+        assert!(child.is_none(), "restart: node {id} is still running; kill or stop it first");
+        node.paused.store(false, Ordering::SeqCst);
+        *child = Some(node.spawn());
+        *lock(&node.channel) = connect(&node.client_addr);
+    }
+
+    /// SIGSTOP: the process stays alive but answers nothing.
+    pub fn pause(&self, id: u64) {
+        let node = self.node(id);
+        let pid = node.pid().unwrap_or_else(|| panic!("pause: node {id} is not running"));
+        signal(pid, libc::SIGSTOP);
+        node.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self, id: u64) {
+        let node = self.node(id);
+        let pid = node.pid().unwrap_or_else(|| panic!("resume: node {id} is not running"));
+        signal(pid, libc::SIGCONT);
+        node.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// The last `lines` lines of a node's log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        self.node(id).log_tail(lines)
+    }
+
+    fn node(&self, id: u64) -> &NodeProc {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("there is no node {id} in this cluster (ids {:?})", self.ids()))
+    }
+
+    /// Panics, with the node's log, when a node the harness did not stop has exited.
+    fn check_no_node_exited(&self) {
+        for node in &self.nodes {
+            let exited = {
+                let mut guard = lock(&node.child);
+                let state = guard.as_mut().map(|c| c.try_wait());
+                match state {
+                    Some(Ok(Some(status))) => {
+                        guard.take();
+                        Some(status)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(status) = exited {
+                panic!(
+                    "node {} exited on its own ({status}); last lines of {}:\n{}",
+                    node.id,
+                    node.log_path.display(),
+                    node.log_tail(LOG_TAIL_LINES)
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            if let Some(mut child) = lock(&node.child).take() {
+                if node.paused.swap(false, Ordering::SeqCst) {
+                    signal(child.id() as libc::pid_t, libc::SIGCONT);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!(
+                    "----- node {} (client {}, peer {}): last {LOG_TAIL_LINES} lines of {} -----\n{}",
+                    node.id,
+                    node.client_addr,
+                    node.peer_addr,
+                    node.log_path.display(),
+                    node.log_tail(LOG_TAIL_LINES)
+                );
+            }
+        }
+    }
+}
+
+/// The leader every view names, if they all name the same live node and it says it leads.
+fn agreed_leader(views: &[NodeStatus], live: &[u64]) -> Option<u64> {
+    let leader = views.first()?.leader_id?;
+    if !live.contains(&leader) || views.iter().any(|v| v.leader_id != Some(leader)) {
+        return None;
+    }
+    let own = views.iter().find(|v| v.node_id == leader)?;
+    (own.role == "leader").then_some(leader)
+}
+
+fn node_config(
+    options: &ClusterBuilder,
+    id: u64,
+    data_dir: &std::path::Path,
+    client_addr: &str,
+    peer_addr: &str,
+    members: &[(u64, String, String)],
+) -> String {
+    let mut text = format!(
+        "node_id = {id}\n\
+         cluster_id = {}\n\
+         data_dir = {}\n\
+         client_addr = {}\n\
+         peer_addr = {}\n\
+         \n\
+         [raft]\n\
+         heartbeat_interval_ms = 50\n\
+         election_timeout_min_ms = 150\n\
+         election_timeout_max_ms = 450\n\
+         snapshot_every_entries = {}\n\
+         keep_entries_after_snapshot = {}\n\
+         install_snapshot_timeout_ms = 10000\n",
+        toml_string(&options.cluster_id),
+        toml_string(&data_dir.to_string_lossy()),
+        toml_string(client_addr),
+        toml_string(peer_addr),
+        options.snapshot_every,
+        options.keep_after_snapshot,
+    );
+    for (member, client, peer) in members {
+        text.push_str(&format!(
+            "\n[[members]]\nid = {member}\nclient_addr = {}\npeer_addr = {}\n",
+            toml_string(client),
+            toml_string(peer)
+        ));
+    }
+    text
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `n` distinct free ports on 127.0.0.1 (all listeners are held until every port is chosen).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("the local address of a bound listener").port()).collect()
+}
+
+fn connect(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a node address makes a valid URI")
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect_lazy()
+}
+
+/// Runs the `keepsake` binary with `args` (and the S3 test credentials); returns its exit code
+/// and everything it printed.
+pub fn keepsake_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keepsake"));
+    cmd.args(args).envs(S3_ENV).env_remove("KEEPSAKE_ENDPOINTS").stdin(Stdio::null());
+    die_with_parent(&mut cmd);
+    let out = cmd.output().expect("run the keepsake binary");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// If the test process dies without running Drop (e.g. killed by the test runner), the kernel
+/// kills the child too.
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+}
+
+fn signal(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is a child we have not reaped.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed: {}", std::io::Error::last_os_error());
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A request carrying a gRPC deadline.
+pub fn request<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut r = Request::new(message);
+    r.set_timeout(timeout);
+    r
+}
+
+/// Awaits a unary call, giving up (DEADLINE_EXCEEDED) a second after `RPC_TIMEOUT`.
+pub async fn bounded<T>(call: impl Future<Output = Result<tonic::Response<T>, Status>>) -> Result<T, Status> {
+    bounded_for(RPC_TIMEOUT + Duration::from_secs(1), call).await
+}
+
+/// Awaits a unary call for at most `limit`.
+pub async fn bounded_for<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!("the test gave up waiting after {limit:?}"))),
+    }
+}
+
+/// Runs a whole test body, failing it if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, body: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, body).await {
+        Ok(v) => v,
+        Err(_) => panic!("the test did not finish within {limit:?}"),
+    }
+}
+
+/// Polls `probe` every 50 ms until it returns Some, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn key(user: &str, collection: &str, item_id: &str) -> ItemKey {
+    ItemKey { user_id: user.into(), collection: collection.into(), item_id: item_id.into() }
+}
+
+/// The id of the i-th generated item.
+pub fn item_id(i: usize) -> String {
+    format!("item-{i:04}")
+}
+
+/// The value the i-th generated item of (user, collection) is written with.
+pub fn value_of(user: &str, collection: &str, i: usize) -> Vec<u8> {
+    format!("value of {user}/{collection}/{}", item_id(i)).into_bytes()
+}
+
+pub async fn put(
+    client: &mut StoreClient<Channel>,
+    user: &str,
+    collection: &str,
+    item_id: &str,
+    value: impl Into<Vec<u8>>,
+) -> Result<PutResponse, Status> {
+    put_if(client, user, collection, item_id, value, None).await
+}
+
+/// Put with an `if_revision` precondition.
+pub async fn put_if(
+    client: &mut StoreClient<Channel>,
+    user: &str,
+    collection: &str,
+    item_id: &str,
+    value: impl Into<Vec<u8>>,
+    if_revision: Option<u64>,
+) -> Result<PutResponse, Status> {
+    let message = PutRequest {
+        key: Some(key(user, collection, item_id)),
+        value: value.into(),
+        content_type: "text/plain".into(),
+        if_revision,
+        durability: 0,
+    };
+    bounded(client.put(request(message, RPC_TIMEOUT))).await
+}
+
+/// A linearizable Get of the item.
+pub async fn get(
+    client: &mut StoreClient<Channel>,
+    user: &str,
+    collection: &str,
+    item_id: &str,
+) -> Result<Item, Status> {
+    get_with(client, user, collection, item_id, Consistency::Linearizable).await
+}
+
+pub async fn get_with(
+    client: &mut StoreClient<Channel>,
+    user: &str,
+    collection: &str,
+    item_id: &str,
+    consistency: Consistency,
+) -> Result<Item, Status> {
+    let message = GetRequest { key: Some(key(user, collection, item_id)), consistency: consistency as i32 };
+    let response = bounded(client.get(request(message, RPC_TIMEOUT))).await?;
+    response.item.ok_or_else(|| Status::internal("a GetResponse without an item"))
+}
+
+pub async fn delete(
+    client: &mut StoreClient<Channel>,
+    user: &str,
+    collection: &str,
+    item_id: &str,
+) -> Result<DeleteResponse, Status> {
+    let message = DeleteRequest { key: Some(key(user, collection, item_id)), if_revision: None, durability: 0 };
+    bounded(client.delete(request(message, RPC_TIMEOUT))).await
+}
+
+/// Every item of a collection, following `next_page_token` (at most 1,000 pages).
+pub async fn list_all(
+    client: &mut StoreClient<Channel>,
+    user: &str,
+    collection: &str,
+    consistency: Consistency,
+    page_size: u32,
+) -> Result<Vec<Item>, Status> {
+    let mut items = Vec::new();
+    let mut token = String::new();
+    for _ in 0..1000 {
+        let message = ListRequest {
+            user_id: user.into(),
+            collection: collection.into(),
+            page_token: token.clone(),
+            page_size,
+            consistency: consistency as i32,
+        };
+        let page = bounded(client.list(request(message, RPC_TIMEOUT))).await?;
+        items.extend(page.items);
+        if page.next_page_token.is_empty() {
+            return Ok(items);
+        }
+        token = page.next_page_token;
+    }
+    Err(Status::internal(format!("List of {user}/{collection} did not end within 1000 pages")))
+}
+
+/// Writes items `ids` of (user, collection) with `value_of`, round-robin over `clients`,
+/// `concurrency` at a time; panics on the first failed write. Returns (item id, response).
+pub async fn write_items(
+    clients: &[StoreClient<Channel>],
+    user: &str,
+    collection: &str,
+    ids: Range<usize>,
+    concurrency: usize,
+) -> Vec<(String, PutResponse)> {
+    assert!(!clients.is_empty(), "write_items needs at least one client");
+    let writes = ids.map(|i| {
+        let mut client = clients[i % clients.len()].clone();
+        let (user, collection) = (user.to_owned(), collection.to_owned());
+        async move {
+            let id = item_id(i);
+            match put(&mut client, &user, &collection, &id, value_of(&user, &collection, i)).await {
+                Ok(r) => Ok((id, r)),
+                Err(e) => Err(format!("put {user}/{collection}/{id}: {:?} {}", e.code(), e.message())),
+            }
+        }
+    });
+    let results: Vec<Result<(String, PutResponse), String>> =
+        futures::stream::iter(writes).buffer_unordered(concurrency.max(1)).collect().await;
+    results.into_iter().map(|r| r.unwrap_or_else(|e| panic!("a write failed on a healthy cluster: {e}"))).collect()
+}
+
+/// Linearizable Gets of items `ids` of (user, collection), `concurrency` at a time; returns a
+/// description of every item that is missing or has the wrong value.
+pub async fn check_items(
+    client: &StoreClient<Channel>,
+    user: &str,
+    collection: &str,
+    ids: Range<usize>,
+    concurrency: usize,
+) -> Vec<String> {
+    let reads = ids.map(|i| {
+        let mut client = client.clone();
+        let (user, collection) = (user.to_owned(), collection.to_owned());
+        async move {
+            let id = item_id(i);
+            match get(&mut client, &user, &collection, &id).await {
+                Ok(item) if item.value == value_of(&user, &collection, i) => None,
+                Ok(item) => Some(format!("{id}: wrong value {:?}", String::from_utf8_lossy(&item.value))),
+                Err(e) => Some(format!("{id}: {:?} {}", e.code(), e.message())),
+            }
+        }
+    });
+    futures::stream::iter(reads)
+        .buffer_unordered(concurrency.max(1))
+        .filter_map(|r| async move { r })
+        .collect::<Vec<String>>()
+        .await
+}

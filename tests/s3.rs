@@ -1,0 +1,162 @@
+//! Continuous backup to a real S3-compatible server over HTTP (moto, started per test): a
+//! cluster archives to it, loses every node, and is restored from it alone; an object-store
+//! outage stops archiving but not quorum writes until the backlog limit, and the archive then
+//! catches up with no gap.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use keepsake::proto::v1::*;
+use tonic::Code;
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn put_durable(
+    client: &mut keepsake::proto::v1::store_client::StoreClient<tonic::transport::Channel>,
+    id: &str,
+    durability: Durability,
+    timeout: Duration,
+) -> Result<PutResponse, tonic::Status> {
+    let req = PutRequest {
+        key: Some(key("s3user", "contacts", id)),
+        value: format!("value of {id}").into_bytes(),
+        durability: durability as i32,
+        ..Default::default()
+    };
+    bounded_for(timeout + Duration::from_secs(1), client.put(request(req, timeout))).await
+}
+
+async fn backup_status(cluster: &Cluster, id: u64) -> Option<BackupStatusResponse> {
+    bounded(cluster.admin(id).backup_status(request(BackupStatusRequest {}, Duration::from_secs(2)))).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_archived_to_s3_is_restored_from_it_after_every_node_is_lost() {
+    let s3 = S3Server::start();
+    let old = Cluster::builder().archive_s3(&s3, "prod").start().await;
+    let leader = old.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut client = old.store(leader);
+    let mut archived = Vec::new();
+    for i in 0..60 {
+        let id = format!("a{i}");
+        put_durable(&mut client, &id, Durability::Archived, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("ARCHIVED put {id}: {:?} {}", e.code(), e.message()));
+        archived.push(id);
+    }
+    let clients = old.stores(&old.ids());
+    write_items(&clients, "s3user", "quorum", 0..200, 16).await;
+    let archived_after = put_durable(&mut client, "last", Durability::Archived, Duration::from_secs(10))
+        .await
+        .expect("last ARCHIVED put");
+    archived.push("last".into());
+
+    // Every node and every disk is lost; only the bucket remains.
+    for id in old.ids() {
+        old.kill(id);
+        std::fs::remove_dir_all(old.data_dir(id)).expect("lose the disk");
+    }
+
+    let mut verify = vec!["backup".to_owned(), "verify".into(), "--cluster-id".into(), old.id().into()];
+    verify.extend(old.archive_args());
+    let (code, text) = keepsake_cli(&verify);
+    assert_eq!(code, 0, "the archive in S3 verifies: {text}");
+
+    let new = Cluster::builder().cluster_id("restored").archive_s3(&s3, "prod").no_bootstrap().prepare();
+    let mut args = vec!["restore".to_owned(), "--cluster-id".into(), old.id().into()];
+    args.extend(old.archive_args());
+    args.extend(["--new-cluster-id".into(), new.id().into(), "--members".into(), new.members_flag()]);
+    args.extend(["--data-dir".into(), new.data_dir(1).to_string_lossy().into_owned()]);
+    let (code, text) = keepsake_cli(&args);
+    assert_eq!(code, 0, "restore from S3 succeeds: {text}");
+    new.launch(3).await;
+    let leader = new.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut client = new.store(leader);
+    for id in &archived {
+        let item = get(&mut client, "s3user", "contacts", id)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged ARCHIVED write {id} lost: {:?} {}", e.code(), e.message()));
+        assert_eq!(item.value, format!("value of {id}").into_bytes());
+    }
+    // Every QUORUM write before the last ARCHIVED one is in the archive too (index order).
+    let missing = check_items(&client, "s3user", "quorum", 0..200, 16).await;
+    assert!(missing.is_empty(), "writes committed before index {} are missing: {missing:?}", archived_after.log_index);
+
+    // The new cluster archives its own writes under its own id, never into the old archive.
+    let old_objects = list_segments(&old);
+    put_durable(&mut client, "after-restore", Durability::Archived, Duration::from_secs(10))
+        .await
+        .expect("an ARCHIVED write to the restored cluster");
+    assert!(!list_segments(&new).is_empty(), "the restored cluster archives under its new id");
+    assert_eq!(list_segments(&old), old_objects, "the old cluster's archive is untouched");
+}
+
+/// `keepsake backup list` of a cluster's archive: the object names.
+fn list_segments(cluster: &Cluster) -> Vec<String> {
+    let mut args = vec!["backup".to_owned(), "list".into(), "--cluster-id".into(), cluster.id().into()];
+    args.extend(cluster.archive_args());
+    let (code, text) = keepsake_cli(&args);
+    assert_eq!(code, 0, "backup list: {text}");
+    text.lines().filter(|l| l.contains(".seg")).map(|l| l.split('\t').next().unwrap_or(l).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_store_outage_holds_archived_writes_then_refuses_writes_and_catches_up_with_no_gap() {
+    let s3 = S3Server::start();
+    let cluster = Cluster::builder().archive_s3(&s3, "outage").archive_option("max_backlog_seconds", "3").start().await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut client = cluster.store(leader);
+    put_durable(&mut client, "before", Durability::Archived, Duration::from_secs(10)).await.expect("archived put");
+
+    s3.pause();
+    // Quorum writes go on while the archive is down and the backlog is under its limit…
+    for i in 0..20 {
+        put_durable(&mut client, &format!("during-{i}"), Durability::Quorum, Duration::from_secs(2))
+            .await
+            .unwrap_or_else(|e| panic!("QUORUM put during the outage: {:?} {}", e.code(), e.message()));
+    }
+    // …an ARCHIVED write is committed but cannot be acknowledged…
+    let e = put_durable(&mut client, "archived-during", Durability::Archived, Duration::from_millis(800))
+        .await
+        .expect_err("an ARCHIVED write cannot be acknowledged while the archive is down");
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{}", e.message());
+    // …and once the oldest unarchived write has waited past max_backlog_seconds, writes are
+    // refused with a message that says why.
+    let refused = eventually(Duration::from_secs(15), || {
+        let mut client = client.clone();
+        async move {
+            match put_durable(&mut client, "probe", Durability::Quorum, Duration::from_secs(2)).await {
+                Err(e) if e.code() == Code::ResourceExhausted => Some(e),
+                _ => None,
+            }
+        }
+    })
+    .await
+    .expect("writes are refused once the archive is too far behind");
+    assert!(refused.message().contains("archive"), "the refusal names the archive: {}", refused.message());
+    let status = eventually(Duration::from_secs(15), || async {
+        backup_status(&cluster, leader).await.filter(|s| !s.last_error.is_empty())
+    })
+    .await
+    .expect("BackupStatus reports the upload error during the outage");
+    assert!(status.lag_entries > 0 && status.lag_bytes > 0, "the lag is visible: {status:?}");
+
+    s3.resume();
+    let caught_up = eventually(Duration::from_secs(30), || async {
+        let leader = cluster.leader_id().await?;
+        let s = backup_status(&cluster, leader).await?;
+        (s.archived_index == Some(s.committed_index) && s.last_error.is_empty()).then_some(s)
+    })
+    .await;
+    assert!(caught_up.is_some(), "the archive catches up once the object store is back");
+    put_durable(&mut client, "after", Durability::Archived, Duration::from_secs(10))
+        .await
+        .expect("writes are accepted and archived again");
+
+    let mut verify = vec!["backup".to_owned(), "verify".into(), "--cluster-id".into(), cluster.id().into()];
+    verify.extend(cluster.archive_args());
+    let (code, text) = keepsake_cli(&verify);
+    assert_eq!(code, 0, "no gap and no damaged segment after the outage: {text}");
+}

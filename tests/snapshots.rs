@@ -1,0 +1,145 @@
+//! Archive snapshots with real processes: `keepsake backup snapshot` uploads the state as
+//! chunks, retention then deletes the segments no restore in the window needs, a restore starts
+//! from the snapshot (and fails loudly for a point retention gave up), a restored cluster's own
+//! archive restores again, and `keepsake drill` proves the archive equals the live state.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The JSON object a command printed (its one line starting with `{`).
+fn json_line(text: &str) -> serde_json::Value {
+    let line = text.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON in: {text}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+fn cli(cluster: &Cluster, args: &[&str]) -> (i32, String) {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend([
+        "--endpoints".into(),
+        cluster.ids().iter().map(|id| cluster.client_addr(*id)).collect::<Vec<_>>().join(","),
+    ]);
+    keepsake_cli(&all)
+}
+
+fn archive_cli(cluster: &Cluster, args: &[&str]) -> (i32, String) {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(["--cluster-id".into(), cluster.id().into()]);
+    all.extend(cluster.archive_args());
+    keepsake_cli(&all)
+}
+
+/// `keepsake backup snapshot` on the cluster; returns the snapshot's index.
+fn backup_snapshot(cluster: &Cluster) -> u64 {
+    let (code, text) = cli(cluster, &["backup", "snapshot", "--timeout", "60s", "--output", "json"]);
+    assert_eq!(code, 0, "backup snapshot: {text}");
+    let v: serde_json::Value = json_line(&text);
+    v["index"].as_u64().expect("the snapshot's index")
+}
+
+fn segment_ranges(cluster: &Cluster) -> Vec<(u64, u64)> {
+    let (code, text) = archive_cli(cluster, &["backup", "list", "--output", "json"]);
+    assert_eq!(code, 0, "backup list: {text}");
+    let v: serde_json::Value = json_line(&text);
+    v["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .map(|s| (s["first_index"].as_u64().expect("first"), s["last_index"].as_u64().expect("last")))
+        .collect()
+}
+
+/// Restores `from`'s archive into node 1 of `to` (extra flags appended).
+fn restore(from: &Cluster, to: &Cluster, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["restore".to_owned(), "--cluster-id".into(), from.id().into()];
+    args.extend(from.archive_args());
+    args.extend(["--new-cluster-id".into(), to.id().into(), "--members".into(), to.members_flag()]);
+    args.extend(["--data-dir".into(), to.data_dir(1).to_string_lossy().into_owned()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    keepsake_cli(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_no_restore_needs() {
+    let live = Cluster::builder()
+        .archive_option("snapshot_every_entries", "0")
+        .archive_option("snapshot_every_seconds", "0")
+        .archive_option("retention", "\"2s\"")
+        .start()
+        .await;
+    let leader = live.wait_for_leader(LEADER_TIMEOUT).await;
+    let clients = live.stores(&live.ids());
+    write_items(&clients, "u", "old", 0..300, 16).await;
+    let first = backup_snapshot(&live);
+    let early = write_items(&clients, "u", "new", 0..10, 4).await;
+    let early_index = early.iter().map(|(_, r)| r.log_index).max().expect("writes");
+    write_items(&clients, "u", "new", 10..300, 16).await;
+    // The first snapshot's last write falls out of the 2 s window while the second's is inside
+    // it: the first becomes the base, and the segments it covers are deleted.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    write_items(&clients, "u", "late", 0..20, 4).await;
+    let second = backup_snapshot(&live);
+    assert!(second > first);
+    let segments = segment_ranges(&live);
+    assert!(segments.iter().all(|(_, last)| *last > first), "no segment at or below the base {first}: {segments:?}");
+    assert!(segments.iter().any(|(first_index, _)| *first_index <= first + 1), "segments go on from the base");
+
+    let (code, text) = archive_cli(&live, &["backup", "verify"]);
+    assert_eq!(code, 0, "the archive verifies with its snapshots bridging the deleted segments: {text}");
+
+    // A restore of the latest point starts from the newest snapshot.
+    let restored = Cluster::builder().cluster_id("restored-once").no_bootstrap().prepare();
+    let (code, text) = restore(&live, &restored, &["--output", "json"]);
+    assert_eq!(code, 0, "restore: {text}");
+    let report: serde_json::Value = json_line(&text);
+    assert_eq!(report["snapshot_index"].as_u64(), Some(second), "{text}");
+
+    // A point before the base is gone: the restore says so and leaves nothing behind.
+    let too_old = Cluster::builder().cluster_id("too-old").no_bootstrap().prepare();
+    let target = (first - 5).to_string();
+    let (code, text) = restore(&live, &too_old, &["--to-index", &target]);
+    assert_ne!(code, 0, "a restore to a point retention gave up fails: {text}");
+    assert!(text.contains("retention"), "{text}");
+    assert!(!too_old.data_dir(1).exists(), "no half-written data directory");
+    // A point after the base restores from the base snapshot and the segments after it.
+    let in_window = Cluster::builder().cluster_id("in-window").no_bootstrap().prepare();
+    let target = early_index.to_string();
+    let (code, text) = restore(&live, &in_window, &["--to-index", &target, "--output", "json"]);
+    assert_eq!(code, 0, "restore inside the window: {text}");
+    let report: serde_json::Value = json_line(&text);
+    assert_eq!(report["snapshot_index"].as_u64(), Some(first), "{text}");
+    assert_eq!(report["index"].as_u64(), Some(early_index), "{text}");
+
+    // The drill proves the archive restores to the live state.
+    let mut drill = vec!["drill".to_owned(), "--cluster-id".into(), live.id().into()];
+    drill.extend(live.archive_args());
+    drill.extend(["--endpoints".into(), live.client_addr(leader)]);
+    let (code, text) = keepsake_cli(&drill);
+    assert_eq!(code, 0, "drill: {text}");
+    assert!(text.contains("ok: the archive restores to the live state"), "{text}");
+
+    // The restored cluster serves every item, archives its own writes, and its archive (which
+    // starts with a snapshot of the restored state) restores in turn.
+    restored.launch(3).await;
+    let r_leader = restored.wait_for_leader(LEADER_TIMEOUT).await;
+    let store = restored.store(r_leader);
+    assert!(check_items(&store, "u", "old", 0..300, 16).await.is_empty());
+    assert!(check_items(&store, "u", "new", 0..300, 16).await.is_empty());
+    let r_clients = restored.stores(&restored.ids());
+    write_items(&r_clients, "u", "after", 0..50, 8).await;
+    backup_snapshot(&restored);
+    let twice = Cluster::builder().cluster_id("restored-twice").no_bootstrap().prepare();
+    let (code, text) = restore(&restored, &twice, &[]);
+    assert_eq!(code, 0, "restoring a restored cluster's archive: {text}");
+    twice.launch(3).await;
+    let t_leader = twice.wait_for_leader(LEADER_TIMEOUT).await;
+    let store = twice.store(t_leader);
+    for (collection, n) in [("old", 300), ("new", 300), ("late", 20), ("after", 50)] {
+        let missing = check_items(&store, "u", collection, 0..n, 16).await;
+        assert!(missing.is_empty(), "{collection}: {missing:?}");
+    }
+}
