@@ -20,6 +20,8 @@ pub struct NodeConfig {
     pub client_addr: String,
     /// Peer port (the Raft transport).
     pub peer_addr: String,
+    /// HTTP port: Prometheus `/metrics`, `/healthz`, `/readyz`. Empty: not served.
+    pub http_addr: String,
     /// The initial voters. A node whose data directory is new bootstraps the cluster with them;
     /// once the cluster exists, membership changes go through `keepsake cluster`.
     pub members: Vec<Member>,
@@ -39,6 +41,13 @@ pub struct ArchiveConfig {
     pub endpoint: String,
     /// S3 region; empty: `AWS_REGION` or `us-east-1`.
     pub region: String,
+    /// S3 credentials; empty: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (or the instance's
+    /// role). Prefer the environment: a config file is easier to leak.
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// Address buckets as `bucket.endpoint` rather than `endpoint/bucket` (path style, the
+    /// default, which S3-compatible servers expect).
+    pub virtual_hosted_style: bool,
     /// Cut a segment once it holds this many bytes of entries.
     pub max_segment_bytes: u64,
     /// Cut a segment once its oldest entry has waited this long.
@@ -66,6 +75,9 @@ impl Default for ArchiveConfig {
             url: String::new(),
             endpoint: String::new(),
             region: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: Secret::default(),
+            virtual_hosted_style: false,
             max_segment_bytes: 16 << 20,
             max_segment_age_ms: 1000,
             request_timeout_ms: 30_000,
@@ -75,6 +87,17 @@ impl Default for ArchiveConfig {
             snapshot_every_seconds: 3600,
             retention: "30d".into(),
         }
+    }
+}
+
+/// A secret from the config file: read like a string, never printed (its Debug is redacted).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"<redacted>\"" })
     }
 }
 
@@ -135,6 +158,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("/var/lib/keepsake"),
             client_addr: "127.0.0.1:7001".into(),
             peer_addr: "127.0.0.1:7101".into(),
+            http_addr: "127.0.0.1:7201".into(),
             members: Vec::new(),
             raft: RaftConfig::default(),
             archive: ArchiveConfig::default(),

@@ -48,6 +48,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let client_listener = crate::server::bind(&config.client_addr).await?;
     let peer_listener = crate::server::bind(&config.peer_addr).await?;
+    let http_listener = match config.http_addr.as_str() {
+        "" => None,
+        addr => Some(crate::server::bind(addr).await?),
+    };
 
     let peers = Peers::new(config.limits.max_message_bytes());
     let raft =
@@ -111,6 +115,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let peer_task = tokio::spawn(peer_server);
     let client_task =
         tokio::spawn(crate::server::serve_clients(replica.clone(), client_listener, stopped(stop_rx.clone())));
+    let http_task =
+        http_listener.map(|l| tokio::spawn(crate::server::http::serve(replica.clone(), l, stopped(stop_rx.clone()))));
 
     bootstrap(&replica).await?;
     let purger = tokio::spawn(purge_behind_snapshots(replica.clone()));
@@ -126,6 +132,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), client_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), peer_task).await;
+    if let Some(task) = http_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     raft.shutdown().await.ok();
     Ok(())
 }

@@ -160,10 +160,18 @@ impl Replica {
     /// (DESIGN.md §4): the client learns the archive is behind, rather than the gap growing
     /// silently.
     fn check_archive_backlog(&self) -> Result<(), ReplicaError> {
+        match self.archive_backlog_problem() {
+            Some(problem) => Err(ReplicaError::ArchiveBehind(problem)),
+            None => Ok(()),
+        }
+    }
+
+    /// Why writes are refused for the archive's sake right now, if they are.
+    pub fn archive_backlog_problem(&self) -> Option<String> {
         let limits = &self.config.archive;
         let s = self.archive.status.borrow();
         if !s.uploading {
-            return Ok(()); // leadership just moved: the archiver has not started here yet
+            return None; // not the uploader, or leadership just moved here
         }
         let seconds =
             if s.pending_since_us == 0 { 0 } else { (now_us() - s.pending_since_us).max(0) as u64 / 1_000_000 };
@@ -173,20 +181,20 @@ impl Replica {
             format!("last archive error: {}", s.last_error)
         };
         if limits.max_backlog_bytes > 0 && s.backlog_bytes > limits.max_backlog_bytes {
-            return Err(ReplicaError::ArchiveBehind(format!(
+            return Some(format!(
                 "writes are paused: the archive is {} bytes behind the committed log (archive.max_backlog_bytes = \
                  {}); {why}. Retry later; `keepsake backup status` shows the lag",
                 s.backlog_bytes, limits.max_backlog_bytes
-            )));
+            ));
         }
         if limits.max_backlog_seconds > 0 && seconds > limits.max_backlog_seconds {
-            return Err(ReplicaError::ArchiveBehind(format!(
+            return Some(format!(
                 "writes are paused: the oldest committed write not yet archived has waited {seconds} s \
                  (archive.max_backlog_seconds = {}); {why}. Retry later; `keepsake backup status` shows the lag",
                 limits.max_backlog_seconds
-            )));
+            ));
         }
-        Ok(())
+        None
     }
 
     /// Refuses writes up front when this leader has lost touch with its quorum, rather than

@@ -1,5 +1,5 @@
 //! Restores from the archive alone, with real processes: the Sidekick test (every node and
-//! every disk lost at once), point-in-time restores by index and by time, and the change-feed
+//! every disk lost at once, the archive in a real S3-compatible server), point-in-time restores by index and by time, and the change-feed
 //! resync status for cursors from the lost timeline.
 
 mod common;
@@ -10,37 +10,30 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use keepsake::archive::segment::{parse_object_name, Segment};
+use keepsake::archive::segment::Segment;
 use keepsake::proto::v1::*;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs `keepsake restore` from `from`'s archive into node 1 of `to`.
+/// Runs `keepsake restore` from `from`'s archive (local or S3) into node 1 of `to`.
 fn restore(from: &Cluster, to: &Cluster, extra: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keepsake"))
-        .args(["restore", "--cluster-id", from.id(), "--new-cluster-id", to.id(), "--archive"])
-        .arg(from.archive_dir())
-        .arg("--data-dir")
-        .arg(to.data_dir(1))
-        .args(["--members", &to.members_flag()])
-        .args(extra)
-        .output()
-        .expect("run keepsake restore");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+    let mut args = vec!["restore".to_owned(), "--cluster-id".into(), from.id().into()];
+    args.extend(from.archive_args());
+    args.extend(["--new-cluster-id".into(), to.id().into(), "--members".into(), to.members_flag()]);
+    args.extend(["--data-dir".into(), to.data_dir(1).to_string_lossy().into_owned()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    keepsake_cli(&args)
 }
 
-/// The archive's newest segment, decoded.
-fn last_segment(cluster: &Cluster) -> Segment {
-    let dir = cluster.archive_dir().join(cluster.id()).join("segments");
-    let newest = std::fs::read_dir(&dir)
-        .expect("the archive has segments")
-        .flatten()
-        .filter_map(|f| parse_object_name(&f.file_name().to_string_lossy()).map(|r| (r.1, f.path())))
-        .max()
-        .expect("at least one segment");
-    let bytes = std::fs::read(&newest.1).expect("read the segment");
-    Segment::decode("last", &bytes).expect("the newest segment decodes")
+/// The archive's newest segment, decoded (read through object_store, as a restore reads it).
+async fn last_segment(cluster: &Cluster) -> Segment {
+    use object_store::ObjectStoreExt;
+    let archive = cluster.open_archive();
+    let listed = keepsake::archive::verify::list(&archive).await.expect("list the archive's segments");
+    let newest = listed.iter().max_by_key(|s| s.last).expect("at least one segment");
+    let path = object_store::path::Path::from(newest.name.as_str());
+    let bytes = archive.store.get(&path).await.expect("get").bytes().await.expect("read the segment");
+    Segment::decode(&newest.name, &bytes).expect("the newest segment decodes")
 }
 
 #[derive(Clone, Debug)]
@@ -52,7 +45,8 @@ struct Acked {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sidekick_losing_every_node_and_disk_loses_no_archived_write() {
-    let old = Cluster::start(3).await;
+    let s3 = S3Server::start();
+    let old = Cluster::builder().archive_s3(&s3, "sidekick").start().await;
     old.wait_for_leader(LEADER_TIMEOUT).await;
     let acked: Arc<Mutex<BTreeMap<String, Acked>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -94,9 +88,9 @@ async fn sidekick_losing_every_node_and_disk_loses_no_archived_write() {
     for id in old.ids() {
         std::fs::remove_dir_all(old.data_dir(id)).expect("lose the disk");
     }
-    let archived_head = last_segment(&old);
+    let archived_head = last_segment(&old).await;
 
-    let new = Cluster::builder().cluster_id("sidekick-restored").no_bootstrap().prepare();
+    let new = Cluster::builder().cluster_id("sidekick-restored").archive_s3(&s3, "sidekick").no_bootstrap().prepare();
     let (code, text) = restore(&old, &new, &[]);
     assert_eq!(code, 0, "restore succeeds: {text}");
     println!("{text}");

@@ -111,6 +111,7 @@ async fn an_object_store_outage_holds_archived_writes_then_refuses_writes_and_ca
     put_durable(&mut client, "before", Durability::Archived, Duration::from_secs(10)).await.expect("archived put");
 
     s3.pause();
+    let outage = std::time::Instant::now();
     // Quorum writes go on while the archive is down and the backlog is under its limit…
     for i in 0..20 {
         put_durable(&mut client, &format!("during-{i}"), Durability::Quorum, Duration::from_secs(2))
@@ -142,6 +143,21 @@ async fn an_object_store_outage_holds_archived_writes_then_refuses_writes_and_ca
     .await
     .expect("BackupStatus reports the upload error during the outage");
     assert!(status.lag_entries > 0 && status.lag_bytes > 0, "the lag is visible: {status:?}");
+    // Monitoring sees it too: the metrics show the error and the lag, and the leader is not ready.
+    assert_eq!(metric(&cluster, leader, "keepsake_archive_error"), 1.0);
+    assert!(metric(&cluster, leader, "keepsake_archive_lag_seconds") > 3.0);
+    assert!(metric(&cluster, leader, "keepsake_archive_lag_bytes") > 0.0);
+    let (code, text) = http_request(&cluster.http_addr(leader), "GET", "/readyz").expect("GET /readyz");
+    assert_eq!(code, 503, "the leader is not ready while it refuses writes: {text}");
+    assert!(text.contains("archive"), "{text}");
+    // The outage lasts 30 s; the lag keeps growing and writes stay refused all along.
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
+    let late = backup_status(&cluster, leader).await.expect("BackupStatus answers during the outage");
+    assert!(late.lag_seconds > status.lag_seconds && late.lag_seconds >= 25.0, "the lag grows: {late:?}");
+    let e = put_durable(&mut client, "still-refused", Durability::Quorum, Duration::from_secs(2))
+        .await
+        .expect_err("writes stay refused while the archive is down");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
 
     s3.resume();
     let caught_up = eventually(Duration::from_secs(30), || async {
@@ -159,4 +175,9 @@ async fn an_object_store_outage_holds_archived_writes_then_refuses_writes_and_ca
     verify.extend(cluster.archive_args());
     let (code, text) = keepsake_cli(&verify);
     assert_eq!(code, 0, "no gap and no damaged segment after the outage: {text}");
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    assert_eq!(metric(&cluster, leader, "keepsake_archive_error"), 0.0);
+    assert_eq!(metric(&cluster, leader, "keepsake_raft_is_leader"), 1.0);
+    let (code, _) = http_request(&cluster.http_addr(leader), "GET", "/readyz").expect("GET /readyz");
+    assert_eq!(code, 200, "ready again once the archive caught up");
 }

@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use keepsake::proto::v1::ChangesRequest;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -97,6 +98,7 @@ async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_n
     assert_eq!(code, 0, "restore: {text}");
     let report: serde_json::Value = json_line(&text);
     assert_eq!(report["snapshot_index"].as_u64(), Some(second), "{text}");
+    let first_restore_revision = report["revision"].as_u64().expect("the restored revision");
 
     // A point before the base is gone: the restore says so and leaves nothing behind.
     let too_old = Cluster::builder().cluster_id("too-old").no_bootstrap().prepare();
@@ -142,4 +144,12 @@ async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_n
         let missing = check_items(&store, "u", collection, 0..n, 16).await;
         assert!(missing.is_empty(), "{collection}: {missing:?}");
     }
+    // A device cursor from writes the first restore lost is refused after the second restore
+    // too; a cursor at the restored point is served.
+    let mut feed = twice.store(t_leader);
+    let lost = ChangesRequest { user_id: "u".into(), since_revision: first_restore_revision + 1, ..Default::default() };
+    let err = feed.changes(request(lost, RPC_TIMEOUT)).await.expect_err("a cursor from the first disaster");
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{}", err.message());
+    let kept = ChangesRequest { user_id: "u".into(), since_revision: first_restore_revision, ..Default::default() };
+    assert!(feed.changes(request(kept, RPC_TIMEOUT)).await.is_ok(), "a cursor at the restored point is fine");
 }

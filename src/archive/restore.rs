@@ -160,7 +160,7 @@ async fn load_snapshot(
         revision: m.revision,
         items: m.items,
         last_write_us: m.last_write_us,
-        resync: m.resync.map(|r| ResyncRange { restored: r.restored, floor: r.floor }),
+        resync: m.resync.iter().map(|r| ResyncRange { restored: r.restored, floor: r.floor }).collect(),
         ..MachineMeta::default()
     };
     store.machine.load_archived(loader, expected).await.map_err(|e| {

@@ -37,6 +37,8 @@ pub struct Snapshotter {
     pub config: ArchiveConfig,
     pub status: watch::Receiver<ArchiveStatus>,
     known: Mutex<Known>,
+    /// `Known::newest`, readable without waiting for an upload (for `backup status`).
+    newest: std::sync::Mutex<Option<(u64, i64)>>,
 }
 
 /// What this leader knows of the archive's snapshots (re-listed after every leader change).
@@ -70,7 +72,27 @@ impl Snapshotter {
         config: ArchiveConfig,
         status: watch::Receiver<ArchiveStatus>,
     ) -> Self {
-        Snapshotter { archive, cluster_id, node_id, raft, data_dir, config, status, known: Mutex::default() }
+        Snapshotter {
+            archive,
+            cluster_id,
+            node_id,
+            raft,
+            data_dir,
+            config,
+            status,
+            known: Mutex::default(),
+            newest: std::sync::Mutex::default(),
+        }
+    }
+
+    /// (index, unix µs) of the newest snapshot in the archive, as this leader last saw it.
+    pub fn newest(&self) -> Option<(u64, i64)> {
+        *self.newest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_newest(&self, known: &mut Known, newest: Option<(u64, i64)>) {
+        known.newest = newest;
+        *self.newest.lock().unwrap_or_else(|e| e.into_inner()) = newest;
     }
 
     fn is_leader(&self) -> bool {
@@ -158,10 +180,11 @@ impl Snapshotter {
         let objects: Vec<_> =
             self.archive.store.list(Some(&prefix)).try_collect().await.map_err(|e| format!("listing: {e}"))?;
         known.chunks = objects.iter().filter_map(|o| parse_chunk_name(o.location.as_ref())).collect();
-        known.newest = objects
+        let newest = objects
             .iter()
             .filter_map(|o| Some((parse_manifest_name(o.location.as_ref())?, o.last_modified.timestamp_micros())))
             .max();
+        self.set_newest(known, newest);
         known.listed = true;
         Ok(())
     }
@@ -194,7 +217,7 @@ impl Snapshotter {
             }
         }
         written?;
-        known.newest = Some((manifest.index, manifest.created_at_us));
+        self.set_newest(&mut known, Some((manifest.index, manifest.created_at_us)));
         up.index = manifest.index;
         Ok(up)
     }
@@ -251,7 +274,7 @@ impl Snapshotter {
             digest: machine.digest.0.to_vec(),
             created_at_us: now_us(),
             chunks: refs,
-            resync: machine.resync.map(|r| ResyncRange { restored: r.restored, floor: r.floor }),
+            resync: machine.resync.iter().map(|r| ResyncRange { restored: r.restored, floor: r.floor }).collect(),
         };
         Ok((manifest, up))
     }

@@ -52,6 +52,10 @@ impl Archive {
             if !config.region.is_empty() {
                 b = b.with_region(&config.region);
             }
+            if !config.access_key_id.is_empty() {
+                b = b.with_access_key_id(&config.access_key_id).with_secret_access_key(&config.secret_access_key.0);
+            }
+            b = b.with_virtual_hosted_style_request(config.virtual_hosted_style);
             let s3 = b.build().map_err(|source| OpenError::Store { url: url.clone(), source })?;
             (Arc::new(s3), prefix.trim_matches('/').to_owned())
         } else {

@@ -84,6 +84,7 @@ pub async fn run(cmd: BackupCommand) -> Result<(), Failure> {
                         "lag_seconds": s.lag_seconds, "last_error": s.last_error,
                         "last_success_unix_us": s.last_success_unix_us, "segments_uploaded": s.segments_uploaded,
                         "bytes_uploaded": s.bytes_uploaded, "uploading": s.uploading, "lag_bytes": s.lag_bytes,
+                        "newest_snapshot_index": s.newest_snapshot_index, "newest_snapshot_unix_us": s.newest_snapshot_unix_us,
                     })
                 ),
                 Output::Text => {
@@ -98,6 +99,14 @@ pub async fn run(cmd: BackupCommand) -> Result<(), Failure> {
                         "uploaded:       {} segments, {} bytes (by node {})",
                         s.segments_uploaded, s.bytes_uploaded, s.node_id
                     );
+                    match s.newest_snapshot_index {
+                        Some(i) => {
+                            let when = chrono::DateTime::from_timestamp_micros(s.newest_snapshot_unix_us)
+                                .map_or(String::new(), |t| t.to_rfc3339());
+                            println!("newest snapshot: index {i}, written {when}");
+                        }
+                        None => println!("newest snapshot: none yet"),
+                    }
                     if !s.last_error.is_empty() {
                         println!("last error:     {}", s.last_error);
                     }

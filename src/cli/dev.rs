@@ -42,6 +42,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             data_dir: dir.join(format!("node{}", m.id)),
             client_addr: m.client_addr.clone(),
             peer_addr: m.peer_addr.clone(),
+            http_addr: format!("127.0.0.1:{}", args.base_port + 200 + (m.id as u16 - 1)),
             members: members.clone(),
             // One archive the three share, so it stays whole across leader changes.
             archive: ArchiveConfig { url: dir.join("archive").display().to_string(), ..ArchiveConfig::default() },
@@ -71,7 +72,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("data directory: {}", dir.display());
     println!("archive: {}", dir.join("archive").join("keepsake-dev").display());
     for m in &members {
-        println!("node {}: client {}  peer {}", m.id, m.client_addr, m.peer_addr);
+        let http = args.base_port + 200 + (m.id as u16 - 1);
+        println!(
+            "node {}: client {}  peer {}  metrics http://127.0.0.1:{http}/metrics",
+            m.id, m.client_addr, m.peer_addr
+        );
     }
     println!("endpoints: {}", members.iter().map(|m| m.client_addr.as_str()).collect::<Vec<_>>().join(","));
     println!("press Ctrl-C to stop");

@@ -75,6 +75,9 @@ pub struct ServeArgs {
     /// Peer port address (Raft transport).
     #[arg(long, env = "KEEPSAKE_PEER_ADDR")]
     peer_addr: Option<String>,
+    /// HTTP address for /metrics, /healthz and /readyz ("" turns it off).
+    #[arg(long, env = "KEEPSAKE_HTTP_ADDR")]
+    http_addr: Option<String>,
     /// Initial voters: ID=CLIENT_ADDR/PEER_ADDR,… (used only to bootstrap a new cluster).
     #[arg(long, env = "KEEPSAKE_MEMBERS")]
     members: Option<String>,
@@ -164,6 +167,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.peer_addr {
         config.peer_addr = v;
+    }
+    if let Some(v) = args.http_addr {
+        config.http_addr = v;
     }
     if let Some(v) = args.members {
         config.members = crate::config::parse_members(&v)?;

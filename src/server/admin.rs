@@ -238,7 +238,7 @@ impl Admin for AdminService {
         request: Request<BackupStatusRequest>,
     ) -> Result<Response<BackupStatusResponse>, Status> {
         on_leader!(self, request, backup_status);
-        Ok(Response::new(self.backup_status_here()))
+        Ok(Response::new(backup_status(&self.replica)))
     }
 
     async fn backup_snapshot(
@@ -283,31 +283,32 @@ impl Admin for AdminService {
     }
 }
 
-impl AdminService {
-    fn backup_status_here(&self) -> BackupStatusResponse {
-        let r = &self.replica;
-        let s = r.archive.status.borrow().clone();
-        let committed = r.log.committed_index();
-        let next = s.archived_index.map_or(0, |a| a + 1);
-        let lag_seconds = if s.pending_since_us == 0 {
-            0.0
-        } else {
-            (crate::proposer::now_us() - s.pending_since_us).max(0) as f64 / 1e6
-        };
-        BackupStatusResponse {
-            node_id: r.id,
-            archive_url: r.archive.url.clone(),
-            archived_index: s.archived_index,
-            committed_index: committed,
-            lag_entries: (committed + 1).saturating_sub(next),
-            lag_seconds,
-            last_error: s.last_error,
-            last_success_unix_us: s.last_success_us,
-            segments_uploaded: s.segments_uploaded,
-            bytes_uploaded: s.bytes_uploaded,
-            uploading: s.uploading,
-            lag_bytes: s.backlog_bytes,
-        }
+/// How far the archive is behind, as this node sees it (the leader uploads).
+pub fn backup_status(r: &Replica) -> BackupStatusResponse {
+    let s = r.archive.status.borrow().clone();
+    let newest = r.archive.snapshotter.newest();
+    let committed = r.log.committed_index();
+    let next = s.archived_index.map_or(0, |a| a + 1);
+    let lag_seconds = if s.pending_since_us == 0 {
+        0.0
+    } else {
+        (crate::proposer::now_us() - s.pending_since_us).max(0) as f64 / 1e6
+    };
+    BackupStatusResponse {
+        node_id: r.id,
+        archive_url: r.archive.url.clone(),
+        archived_index: s.archived_index,
+        committed_index: committed,
+        lag_entries: (committed + 1).saturating_sub(next),
+        lag_seconds,
+        last_error: s.last_error,
+        last_success_unix_us: s.last_success_us,
+        segments_uploaded: s.segments_uploaded,
+        bytes_uploaded: s.bytes_uploaded,
+        uploading: s.uploading,
+        lag_bytes: s.backlog_bytes,
+        newest_snapshot_index: newest.map(|(i, _)| i),
+        newest_snapshot_unix_us: newest.map_or(0, |(_, t)| t),
     }
 }
 

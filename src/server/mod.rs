@@ -1,10 +1,12 @@
-//! The client-facing gRPC server: Store, Admin, health and reflection on the client port.
+//! The client-facing gRPC server: Store, Admin, health and reflection on the client port
+//! (`http` serves metrics and health checks on the HTTP port).
 //!
 //! Auth will sit in `interceptor` (a tonic interceptor on every service), so every request
 //! passes one place before it reaches a handler.
 
 pub mod admin;
 pub mod deadline;
+pub mod http;
 pub mod status;
 pub mod store;
 pub mod transfer;

@@ -176,14 +176,13 @@ impl Store for StoreService {
         let req = request.into_inner();
         validate::id(self.limits(), "user_id", &req.user_id)?;
         self.barrier(req.consistency, deadline).await?;
-        if let Some(r) = self.replica.reader.meta().await.map_err(status::from_store)?.resync {
-            if r.contains(req.since_revision) {
-                return Err(Status::out_of_range(format!(
-                    "since_revision {} comes from writes lost in a disaster before this cluster was restored (at \
-                     revision {}); resync in full: fetch Changes from revision 0 and replace the local copy",
-                    req.since_revision, r.restored
-                )));
-            }
+        let meta = self.replica.reader.meta().await.map_err(status::from_store)?;
+        if let Some(r) = meta.lost_range(req.since_revision) {
+            return Err(Status::out_of_range(format!(
+                "since_revision {} comes from writes lost in a disaster before this cluster was restored (at \
+                 revision {}); resync in full: fetch Changes from revision 0 and replace the local copy",
+                req.since_revision, r.restored
+            )));
         }
         let (tx, rx) = mpsc::channel(4);
         let reader = self.replica.reader.clone();

@@ -135,11 +135,11 @@ impl ClusterBuilder {
     pub fn prepare(self) -> Cluster {
         assert!(self.nodes > 0, "a cluster needs at least one node");
         let total = self.nodes + self.spares;
-        let ports = free_ports(total * 2);
+        let ports = free_ports(total * 3);
         let all: Vec<(u64, String, String)> = (0..total)
             .map(|i| {
                 let id = i as u64 + 1;
-                (id, format!("127.0.0.1:{}", ports[2 * i]), format!("127.0.0.1:{}", ports[2 * i + 1]))
+                (id, format!("127.0.0.1:{}", ports[3 * i]), format!("127.0.0.1:{}", ports[3 * i + 1]))
             })
             .collect();
         let addrs = &all[..self.nodes];
@@ -159,7 +159,9 @@ impl ClusterBuilder {
             let log_path = dir.path().join("node.log");
             let data_dir = dir.path().join("data");
             let members = if self.bootstrap && (*id as usize) <= self.nodes { addrs } else { &[] };
+            let http_addr = format!("127.0.0.1:{}", ports[3 * (*id as usize - 1) + 2]);
             let mut config = node_config(&self, *id, &data_dir, client_addr, peer_addr, members);
+            config.insert_str(0, &format!("http_addr = {}\n", toml_string(&http_addr)));
             config.push_str(&format!(
                 "\n[archive]\nurl = {}\nendpoint = {}\nmax_segment_age_ms = 100\nrequest_timeout_ms = 2000\n{}",
                 toml_string(&archive_url),
@@ -168,6 +170,7 @@ impl ClusterBuilder {
             ));
             std::fs::write(&config_path, config).expect("write the test node's node.toml");
             nodes.push(NodeProc {
+                http_addr,
                 id: *id,
                 client_addr: client_addr.clone(),
                 peer_addr: peer_addr.clone(),
@@ -196,6 +199,7 @@ pub struct Cluster {
 
 struct NodeProc {
     id: u64,
+    http_addr: String,
     client_addr: String,
     peer_addr: String,
     config_path: PathBuf,
@@ -294,6 +298,20 @@ impl Cluster {
         self.archive.path().to_path_buf()
     }
 
+    /// The cluster's archive, opened from the test process as the nodes open it.
+    pub fn open_archive(&self) -> keepsake::archive::store::Archive {
+        let config = keepsake::config::ArchiveConfig {
+            url: self.archive_url.clone(),
+            endpoint: self.archive_endpoint.clone(),
+            region: S3_ENV[2].1.into(),
+            access_key_id: S3_ENV[0].1.into(),
+            secret_access_key: keepsake::config::Secret(S3_ENV[1].1.into()),
+            ..Default::default()
+        };
+        keepsake::archive::store::Archive::open(&config, std::path::Path::new(&self.archive_url), &self.cluster_id)
+            .expect("open the cluster's archive")
+    }
+
     /// `--archive URL [--endpoint E]`, as the CLI's archive commands take them.
     pub fn archive_args(&self) -> Vec<String> {
         let mut args = vec!["--archive".to_owned(), self.archive_url.clone()];
@@ -323,6 +341,11 @@ impl Cluster {
 
     pub fn client_addr(&self, id: u64) -> String {
         self.node(id).client_addr.clone()
+    }
+
+    /// The node's HTTP address (/metrics, /healthz, /readyz).
+    pub fn http_addr(&self, id: u64) -> String {
+        self.node(id).http_addr.clone()
     }
 
     pub fn peer_addr(&self, id: u64) -> String {
@@ -671,6 +694,31 @@ pub fn keepsake_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
     let out = cmd.output().expect("run the keepsake binary");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// One bodiless HTTP/1.1 request to `addr`; returns the status code and the whole response.
+pub fn http_request(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    Ok((code, response))
+}
+
+/// The value of one metric in a node's `/metrics` (panics if it is missing).
+pub fn metric(cluster: &Cluster, id: u64, name: &str) -> f64 {
+    let (code, text) = http_request(&cluster.http_addr(id), "GET", "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} is not in /metrics: {text}"))
 }
 
 /// If the test process dies without running Drop (e.g. killed by the test runner), the kernel

@@ -3,14 +3,12 @@
 //! with one empty bucket. Pausing it (SIGSTOP) is an object-store outage; dropping it kills it,
 //! also when a test panics.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{free_ports, lock, signal};
+use super::{free_ports, http_request, lock, signal};
 
 /// Credentials the server accepts (any will do); the nodes and the CLI get them as `AWS_*`.
 pub const S3_ENV: [(&str, &str); 3] =
@@ -67,23 +65,10 @@ impl S3Server {
         }
     }
 
-    /// One bodiless HTTP/1.1 request; returns the status code. Object-level requests go through
-    /// `object_store`, as the nodes' do: this is only for bucket set-up.
+    /// Object-level requests go through `object_store`, as the nodes' do: this is only for
+    /// bucket set-up.
     fn http(&self, method: &str, path: &str) -> std::io::Result<u16> {
-        let mut stream = TcpStream::connect(&self.addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.addr
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))
+        http_request(&self.addr, method, path).map(|(code, _)| code)
     }
 
     /// The archive URL of `prefix` in the bucket.

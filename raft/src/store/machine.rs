@@ -60,7 +60,7 @@ impl StateMachine {
         meta.applied = Some(at);
         meta.membership = StoredMembership::new(Some(at), membership);
         meta.revision = meta.revision.max(resync.floor);
-        meta.resync = Some(resync);
+        meta.resync.push(resync);
         let db = self.db.clone();
         let sealed = meta.clone();
         blocking(move || {

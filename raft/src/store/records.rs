@@ -44,9 +44,10 @@ pub struct MachineMeta {
     pub items: u64,
     /// When the leader proposed the last applied entry that carried writes (unix µs; 0: none).
     pub last_write_us: i64,
-    /// Set on a cluster restored from an archive: change-feed cursors in this range come from
-    /// writes the restore did not bring back, so a device holding one must resync in full.
-    pub resync: Option<ResyncRange>,
+    /// One range per restore in this cluster's history (a restored cluster restored again keeps
+    /// the earlier ranges): change-feed cursors in any of them come from writes a restore did not
+    /// bring back, so a device holding one must resync in full.
+    pub resync: Vec<ResyncRange>,
 }
 
 /// Revisions `(restored, floor]` of the old cluster that a restore did not bring back.
@@ -75,6 +76,11 @@ pub struct DigestPoint {
 }
 
 impl MachineMeta {
+    /// The lost range a change-feed cursor at `since` falls in, if any.
+    pub fn lost_range(&self, since: u64) -> Option<&ResyncRange> {
+        self.resync.iter().find(|r| r.contains(since))
+    }
+
     pub fn point(&self) -> DigestPoint {
         DigestPoint {
             index: self.applied.map_or(0, |l| l.index),
