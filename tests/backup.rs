@@ -1,4 +1,4 @@
-//! Continuous backup against real `keepsake serve` processes and a shared local archive:
+//! Continuous backup against real `keepsake serve` processes and the S3 test server:
 //! the archive holds every committed entry with no gap across leader changes, its digests
 //! match the live state, and the purge gate holds the log while the archive is down.
 
@@ -10,25 +10,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use keepsake::archive::segment::{parse_object_name, Segment};
+use keepsake::archive::segment::Segment;
 use keepsake::proto::archive::archived_entry::Payload;
 use keepsake::proto::v1::*;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn segments_dir(cluster: &Cluster) -> std::path::PathBuf {
-    cluster.archive_dir().join("keepsake-test").join("segments")
-}
-
 /// Every segment in the archive, decoded, keyed by (first, last).
-fn read_segments(cluster: &Cluster) -> BTreeMap<(u64, u64), Segment> {
+async fn read_segments(cluster: &Cluster) -> BTreeMap<(u64, u64), Segment> {
     let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(segments_dir(cluster)) else { return out };
-    for f in dir.flatten() {
-        let name = f.file_name().to_string_lossy().into_owned();
-        let Some(range) = parse_object_name(&name) else { continue };
-        let bytes = std::fs::read(f.path()).expect("read a segment file");
-        out.insert(range, Segment::decode(&name, &bytes).unwrap_or_else(|e| panic!("{e}")));
+    for s in cluster.segment_objects().await {
+        let bytes = cluster.archive_object(&s.name).await;
+        out.insert((s.first, s.last), Segment::decode(&s.name, &bytes).unwrap_or_else(|e| panic!("{e}")));
     }
     out
 }
@@ -55,7 +48,8 @@ async fn wait_archived(cluster: &Cluster, limit: Duration) -> BackupStatusRespon
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn archive_has_no_gap_across_a_leader_kill_and_its_digests_match() {
-    let cluster = Cluster::start(3).await;
+    let s3 = S3Server::start();
+    let cluster = Cluster::builder().archive_s3(&s3, "backup").start().await;
     let first_leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -99,7 +93,7 @@ async fn archive_has_no_gap_across_a_leader_kill_and_its_digests_match() {
     let status = wait_archived(&cluster, Duration::from_secs(15)).await;
     let head = status.archived_index.expect("something is archived");
 
-    let segments = read_segments(&cluster);
+    let segments = read_segments(&cluster).await;
     let mut entries = BTreeMap::new();
     for seg in segments.values() {
         assert_eq!(seg.header.cluster_id, "keepsake-test");
@@ -141,14 +135,13 @@ async fn archive_has_no_gap_across_a_leader_kill_and_its_digests_match() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn purge_gate_holds_the_log_while_the_archive_cannot_be_written() {
-    let cluster = Cluster::builder().snapshot_every(50).keep_after_snapshot(0).start().await;
+    let s3 = S3Server::start();
+    let cluster = Cluster::builder().archive_s3(&s3, "gate").snapshot_every(50).keep_after_snapshot(0).start().await;
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let before = wait_archived(&cluster, Duration::from_secs(10)).await.archived_index.expect("archived");
 
-    // Break the archive: a plain file where the segments directory was.
-    let dir = segments_dir(&cluster);
-    std::fs::rename(&dir, dir.with_extension("moved")).expect("move the segments away");
-    std::fs::write(&dir, b"not a directory").expect("block the segments path");
+    // The object store stops answering.
+    s3.pause();
 
     let mut store = cluster.store(leader);
     for i in 0..300 {
@@ -156,9 +149,12 @@ async fn purge_gate_holds_the_log_while_the_archive_cannot_be_written() {
     }
     cluster.trigger_snapshot(leader).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stuck = backup_status(&cluster, leader).await;
+    let stuck = eventually(Duration::from_secs(15), || async {
+        Some(backup_status(&cluster, leader).await).filter(|s| !s.last_error.is_empty())
+    })
+    .await
+    .expect("the status reports the failing upload");
     assert_eq!(stuck.archived_index, Some(before), "nothing new could be archived");
-    assert!(!stuck.last_error.is_empty(), "the status reports the failing upload");
     assert!(stuck.lag_entries >= 300, "the lag is visible: {} entries", stuck.lag_entries);
     for id in cluster.ids() {
         let s = cluster.get_node_status(id).await.expect("status");
@@ -169,9 +165,8 @@ async fn purge_gate_holds_the_log_while_the_archive_cannot_be_written() {
         );
     }
 
-    // Repair the archive: it catches up, and then the log may be purged.
-    std::fs::remove_file(&dir).expect("unblock");
-    std::fs::rename(dir.with_extension("moved"), &dir).expect("move the segments back");
+    // The object store is back: the archive catches up, and then the log may be purged.
+    s3.resume();
     let caught_up = wait_archived(&cluster, Duration::from_secs(20)).await;
     assert!(caught_up.last_error.is_empty(), "the error clears after a successful upload");
     cluster.trigger_snapshot(leader).await;
@@ -184,18 +179,15 @@ async fn purge_gate_holds_the_log_while_the_archive_cannot_be_written() {
 }
 
 fn verify_cli(cluster: &Cluster) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keepsake"))
-        .args(["backup", "verify", "--cluster-id", "keepsake-test", "--archive"])
-        .arg(cluster.archive_dir())
-        .output()
-        .expect("run keepsake backup verify");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+    let mut args = vec!["backup".to_owned(), "verify".into(), "--cluster-id".into(), cluster.id().into()];
+    args.extend(cluster.archive_args());
+    keepsake_cli(&args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn verify_names_a_damaged_or_missing_segment() {
-    let cluster = Cluster::start(3).await;
+    let s3 = S3Server::start();
+    let cluster = Cluster::builder().archive_s3(&s3, "verify").start().await;
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let mut store = cluster.store(leader);
     for round in 0..4 {
@@ -210,27 +202,21 @@ async fn verify_names_a_damaged_or_missing_segment() {
     assert_eq!(code, 0, "a healthy archive verifies: {text}");
     assert!(text.contains("ok: every segment checks out"), "{text}");
 
-    let mut files: Vec<_> = std::fs::read_dir(segments_dir(&cluster))
-        .expect("segments dir")
-        .flatten()
-        .map(|f| f.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    files.sort();
+    let files = cluster.segment_objects().await;
     assert!(files.len() >= 3, "several segments were cut: {files:?}");
-    let victim = files[files.len() / 2].clone();
-    let name = victim.file_name().expect("a file name").to_string_lossy().into_owned();
-    let original = std::fs::read(&victim).expect("read the segment");
+    let victim = files[files.len() / 2].name.clone();
+    let name = victim.rsplit('/').next().expect("a file name").to_owned();
+    let original = cluster.archive_object(&victim).await;
 
     let mut flipped = original.clone();
     let at = flipped.len() / 2;
     flipped[at] ^= 0x10;
-    std::fs::write(&victim, &flipped).expect("damage the segment");
+    cluster.put_archive_object(&victim, flipped).await;
     let (code, text) = verify_cli(&cluster);
     assert_eq!(code, 1, "a damaged segment fails verify: {text}");
     assert!(text.contains(&name) && text.contains("checksum mismatch"), "the fault names {name}: {text}");
 
-    std::fs::remove_file(&victim).expect("lose the segment");
+    cluster.delete_archive_object(&victim).await;
     let (code, text) = verify_cli(&cluster);
     assert_eq!(code, 1, "a missing segment fails verify: {text}");
     assert!(text.contains("gap: no segment holds entries"), "the gap is named: {text}");

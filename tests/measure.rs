@@ -20,6 +20,19 @@ use keepsake::proto::v1::*;
 const VALUE_BYTES: usize = 16 << 10;
 const WRITERS: usize = 32;
 
+/// A value zstd cannot shrink (xorshift64 from the item number), so archive bytes are real.
+fn incompressible(seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..VALUE_BYTES / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -64,10 +77,8 @@ async fn archive_lag_and_restore_speed() {
     let total: usize = std::env::var("KEEPSAKE_MEASURE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30);
     let items = total / VALUE_BYTES;
     let s3 = S3Server::start();
-    let mut builder = Cluster::builder()
-        .archive_option("snapshot_every_entries", "0")
-        .archive_option("snapshot_every_seconds", "0")
-        .archive_option("max_segment_age_ms", "1000");
+    let mut builder =
+        Cluster::builder().archive_option("snapshot_every_entries", "0").archive_option("snapshot_every_seconds", "0");
     if std::env::var("KEEPSAKE_MEASURE_ARCHIVE").as_deref() != Ok("local") {
         builder = builder.archive_s3(&s3, "measure");
     }
@@ -86,8 +97,7 @@ async fn archive_lag_and_restore_speed() {
                     if i >= items {
                         return;
                     }
-                    let mut value = vec![0u8; VALUE_BYTES];
-                    value[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                    let value = incompressible(i as u64);
                     let req = PutRequest { key: Some(key("m", "photos", &item_id(i))), value, ..Default::default() };
                     // Retried until acknowledged: the load must all land.
                     while bounded(client.put(request(req.clone(), RPC_TIMEOUT))).await.is_err() {

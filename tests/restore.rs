@@ -160,7 +160,8 @@ async fn ten_versions(cluster: &Cluster) -> Vec<PutResponse> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn point_in_time_restore_by_index_and_by_time_gives_exactly_that_state() {
-    let old = Cluster::start(3).await;
+    let s3 = S3Server::start();
+    let old = Cluster::builder().archive_s3(&s3, "pit").start().await;
     let versions = ten_versions(&old).await;
 
     // By index: the state right after the fifth put.
@@ -202,21 +203,19 @@ async fn point_in_time_restore_by_index_and_by_time_gives_exactly_that_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restore_refuses_a_damaged_archive_and_leaves_nothing_behind() {
-    let old = Cluster::start(3).await;
+    let s3 = S3Server::start();
+    let old = Cluster::builder().archive_s3(&s3, "damaged").start().await;
     ten_versions(&old).await;
-    let dir = old.archive_dir().join(old.id()).join("segments");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("segments").flatten().map(|f| f.path()).collect();
-    files.sort();
-    let victim = files.last().expect("a segment").clone();
-    let mut bytes = std::fs::read(&victim).expect("read");
+    let victim = old.segment_objects().await.last().expect("a segment").name.clone();
+    let mut bytes = old.archive_object(&victim).await;
     let at = bytes.len() / 2;
     bytes[at] ^= 1;
-    std::fs::write(&victim, bytes).expect("damage");
+    old.put_archive_object(&victim, bytes).await;
 
     let new = Cluster::builder().nodes(1).cluster_id("never").no_bootstrap().prepare();
     let (code, text) = restore(&old, &new, &[]);
     assert_ne!(code, 0, "restoring a damaged archive fails");
-    let name = victim.file_name().expect("name").to_string_lossy().into_owned();
+    let name = victim.rsplit('/').next().expect("name").to_owned();
     assert!(text.contains(&name), "the failure names the damaged object {name}: {text}");
     assert!(!new.data_dir(1).exists(), "no half-written data directory is left behind");
 }

@@ -66,7 +66,9 @@ fn restore(from: &Cluster, to: &Cluster, extra: &[&str]) -> (i32, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_no_restore_needs() {
+    let s3 = S3Server::start();
     let live = Cluster::builder()
+        .archive_s3(&s3, "snapshots")
         .archive_option("snapshot_every_entries", "0")
         .archive_option("snapshot_every_seconds", "0")
         .archive_option("retention", "\"2s\"")
@@ -93,7 +95,7 @@ async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_n
     assert_eq!(code, 0, "the archive verifies with its snapshots bridging the deleted segments: {text}");
 
     // A restore of the latest point starts from the newest snapshot.
-    let restored = Cluster::builder().cluster_id("restored-once").no_bootstrap().prepare();
+    let restored = Cluster::builder().cluster_id("restored-once").archive_s3(&s3, "snapshots").no_bootstrap().prepare();
     let (code, text) = restore(&live, &restored, &["--output", "json"]);
     assert_eq!(code, 0, "restore: {text}");
     let report: serde_json::Value = json_line(&text);
@@ -134,7 +136,7 @@ async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_n
     let r_clients = restored.stores(&restored.ids());
     write_items(&r_clients, "u", "after", 0..50, 8).await;
     backup_snapshot(&restored);
-    let twice = Cluster::builder().cluster_id("restored-twice").no_bootstrap().prepare();
+    let twice = Cluster::builder().cluster_id("restored-twice").archive_s3(&s3, "snapshots").no_bootstrap().prepare();
     let (code, text) = restore(&restored, &twice, &[]);
     assert_eq!(code, 0, "restoring a restored cluster's archive: {text}");
     twice.launch(3).await;

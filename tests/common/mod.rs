@@ -312,6 +312,32 @@ impl Cluster {
             .expect("open the cluster's archive")
     }
 
+    /// The archive's segment objects, sorted by first index, read through object_store.
+    pub async fn segment_objects(&self) -> Vec<keepsake::archive::verify::Listed> {
+        keepsake::archive::verify::list(&self.open_archive()).await.expect("list the archive's segments")
+    }
+
+    /// One archive object's bytes, by its full name as listed.
+    pub async fn archive_object(&self, name: &str) -> Vec<u8> {
+        use object_store::ObjectStoreExt;
+        let store = self.open_archive().store;
+        let got = store.get(&object_store::path::Path::from(name)).await.expect("get an archive object");
+        got.bytes().await.expect("read an archive object").to_vec()
+    }
+
+    /// Replaces one archive object (to damage it on purpose).
+    pub async fn put_archive_object(&self, name: &str, bytes: Vec<u8>) {
+        use object_store::ObjectStoreExt;
+        let store = self.open_archive().store;
+        store.put(&object_store::path::Path::from(name), bytes.into()).await.expect("put an archive object");
+    }
+
+    pub async fn delete_archive_object(&self, name: &str) {
+        use object_store::ObjectStoreExt;
+        let store = self.open_archive().store;
+        store.delete(&object_store::path::Path::from(name)).await.expect("delete an archive object");
+    }
+
     /// `--archive URL [--endpoint E]`, as the CLI's archive commands take them.
     pub fn archive_args(&self) -> Vec<String> {
         let mut args = vec!["--archive".to_owned(), self.archive_url.clone()];
