@@ -46,6 +46,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     bind_cluster_id(&config)?;
     let store = keepsake_raft::open(&config.data_dir)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    // Closed before Raft starts (openraft purges at start-up): nothing is purged until the
+    // archiver knows how far the archive reaches (DESIGN.md §1.5).
+    store.gate.set_limit(0);
     let client_listener = crate::server::bind(&config.client_addr).await?;
     let peer_listener = crate::server::bind(&config.peer_addr).await?;
     let http_listener = match config.http_addr.as_str() {

@@ -180,11 +180,17 @@ impl Replica {
         } else {
             format!("last archive error: {}", s.last_error)
         };
-        if limits.max_backlog_bytes > 0 && s.backlog_bytes > limits.max_backlog_bytes {
+        // Measured now, not when the archiver last looked: it may be stuck retrying an upload.
+        let committed = self.log.committed_index();
+        let backlog_bytes = match s.archived_index {
+            Some(a) if committed <= a => 0,
+            archived => self.log.bytes_between(archived, committed),
+        };
+        if limits.max_backlog_bytes > 0 && backlog_bytes > limits.max_backlog_bytes {
             return Some(format!(
                 "writes are paused: the archive is {} bytes behind the committed log (archive.max_backlog_bytes = \
                  {}); {why}. Retry later; `keepsake backup status` shows the lag",
-                s.backlog_bytes, limits.max_backlog_bytes
+                backlog_bytes, limits.max_backlog_bytes
             ));
         }
         if limits.max_backlog_seconds > 0 && seconds > limits.max_backlog_seconds {

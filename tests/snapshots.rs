@@ -136,6 +136,11 @@ async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_n
     let r_clients = restored.stores(&restored.ids());
     write_items(&r_clients, "u", "after", 0..50, 8).await;
     backup_snapshot(&restored);
+    // The restored cluster is lost too, every node and disk.
+    for id in restored.ids() {
+        restored.kill(id);
+        std::fs::remove_dir_all(restored.data_dir(id)).expect("lose the disk");
+    }
     let twice = Cluster::builder().cluster_id("restored-twice").archive_s3(&s3, "snapshots").no_bootstrap().prepare();
     let (code, text) = restore(&restored, &twice, &[]);
     assert_eq!(code, 0, "restoring a restored cluster's archive: {text}");

@@ -13,7 +13,6 @@ use futures::TryStreamExt;
 use keepsake_raft::types::Entry;
 use keepsake_raft::{LogStore, NodeId, PurgeGate, Raft, StateReader};
 use object_store::{ObjectStore, ObjectStoreExt};
-use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -166,6 +165,7 @@ impl Archiver {
         let mut archived = archived;
         let mut pending_since: Option<Instant> = None;
         let max_age = Duration::from_millis(self.config.max_segment_age_ms);
+        let max_bytes = self.config.max_segment_bytes;
         while self.is_leader() {
             let committed = self.log.committed_index();
             let next = archived.map_or(0, |a| a + 1);
@@ -181,95 +181,122 @@ impl Archiver {
                 self.update(|s| s.pending_since_us = now_us());
                 Instant::now()
             });
-            let last = committed.min(next + MAX_ENTRIES_PER_SEGMENT as u64 - 1);
-            let entries = match self.log.read_range(next, last).await {
-                Ok(e) => e,
-                Err(e) => {
-                    self.fail("reading the log", e);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if entries.first().map(|e| e.log_id.index) != Some(next) {
-                // A Raft snapshot stands where `next` was (this node caught up by installing one,
-                // or this is a restored cluster whose log starts after its restored state): the
-                // archive goes on from an archive snapshot of that state, with no gap.
-                match self.snapshotter.upload_base().await {
-                    Ok(up) if up.index + 1 >= next => {
-                        tracing::info!(index = up.index, "archived a snapshot where the log no longer holds {next}");
-                        archived = Some(up.index);
-                        pending_since = None;
-                        self.gate.set_limit(up.index);
-                        self.write_head(up.index).await;
-                        self.update(|s| {
-                            s.archived_index = Some(up.index);
-                            s.last_error.clear();
-                        });
-                    }
-                    Ok(up) => self.fail(
-                        "archiving",
-                        format!(
-                            "the log no longer holds index {next} and the snapshot at {} does not reach it",
-                            up.index
-                        ),
-                    ),
-                    Err(e) => self.fail(&format!("archiving a snapshot in place of index {next}"), e),
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            let (batch, bytes) = take_segment(entries, self.config.max_segment_bytes);
-            let full = bytes >= self.config.max_segment_bytes || batch.len() == MAX_ENTRIES_PER_SEGMENT;
+            // Decide from the byte totals whether to cut now, before reading anything.
+            let last = self.log.last_within(
+                archived,
+                next,
+                committed.min(next + MAX_ENTRIES_PER_SEGMENT as u64 - 1),
+                max_bytes,
+            );
+            let full =
+                backlog >= max_bytes || last < committed || committed - next + 1 >= MAX_ENTRIES_PER_SEGMENT as u64;
             let urgent = self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0;
             if !full && !urgent && since.elapsed() < max_age {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
+            // openraft's view of the log wins over what RocksDB still holds: entries at or below
+            // its purged index may be leftovers the purge gate kept after a snapshot install.
+            let purged = self.raft.metrics().borrow().purged.map(|l| l.index);
+            let entries = if purged.is_some_and(|p| next <= p) {
+                Vec::new()
+            } else {
+                match self.log.read_range(next, last).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.fail("reading the log", e);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            };
+            if entries.first().map(|e| e.log_id.index) != Some(next) {
+                archived = self.bridge(next, "the log no longer holds it").await.or(archived);
+                continue;
+            }
+            let batch = take_segment(entries, next);
             let last = batch.last().map_or(next, |e| e.index);
             match self.upload(batch).await {
-                Some(size) => {
+                Upload::Done(size) => {
                     archived = Some(last);
-                    pending_since = None;
+                    // Still behind: the oldest waiting entry has waited at least this long.
+                    if self.log.committed_index() <= last {
+                        pending_since = None;
+                    }
                     self.gate.set_limit(last);
                     self.write_head(last).await;
                     self.update(|s| {
                         s.archived_index = Some(last);
-                        s.pending_since_us = 0;
+                        if pending_since.is_none() {
+                            s.pending_since_us = 0;
+                        }
                         s.last_success_us = now_us();
                         s.last_error.clear();
                         s.segments_uploaded += 1;
                         s.bytes_uploaded += size as u64;
                     });
                 }
-                None => return, // leadership moved while retrying
+                Upload::NoDigest => {
+                    archived = self.bridge(next, "its digest is older than the digest history").await.or(archived);
+                }
+                Upload::LeadershipLost => return,
             }
         }
     }
 
-    /// Uploads one segment, retrying with exponential backoff while this node leads. Returns
-    /// its size, or None when leadership moved first.
-    async fn upload(&self, entries: Vec<ArchivedEntry>) -> Option<usize> {
-        let last = entries.last()?.index;
-        let digest = self.digest_after(last).await?;
+    /// Where the segments cannot go on from `next` (a Raft snapshot replaced the log there, or
+    /// the digest history no longer reaches it), the archive goes on from an archive snapshot of
+    /// the current state instead of stopping at a gap. Returns the new archived index.
+    async fn bridge(&self, next: u64, why: &str) -> Option<u64> {
+        match self.snapshotter.upload_base().await {
+            Ok(up) if up.index >= next => {
+                tracing::warn!(index = up.index, "archived a snapshot in place of entries {next}-{}: {why}", up.index);
+                self.gate.set_limit(up.index);
+                self.write_head(up.index).await;
+                self.update(|s| {
+                    s.archived_index = Some(up.index);
+                    s.last_error.clear();
+                });
+                return Some(up.index);
+            }
+            Ok(up) => self.fail(
+                "archiving",
+                format!("cannot archive index {next} ({why}) and the snapshot at {} does not reach it", up.index),
+            ),
+            Err(e) => self.fail(&format!("archiving a snapshot in place of index {next} ({why})"), e),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        None
+    }
+
+    /// Uploads one segment, retrying with exponential backoff while this node leads.
+    async fn upload(&self, entries: Vec<ArchivedEntry>) -> Upload {
+        let Some(last) = entries.last().map(|e| e.index) else { return Upload::Done(0) };
+        let digest = match self.digest_after(last).await {
+            Some(Some(d)) => d,
+            Some(None) => return Upload::NoDigest,
+            None => return Upload::LeadershipLost,
+        };
         let segment = Segment::new(&self.cluster_id, entries, digest);
         let bytes = bytes::Bytes::from(segment.encode());
         let path = self.archive.path(&segment.object_name());
         let mut backoff = Duration::from_millis(100);
         loop {
             match put(self.archive.store.as_ref(), &path, bytes.clone()).await {
-                Ok(()) => return Some(bytes.len()),
+                Ok(()) => return Upload::Done(bytes.len()),
                 Err(e) => self.fail(&format!("uploading {path}"), e),
             }
             if !self.is_leader() {
-                return None;
+                return Upload::LeadershipLost;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
-    /// The state digest right after `index` (waits for this node to apply it).
-    async fn digest_after(&self, index: u64) -> Option<[u8; 32]> {
+    /// The state digest right after `index` (waits for this node to apply it): None when
+    /// leadership moved first, Some(None) when the digest history no longer holds it.
+    async fn digest_after(&self, index: u64) -> Option<Option<[u8; 32]>> {
         loop {
             let mut applied = self.reader.watch();
             let reached = async move { applied.wait_for(|p| p.index >= index).await.map(|_| ()) };
@@ -281,8 +308,8 @@ impl Archiver {
                 continue;
             }
             match self.reader.digest_at(index).await {
-                Ok(Some(point)) => return Some(point.digest.0),
-                Ok(None) => self.fail("archiving", format!("no digest recorded at index {index}")),
+                Ok(Some(point)) => return Some(Some(point.digest.0)),
+                Ok(None) => return Some(None),
                 Err(e) => self.fail("reading the digest", e),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -293,7 +320,7 @@ impl Archiver {
         let body = serde_json::to_vec(&Head { archived_index: index }).expect("a head encodes");
         if let Err(e) = self.archive.store.put(&self.archive.path(HEAD), body.into()).await {
             // Only a shortcut for followers; the listing stays right.
-            tracing::debug!(error = %e, "cannot update the archive head");
+            tracing::warn!(error = %e, "cannot update the archive head (followers hold their purge gate lower)");
         }
     }
 }
@@ -315,18 +342,19 @@ pub(crate) async fn put(
     upload.finish().await.map(|_| ())
 }
 
-/// The longest prefix of `entries` (at least one) within `max_bytes`, in archived form.
-fn take_segment(entries: Vec<Entry>, max_bytes: u64) -> (Vec<ArchivedEntry>, u64) {
-    let mut out = Vec::new();
-    let mut bytes = 0u64;
-    for e in &entries {
-        let a = archived(e);
-        let size = a.encoded_len() as u64 + 8;
-        if !out.is_empty() && bytes + size > max_bytes {
-            break;
-        }
-        bytes += size;
-        out.push(a);
-    }
-    (out, bytes)
+/// The entries in archived form, up to the first break in their indices (a segment holds
+/// consecutive entries only, starting at `next`).
+fn take_segment(entries: Vec<Entry>, next: u64) -> Vec<ArchivedEntry> {
+    entries
+        .iter()
+        .enumerate()
+        .take_while(|(k, e)| e.log_id.index == next + *k as u64)
+        .map(|(_, e)| archived(e))
+        .collect()
+}
+
+enum Upload {
+    Done(usize),
+    NoDigest,
+    LeadershipLost,
 }

@@ -80,21 +80,20 @@ pub enum RestoreError {
 }
 
 /// The segments to read, in order: from index `from` on, each starting at or before the next
-/// needed index and reaching furthest.
-fn chain(listed: &[Listed], from: u64) -> Result<Vec<Listed>, RestoreError> {
+/// needed index and reaching furthest, up to the head or the first index no segment holds
+/// (returned too: a target before it is still reachable; one after it is not).
+fn chain(listed: &[Listed], from: u64) -> (Vec<Listed>, Option<u64>) {
     let mut out = Vec::new();
     let mut next = from;
     let head = listed.iter().map(|s| s.last).max();
     while head.is_some_and(|h| next <= h) {
-        let best = listed
-            .iter()
-            .filter(|s| s.first <= next && s.last >= next)
-            .max_by_key(|s| s.last)
-            .ok_or_else(|| RestoreError::Archive(format!("no segment holds entry {next}: a segment is missing")))?;
+        let Some(best) = listed.iter().filter(|s| s.first <= next && s.last >= next).max_by_key(|s| s.last) else {
+            return (out, Some(next));
+        };
         next = best.last + 1;
         out.push(best.clone());
     }
-    Ok(out)
+    (out, None)
 }
 
 /// The newest archive snapshot a restore to `target` can start from (None: start at index 0).
@@ -129,9 +128,15 @@ async fn load_snapshot(
     m: &SnapshotManifest,
     report: &mut Report,
     progress: &impl Fn(&str),
+    lease: &LeaseGuard,
 ) -> Result<(), RestoreError> {
     let mut loader = store.machine.loader();
+    let mut renewed = Instant::now();
     for (n, c) in m.chunks.iter().enumerate() {
+        if renewed.elapsed() > LEASE_DURATION / 4 {
+            lease.renew().await?;
+            renewed = Instant::now();
+        }
         let hash: [u8; 32] = c
             .hash
             .as_slice()
@@ -245,11 +250,11 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
             )));
         }
     }
-    let segments = chain(&listed, from)?;
+    let (segments, gap) = chain(&listed, from);
     let mut store = keepsake_raft::open(dir)?;
     let mut report = Report::default();
     if let Some((name, m)) = &base {
-        load_snapshot(&plan.archive, &mut store, name, m, &mut report, progress).await?;
+        load_snapshot(&plan.archive, &mut store, name, m, &mut report, progress, lease).await?;
     }
     let mut next = from;
     let mut done = false;
@@ -308,6 +313,12 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
         }
         progress(&format!("segment {}/{}: index {}", n + 1, segments.len(), report.index));
     }
+    if let Some(missing) = gap.filter(|_| !done) {
+        return Err(RestoreError::Archive(format!(
+            "no segment holds entry {missing} (after index {}): a segment is missing before the target",
+            report.index
+        )));
+    }
     if let Target::Index(i) = plan.target {
         if report.index < i {
             return Err(RestoreError::Archive(format!(
@@ -332,4 +343,25 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
     report.revision_floor = resync.floor;
     report.digest = point.digest.to_hex();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(first: u64, last: u64) -> Listed {
+        Listed { name: format!("{first}-{last}"), first, last, bytes: 0 }
+    }
+
+    #[test]
+    fn the_chain_takes_the_furthest_reaching_segments_and_stops_at_a_gap() {
+        let listed = [seg(0, 9), seg(5, 19), seg(10, 14), seg(20, 29), seg(40, 49)];
+        let (chain_from_0, gap) = chain(&listed, 0);
+        let names: Vec<&str> = chain_from_0.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["0-9", "5-19", "20-29"]);
+        assert_eq!(gap, Some(30), "entries 30-39 are missing: targets before 30 are still reachable");
+        let (from_snapshot, gap) = chain(&listed, 40);
+        assert_eq!(from_snapshot.len(), 1);
+        assert_eq!(gap, None, "a snapshot at 39 bridges the gap");
+    }
 }

@@ -123,7 +123,10 @@ pub async fn apply(archive: &Archive, config: &ArchiveConfig, pinned: &HashSet<[
         let chunks: Vec<[u8; 32]> = m.chunks.iter().filter_map(|c| c.hash.as_slice().try_into().ok()).collect();
         manifests.push((index, m.last_write_us, chunks, o.location.clone()));
     }
-    let Some(base) = manifests.iter().filter(|m| m.1 <= cutoff).map(|m| m.0).max() else {
+    // Only a complete snapshot (every chunk it names is there) can be the base.
+    let present: HashSet<[u8; 32]> = objects.iter().filter_map(|o| parse_chunk_name(o.location.as_ref())).collect();
+    let complete = |chunks: &[[u8; 32]]| chunks.iter().all(|c| present.contains(c));
+    let Some(base) = manifests.iter().filter(|m| m.1 <= cutoff && complete(&m.2)).map(|m| m.0).max() else {
         return Ok(Report::default());
     };
     let mut report = Report { base: Some(base), ..Report::default() };

@@ -7,7 +7,7 @@
 //! for a restore. Uploads and retention run one at a time (one lock), so retention never deletes
 //! a chunk that a snapshot being written is about to name.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +48,9 @@ struct Known {
     chunks: HashSet<[u8; 32]>,
     /// (index, created_at_us) of the newest manifest.
     newest: Option<(u64, i64)>,
-    /// Chunks of snapshots being written: retention leaves them alone.
-    pinned: HashSet<[u8; 32]>,
+    /// Chunks of snapshots being written, with how many uploads hold each: retention leaves
+    /// them alone.
+    pinned: HashMap<[u8; 32], usize>,
     last_retention_us: i64,
 }
 
@@ -159,7 +160,9 @@ impl Snapshotter {
     async fn apply_retention(&self) -> Result<(), String> {
         let mut known = self.known.lock().await;
         known.last_retention_us = now_us();
-        retention::apply(&self.archive, &self.config, &known.pinned).await.map_err(|e| format!("retention: {e}"))?;
+        retention::apply(&self.archive, &self.config, &known.pinned.keys().copied().collect())
+            .await
+            .map_err(|e| format!("retention: {e}"))?;
         known.listed = false; // what retention deleted is no longer there
         Ok(())
     }
@@ -213,7 +216,12 @@ impl Snapshotter {
         let mut known = self.known.lock().await;
         for c in &manifest.chunks {
             if let Ok(hash) = <[u8; 32]>::try_from(c.hash.as_slice()) {
-                known.pinned.remove(&hash);
+                if let Some(n) = known.pinned.get_mut(&hash) {
+                    *n -= 1;
+                    if *n == 0 {
+                        known.pinned.remove(&hash);
+                    }
+                }
             }
         }
         written?;
@@ -263,7 +271,9 @@ impl Snapshotter {
         up.chunks = refs.len();
         // The lock is held from the existence checks to here, so retention (which takes it too)
         // cannot have deleted any of these chunks; pinned, it leaves them until the manifest is in.
-        known.pinned.extend(refs.iter().filter_map(|c| <[u8; 32]>::try_from(c.hash.as_slice()).ok()));
+        for hash in refs.iter().filter_map(|c| <[u8; 32]>::try_from(c.hash.as_slice()).ok()) {
+            *known.pinned.entry(hash).or_default() += 1;
+        }
         let manifest = SnapshotManifest {
             cluster_id: self.cluster_id.clone(),
             index: applied.index,

@@ -46,6 +46,18 @@ impl Sizes {
         self.0.range(..=index).next_back().map_or(0, |(_, total)| *total)
     }
 
+    fn last_within(&self, after: Option<u64>, from: u64, to: u64, budget: u64) -> u64 {
+        let base = after.map_or(0, |a| self.through(a));
+        let mut last = from;
+        for (index, total) in self.0.range(from..=to) {
+            if *index > from && total.saturating_sub(base) > budget {
+                break;
+            }
+            last = *index;
+        }
+        last
+    }
+
     fn push(&mut self, index: u64, bytes: u64) {
         let total = self.through(index.saturating_sub(1)) + bytes;
         self.0.split_off(&index);
@@ -64,6 +76,12 @@ impl LogStore {
             sizes.push(index, value.len() as u64);
         }
         Ok(LogStore { db, gate, committed, sizes: Arc::new(Mutex::new(sizes)) })
+    }
+
+    /// The last index in `[from, to]` such that the entries after `after` through it hold at
+    /// most `budget` bytes (at least `from`): how far one segment of `budget` bytes reaches.
+    pub fn last_within(&self, after: Option<u64>, from: u64, to: u64, budget: u64) -> u64 {
+        self.sizes.lock().unwrap_or_else(|e| e.into_inner()).last_within(after, from, to, budget)
     }
 
     /// Encoded bytes of the log entries after `after` (None: from the first) through `through`.
@@ -284,7 +302,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .map(|upto| {
             // Keep the purged entry's running total: the sums after it still subtract from it.
             let mut sizes = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+            let total = sizes.through(upto);
             sizes.0 = sizes.0.split_off(&upto);
+            sizes.0.entry(upto).or_insert(total);
         })
         .map_err(to_raft(StorageIOError::write_logs))
     }
@@ -310,5 +330,21 @@ mod tests {
         s.0 = s.0.split_off(&3);
         assert_eq!(s.through(4) - s.through(3), 7);
         assert_eq!(s.through(0), 0);
+    }
+
+    #[test]
+    fn a_byte_budget_reaches_as_far_as_it_holds_and_at_least_one_entry() {
+        let mut s = Sizes::default();
+        for i in 1..=10 {
+            s.push(i, 100);
+        }
+        assert_eq!(s.last_within(Some(2), 3, 10, 250), 4, "entries 3 and 4 fit in 250 bytes");
+        assert_eq!(s.last_within(Some(2), 3, 10, 10), 3, "the first entry goes even when it is over");
+        assert_eq!(s.last_within(Some(2), 3, 6, 1 << 20), 6, "never past `to`");
+        // Purging up to 5 keeps its running total, so sums after it still subtract right.
+        let total = s.through(5);
+        s.0 = s.0.split_off(&5);
+        s.0.entry(5).or_insert(total);
+        assert_eq!(s.last_within(Some(5), 6, 10, 200), 7);
     }
 }

@@ -142,7 +142,11 @@ impl<R: Read> Records<R> {
 
 fn open_records(path: &Path) -> Result<Records<BufReader<File>>, StoreError> {
     let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
-    Ok(Records { inner: BufReader::with_capacity(1 << 20, file), crc: 0, offset: 0, path: path.display().to_string() })
+    Ok(records_of(file, path))
+}
+
+fn records_of(file: File, path: &Path) -> Records<BufReader<File>> {
+    Records { inner: BufReader::with_capacity(1 << 20, file), crc: 0, offset: 0, path: path.display().to_string() }
 }
 
 /// Reads only the header (what `get_current_snapshot` needs).
@@ -165,8 +169,17 @@ pub fn read_records(
     path: &Path,
     mut each: impl FnMut(u8, &[u8], &[u8]) -> Result<(), StoreError>,
 ) -> Result<SnapshotHeader, StoreError> {
-    let header = verify(path)?;
-    let mut records = open_records(path)?;
+    // One open file for both passes: the path may be renamed over (a newer snapshot) meanwhile,
+    // and the records must be the ones the checked header describes.
+    use std::io::Seek;
+    let io = |e| StoreError::io(path, e);
+    let mut file = File::open(path).map_err(io)?;
+    let mut check = records_of(file.try_clone().map_err(io)?, path);
+    let header = check.header()?;
+    while check.next()?.is_some() {}
+    check.finish()?;
+    file.rewind().map_err(io)?;
+    let mut records = records_of(file, path);
     records.header()?;
     while let Some((tag, key, value)) = records.next()? {
         each(tag, &key, &value)?;
