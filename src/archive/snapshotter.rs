@@ -48,6 +48,9 @@ struct Known {
     chunks: HashSet<[u8; 32]>,
     /// (index, created_at_us) of the newest manifest.
     newest: Option<(u64, i64)>,
+    /// When this leader listed the archive: with no snapshot there yet, the schedule in time
+    /// counts from here (not from 1970, which would snapshot at once).
+    listed_at_us: i64,
     /// Chunks of snapshots being written, with how many uploads hold each: retention leaves
     /// them alone.
     pinned: HashMap<[u8; 32], usize>,
@@ -107,7 +110,9 @@ impl Snapshotter {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let leader = self.is_leader();
             if leader && !was_leader {
-                self.known.lock().await.listed = false;
+                let mut known = self.known.lock().await;
+                known.listed = false;
+                known.listed_at_us = 0;
             }
             was_leader = leader;
             if !leader {
@@ -123,7 +128,7 @@ impl Snapshotter {
         let (newest, created) = {
             let mut known = self.known.lock().await;
             self.refresh(&mut known).await?;
-            known.newest.unwrap_or((0, 0))
+            known.newest.unwrap_or((0, known.listed_at_us))
         };
         let applied = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         let raft_snapshot = self.raft.metrics().borrow().snapshot.map_or(0, |s| s.index);
@@ -188,6 +193,9 @@ impl Snapshotter {
             .filter_map(|o| Some((parse_manifest_name(o.location.as_ref())?, o.last_modified.timestamp_micros())))
             .max();
         self.set_newest(known, newest);
+        if known.listed_at_us == 0 {
+            known.listed_at_us = now_us();
+        }
         known.listed = true;
         Ok(())
     }
