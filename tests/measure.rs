@@ -40,18 +40,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn json_line(text: &str) -> serde_json::Value {
-    let line = text.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON in: {text}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
-}
-
 fn restore(from: &Cluster, name: &str) -> serde_json::Value {
     let to = Cluster::builder().nodes(1).cluster_id(name).no_bootstrap().prepare();
-    let mut args = vec!["restore".to_owned(), "--cluster-id".into(), from.id().into()];
-    args.extend(from.archive_args());
-    args.extend(["--new-cluster-id".into(), name.into(), "--members".into(), to.members_flag()]);
-    args.extend(["--data-dir".into(), to.data_dir(1).to_string_lossy().into_owned(), "--output".into(), "json".into()]);
-    let (code, text) = keepsake_cli(&args);
+    let (code, text) = restore_cli(from, &to, &["--output", "json"]);
     assert_eq!(code, 0, "restore: {text}");
     json_line(&text)
 }

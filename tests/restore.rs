@@ -15,16 +15,6 @@ use keepsake::proto::v1::*;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs `keepsake restore` from `from`'s archive (local or S3) into node 1 of `to`.
-fn restore(from: &Cluster, to: &Cluster, extra: &[&str]) -> (i32, String) {
-    let mut args = vec!["restore".to_owned(), "--cluster-id".into(), from.id().into()];
-    args.extend(from.archive_args());
-    args.extend(["--new-cluster-id".into(), to.id().into(), "--members".into(), to.members_flag()]);
-    args.extend(["--data-dir".into(), to.data_dir(1).to_string_lossy().into_owned()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    keepsake_cli(&args)
-}
-
 /// The archive's newest segment, decoded (read through object_store, as a restore reads it).
 async fn last_segment(cluster: &Cluster) -> Segment {
     use object_store::ObjectStoreExt;
@@ -91,7 +81,7 @@ async fn sidekick_losing_every_node_and_disk_loses_no_archived_write() {
     let archived_head = last_segment(&old).await;
 
     let new = Cluster::builder().cluster_id("sidekick-restored").archive_s3(&s3, "sidekick").no_bootstrap().prepare();
-    let (code, text) = restore(&old, &new, &[]);
+    let (code, text) = restore_cli(&old, &new, &[]);
     assert_eq!(code, 0, "restore succeeds: {text}");
     println!("{text}");
     new.launch(3).await;
@@ -167,7 +157,7 @@ async fn point_in_time_restore_by_index_and_by_time_gives_exactly_that_state() {
     // By index: the state right after the fifth put.
     let by_index = Cluster::builder().nodes(1).cluster_id("pit-index").no_bootstrap().prepare();
     let at = versions[4].log_index.to_string();
-    let (code, text) = restore(&old, &by_index, &["--to-index", &at]);
+    let (code, text) = restore_cli(&old, &by_index, &["--to-index", &at]);
     assert_eq!(code, 0, "{text}");
     by_index.launch(1).await;
     let item = get(&mut by_index.store(1), "pit", "notes", "t").await.expect("the item exists");
@@ -178,7 +168,7 @@ async fn point_in_time_restore_by_index_and_by_time_gives_exactly_that_state() {
     let by_time = Cluster::builder().nodes(1).cluster_id("pit-time").no_bootstrap().prepare();
     let t = versions[6].updated_at.expect("updated_at");
     let when = chrono_like_rfc3339(t.seconds, t.nanos);
-    let (code, text) = restore(&old, &by_time, &["--to-time", &when]);
+    let (code, text) = restore_cli(&old, &by_time, &["--to-time", &when]);
     assert_eq!(code, 0, "{text}");
     by_time.launch(1).await;
     let item = get(&mut by_time.store(1), "pit", "notes", "t").await.expect("the item exists");
@@ -213,7 +203,7 @@ async fn restore_refuses_a_damaged_archive_and_leaves_nothing_behind() {
     old.put_archive_object(&victim, bytes).await;
 
     let new = Cluster::builder().nodes(1).cluster_id("never").no_bootstrap().prepare();
-    let (code, text) = restore(&old, &new, &[]);
+    let (code, text) = restore_cli(&old, &new, &[]);
     assert_ne!(code, 0, "restoring a damaged archive fails");
     let name = victim.rsplit('/').next().expect("name").to_owned();
     assert!(text.contains(&name), "the failure names the damaged object {name}: {text}");

@@ -65,11 +65,7 @@ async fn a_cluster_archived_to_s3_is_restored_from_it_after_every_node_is_lost()
     assert_eq!(code, 0, "the archive in S3 verifies: {text}");
 
     let new = Cluster::builder().cluster_id("restored").archive_s3(&s3, "prod").no_bootstrap().prepare();
-    let mut args = vec!["restore".to_owned(), "--cluster-id".into(), old.id().into()];
-    args.extend(old.archive_args());
-    args.extend(["--new-cluster-id".into(), new.id().into(), "--members".into(), new.members_flag()]);
-    args.extend(["--data-dir".into(), new.data_dir(1).to_string_lossy().into_owned()]);
-    let (code, text) = keepsake_cli(&args);
+    let (code, text) = restore_cli(&old, &new, &[]);
     assert_eq!(code, 0, "restore from S3 succeeds: {text}");
     new.launch(3).await;
     let leader = new.wait_for_leader(LEADER_TIMEOUT).await;

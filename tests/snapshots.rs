@@ -12,12 +12,6 @@ use keepsake::proto::v1::ChangesRequest;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The JSON object a command printed (its one line starting with `{`).
-fn json_line(text: &str) -> serde_json::Value {
-    let line = text.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON in: {text}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
-}
-
 fn cli(cluster: &Cluster, args: &[&str]) -> (i32, String) {
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     all.extend([
@@ -54,16 +48,6 @@ fn segment_ranges(cluster: &Cluster) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Restores `from`'s archive into node 1 of `to` (extra flags appended).
-fn restore(from: &Cluster, to: &Cluster, extra: &[&str]) -> (i32, String) {
-    let mut args = vec!["restore".to_owned(), "--cluster-id".into(), from.id().into()];
-    args.extend(from.archive_args());
-    args.extend(["--new-cluster-id".into(), to.id().into(), "--members".into(), to.members_flag()]);
-    args.extend(["--data-dir".into(), to.data_dir(1).to_string_lossy().into_owned()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    keepsake_cli(&args)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_no_restore_needs() {
     let s3 = S3Server::start();
@@ -96,7 +80,7 @@ async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_n
 
     // A restore of the latest point starts from the newest snapshot.
     let restored = Cluster::builder().cluster_id("restored-once").archive_s3(&s3, "snapshots").no_bootstrap().prepare();
-    let (code, text) = restore(&live, &restored, &["--output", "json"]);
+    let (code, text) = restore_cli(&live, &restored, &["--output", "json"]);
     assert_eq!(code, 0, "restore: {text}");
     let report: serde_json::Value = json_line(&text);
     assert_eq!(report["snapshot_index"].as_u64(), Some(second), "{text}");
@@ -105,14 +89,14 @@ async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_n
     // A point before the base is gone: the restore says so and leaves nothing behind.
     let too_old = Cluster::builder().cluster_id("too-old").no_bootstrap().prepare();
     let target = (first - 5).to_string();
-    let (code, text) = restore(&live, &too_old, &["--to-index", &target]);
+    let (code, text) = restore_cli(&live, &too_old, &["--to-index", &target]);
     assert_ne!(code, 0, "a restore to a point retention gave up fails: {text}");
     assert!(text.contains("retention"), "{text}");
     assert!(!too_old.data_dir(1).exists(), "no half-written data directory");
     // A point after the base restores from the base snapshot and the segments after it.
     let in_window = Cluster::builder().cluster_id("in-window").no_bootstrap().prepare();
     let target = early_index.to_string();
-    let (code, text) = restore(&live, &in_window, &["--to-index", &target, "--output", "json"]);
+    let (code, text) = restore_cli(&live, &in_window, &["--to-index", &target, "--output", "json"]);
     assert_eq!(code, 0, "restore inside the window: {text}");
     let report: serde_json::Value = json_line(&text);
     assert_eq!(report["snapshot_index"].as_u64(), Some(first), "{text}");
@@ -142,7 +126,7 @@ async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_n
         std::fs::remove_dir_all(restored.data_dir(id)).expect("lose the disk");
     }
     let twice = Cluster::builder().cluster_id("restored-twice").archive_s3(&s3, "snapshots").no_bootstrap().prepare();
-    let (code, text) = restore(&restored, &twice, &[]);
+    let (code, text) = restore_cli(&restored, &twice, &[]);
     assert_eq!(code, 0, "restoring a restored cluster's archive: {text}");
     twice.launch(3).await;
     let t_leader = twice.wait_for_leader(LEADER_TIMEOUT).await;

@@ -722,6 +722,23 @@ pub fn keepsake_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// The JSON object a command printed (its one line starting with `{`).
+pub fn json_line(text: &str) -> serde_json::Value {
+    let line = text.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON in: {text}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// Runs `keepsake restore` from `from`'s archive (local or S3) into node 1 of `to`, with
+/// `extra` flags; returns its exit code and output.
+pub fn restore_cli(from: &Cluster, to: &Cluster, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["restore".to_owned(), "--cluster-id".into(), from.id().into()];
+    args.extend(from.archive_args());
+    args.extend(["--new-cluster-id".into(), to.id().into(), "--members".into(), to.members_flag()]);
+    args.extend(["--data-dir".into(), to.data_dir(1).to_string_lossy().into_owned()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    keepsake_cli(&args)
+}
+
 /// One bodiless HTTP/1.1 request to `addr`; returns the status code and the whole response.
 pub fn http_request(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
