@@ -166,6 +166,16 @@ impl Replica {
         }
     }
 
+    /// Encoded bytes of the committed entries after `archived`, measured now rather than when
+    /// the archiver last looked (it may be stuck retrying an upload).
+    pub fn archive_backlog_bytes(&self, archived: Option<u64>) -> u64 {
+        let committed = self.log.committed_index();
+        match archived {
+            Some(a) if committed <= a => 0,
+            archived => self.log.bytes_between(archived, committed),
+        }
+    }
+
     /// Why writes are refused for the archive's sake right now, if they are.
     pub fn archive_backlog_problem(&self) -> Option<String> {
         let limits = &self.config.archive;
@@ -180,12 +190,7 @@ impl Replica {
         } else {
             format!("last archive error: {}", s.last_error)
         };
-        // Measured now, not when the archiver last looked: it may be stuck retrying an upload.
-        let committed = self.log.committed_index();
-        let backlog_bytes = match s.archived_index {
-            Some(a) if committed <= a => 0,
-            archived => self.log.bytes_between(archived, committed),
-        };
+        let backlog_bytes = self.archive_backlog_bytes(s.archived_index);
         if limits.max_backlog_bytes > 0 && backlog_bytes > limits.max_backlog_bytes {
             return Some(format!(
                 "writes are paused: the archive is {} bytes behind the committed log (archive.max_backlog_bytes = \

@@ -40,8 +40,6 @@ pub struct ArchiveStatus {
     /// When the oldest committed entry not yet archived was first seen (0: none waiting). While
     /// a new leader cannot learn the archive's last index, the time it started trying.
     pub pending_since_us: i64,
-    /// Encoded bytes of the committed entries not yet archived (as the leader's log counts them).
-    pub backlog_bytes: u64,
     pub last_success_us: i64,
     pub last_error: String,
     pub segments_uploaded: u64,
@@ -170,7 +168,6 @@ impl Archiver {
             let committed = self.log.committed_index();
             let next = archived.map_or(0, |a| a + 1);
             let backlog = if committed < next { 0 } else { self.log.bytes_between(archived, committed) };
-            self.update(|s| s.backlog_bytes = backlog);
             if committed < next {
                 pending_since = None;
                 self.update(|s| s.pending_since_us = 0);

@@ -306,7 +306,7 @@ pub fn backup_status(r: &Replica) -> BackupStatusResponse {
         segments_uploaded: s.segments_uploaded,
         bytes_uploaded: s.bytes_uploaded,
         uploading: s.uploading,
-        lag_bytes: s.backlog_bytes,
+        lag_bytes: r.archive_backlog_bytes(s.archived_index),
         newest_snapshot_index: newest.map(|(i, _)| i),
         newest_snapshot_unix_us: newest.map_or(0, |(_, t)| t),
     }
