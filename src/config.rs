@@ -79,7 +79,7 @@ impl Default for ArchiveConfig {
             secret_access_key: Secret::default(),
             virtual_hosted_style: false,
             max_segment_bytes: 16 << 20,
-            max_segment_age_ms: 1000,
+            max_segment_age_ms: 250,
             request_timeout_ms: 30_000,
             max_backlog_bytes: 1 << 30,
             max_backlog_seconds: 300,

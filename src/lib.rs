@@ -12,5 +12,6 @@ pub mod node;
 pub mod peer;
 pub mod proposer;
 pub mod proto;
+pub mod read_index;
 pub mod replica;
 pub mod server;

@@ -62,6 +62,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
             .await
             .context("cannot start raft")?;
     let proposer = Proposer::start(raft.clone(), config.limits.max_pending_writes);
+    let read_index = crate::read_index::ReadIndex::start(raft.clone());
     let archive = Archive::open(&config.archive, &config.data_dir.join("archive"), &config.cluster_id)?;
     let (status_tx, status_rx) = watch::channel(ArchiveStatus::default());
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -96,6 +97,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         gate: store.gate,
         peers,
         proposer,
+        read_index,
         archive: ArchiveView { url: archive.url.clone(), status: status_rx, waiting, snapshotter: snapshotter.clone() },
     });
 
@@ -105,16 +107,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     };
     let max = config.limits.max_message_bytes();
     let peer_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(
             RaftTransportServer::new(PeerService::new(replica.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(peer_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(crate::server::incoming(peer_listener), stopped(stop_rx.clone()));
     let peer_task = tokio::spawn(peer_server);
     let client_task =
         tokio::spawn(crate::server::serve_clients(replica.clone(), client_listener, stopped(stop_rx.clone())));

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keepsake_raft::{LogStore, Node, NodeId, PurgeGate, Raft, StateReader, Write};
-use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::time::Instant;
 
 use crate::archive::archiver::ArchiveStatus;
 use crate::config::NodeConfig;
 use crate::peer::client::Peers;
 use crate::proposer::{now_us, Committed, Proposer};
+use crate::read_index::{ReadIndex, RoundError};
 
 /// Answer this long before the client's deadline, so the answer arrives in time.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
@@ -52,6 +52,7 @@ pub struct Replica {
     pub gate: PurgeGate,
     pub peers: Peers,
     pub proposer: Proposer,
+    pub read_index: ReadIndex,
     pub archive: ArchiveView,
 }
 
@@ -246,16 +247,16 @@ impl Replica {
     pub async fn leader_read_index(&self, deadline: Instant) -> Result<u64, ReplicaError> {
         let confirm = async {
             loop {
-                match self.raft.get_read_log_id().await {
-                    Ok((read, _applied)) => return Ok(read.map_or(0, |l| l.index)),
-                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                match self.read_index.next_round().await {
+                    Ok(index) => return Ok(index),
+                    Err(RoundError::QuorumNotEnough(e)) => {
                         tracing::debug!(error = %e, "read index: quorum not confirmed yet; retrying");
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                    Err(RoundError::NotLeader) => {
                         return Err(ReplicaError::NoLeader("this node stopped being the leader; retry".into()))
                     }
-                    Err(RaftError::Fatal(e)) => return Err(ReplicaError::Internal(format!("raft stopped: {e}"))),
+                    Err(RoundError::Fatal(e)) => return Err(ReplicaError::Internal(format!("raft stopped: {e}"))),
                 }
             }
         };

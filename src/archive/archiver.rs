@@ -29,6 +29,8 @@ use crate::proto::archive::ArchivedEntry;
 /// Entries read from the log per step, at most.
 const MAX_ENTRIES_PER_SEGMENT: usize = 4096;
 const HEAD: &str = "head";
+/// How often a follower reads `head` to move its purge gate.
+const HEAD_POLL: Duration = Duration::from_secs(1);
 
 /// What the archive holds and how the archiver is doing, as this node knows it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -117,7 +119,10 @@ impl Archiver {
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => self.fail("reading the archive head", e),
             }
-            let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
+            // Once a second, or at once when this node becomes leader: waking on every metrics
+            // change would read `head` once per commit (one object-store GET per write).
+            let me = self.node_id;
+            let _ = tokio::time::timeout(HEAD_POLL, metrics.wait_for(|m| m.current_leader == Some(me))).await;
         }
     }
 

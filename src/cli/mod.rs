@@ -5,6 +5,7 @@
 //! 5 unavailable (no leader, no quorum, no node reachable), 6 deadline exceeded.
 
 mod backup;
+mod bench;
 mod client;
 mod cluster;
 mod data;
@@ -56,6 +57,9 @@ enum Command {
     Changes(data::ChangesArgs),
     /// Export everything a user has.
     Export(data::ExportArgs),
+    /// Load generator: drive Keepsake (or etcd, or PostgreSQL) with concurrent clients and
+    /// report throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -112,7 +116,12 @@ pub use crate::config::parse_duration;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = std::env::var("KEEPSAKE_WORKER_THREADS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -133,6 +142,7 @@ pub fn main() -> ExitCode {
             Command::List(a) => data::list(a).await,
             Command::Changes(a) => data::changes(a).await,
             Command::Export(a) => data::export(a).await,
+            Command::Bench(a) => bench::run(a).await,
         }
     });
     match result {

@@ -20,6 +20,14 @@ pub(crate) const KEY_META: &[u8] = b"machine";
 /// How many recent applied indices keep their digest ("digest at index N").
 pub const DIGEST_HISTORY: u64 = 100_000;
 
+/// The item operations an entry carries (what applying it reads and writes).
+pub(crate) fn op_count(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(command) => command.writes.iter().map(|w| w.ops.len()).sum(),
+        _ => 0,
+    }
+}
+
 pub(crate) struct Applier<'a> {
     db: &'a DB,
     batch: WriteBatch,

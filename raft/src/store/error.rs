@@ -42,7 +42,13 @@ pub(crate) fn read_snapshot(e: openraft::AnyError) -> openraft::StorageIOError<N
     openraft::StorageIOError::read_snapshot(None, e)
 }
 
-/// Runs blocking storage work (RocksDB, files) off the async workers.
+/// Runs blocking storage work (RocksDB iteration over many records, fsyncs, files) off the async
+/// workers.
+///
+/// Small, bounded work — a point read, an unsynced write batch of a few entries, which RocksDB
+/// finishes in microseconds from its memtable and WAL buffer — runs inline instead: handing it
+/// to the blocking pool costs two thread wake-ups, more than the work itself (the write-path
+/// profile in docs/performance.md).
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {

@@ -1,9 +1,12 @@
 //! The Raft log store: entries in the `log` column family, vote / committed / last-purged in
 //! `raft`.
 //!
-//! Durability (DESIGN.md §1.1): an append is written as one batch and fsynced before openraft
-//! is told it is flushed, and the vote is fsynced before `save_vote` returns. Purge and truncate
-//! leave no holes, and purge never goes past the purge gate.
+//! Durability (DESIGN.md §1.1): an append is written as one batch, readable when `append`
+//! returns, and openraft is told it is flushed only once the WAL holding it is fsynced. The
+//! fsyncs are group commits: one thread (`Syncer`) syncs the WAL for every append that queued
+//! while the previous sync ran, so Raft keeps replicating while the disk works. The vote is
+//! fsynced before `save_vote` returns. Purge and truncate leave no holes, and purge never goes
+//! past the purge gate.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -24,6 +27,8 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
+/// Log reads of at most this many entries run inline on the async worker (see `blocking`).
+const INLINE_READ_ENTRIES: u64 = 64;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -32,6 +37,40 @@ pub struct LogStore {
     /// The latest committed index openraft told us about (0: none yet).
     committed: Arc<AtomicU64>,
     sizes: Arc<Mutex<Sizes>>,
+    syncer: Syncer,
+}
+
+/// The log's group commit: appends queue their flush callbacks here; one thread fsyncs the WAL
+/// once for all that are queued and then answers them in order.
+#[derive(Clone)]
+struct Syncer {
+    tx: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl Syncer {
+    fn start(db: Arc<DB>) -> Result<Self, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+        // Weak, so a closed store releases RocksDB (and its lock) without waiting for this thread.
+        let db = Arc::downgrade(&db);
+        std::thread::Builder::new()
+            .name("keepsake-log-sync".into())
+            .spawn(move || {
+                // Ends when the last LogStore clone (and so the last sender) is dropped.
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let synced = match db.upgrade() {
+                        Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+                        None => Err("the log store was closed before its entries were synced".to_string()),
+                    };
+                    for callback in waiting {
+                        callback.log_io_completed(synced.clone().map_err(std::io::Error::other));
+                    }
+                }
+            })
+            .map_err(|e| StoreError::io(std::path::Path::new("keepsake-log-sync thread"), e))?;
+        Ok(Syncer { tx })
+    }
 }
 
 /// The encoded size of the entries the log holds, as a running total by index (counted from the
@@ -75,7 +114,8 @@ impl LogStore {
             let index = decode_index_key(&key).ok_or_else(|| StoreError::Corrupt("malformed log key".into()))?;
             sizes.push(index, value.len() as u64);
         }
-        Ok(LogStore { db, gate, committed, sizes: Arc::new(Mutex::new(sizes)) })
+        let syncer = Syncer::start(db.clone())?;
+        Ok(LogStore { db, gate, committed, sizes: Arc::new(Mutex::new(sizes)), syncer })
     }
 
     /// The last index in `[from, to]` such that the entries after `after` through it hold at
@@ -156,7 +196,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = range_to_bounds(&range);
         let db = self.db.clone();
-        blocking(move || read_entries(&db, start, end)).await.map_err(to_raft(StorageIOError::read_logs))
+        let read = if end.saturating_sub(start) <= INLINE_READ_ENTRIES {
+            read_entries(&db, start, end) // replication of the newest entries: in the memtable
+        } else {
+            blocking(move || read_entries(&db, start, end)).await
+        };
+        read.map_err(to_raft(StorageIOError::read_logs))
     }
 }
 
@@ -209,16 +254,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Only the log id is stored; None is never saved over a known value.
         let Some(committed) = committed else { return Ok(()) };
-        let db = self.db.clone();
-        let bytes = db::encode(&committed);
-        blocking(move || {
-            let mut batch = WriteBatch::default();
-            batch.put_cf(cf(&db, CF_RAFT), KEY_COMMITTED, bytes);
-            // Not synced: the committed index is a hint that openraft re-learns from a quorum.
-            db::write(&db, batch, "save committed")
-        })
-        .await
-        .map_err(to_raft(StorageIOError::write))
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_RAFT), KEY_COMMITTED, db::encode(&committed));
+        // Not synced: the committed index is a hint that openraft re-learns from a quorum.
+        // One small unsynced write: inline (see `blocking`).
+        db::write(&self.db, batch, "save committed").map_err(to_raft(StorageIOError::write))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -230,20 +270,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let db = self.db.clone();
-        let encoded: Vec<([u8; 8], Vec<u8>)> =
-            entries.into_iter().map(|e| (index_key(e.log_id.index), db::encode(&e))).collect();
-        let sizes: Vec<(u64, u64)> = encoded.iter().map(|(k, v)| (u64::from_be_bytes(*k), v.len() as u64)).collect();
-        let result = blocking(move || {
-            let mut batch = WriteBatch::default();
-            let log = cf(&db, CF_LOG);
-            for (key, value) in encoded {
-                batch.put_cf(log, key, value);
-            }
-            // DESIGN.md §1.1: entries are on disk before openraft counts this node's ack.
-            db::write_synced(&db, batch, "append log entries")
-        })
-        .await;
+        let mut batch = WriteBatch::default();
+        let log = cf(&self.db, CF_LOG);
+        let mut sizes = Vec::new();
+        for entry in entries {
+            let value = db::encode(&entry);
+            sizes.push((entry.log_id.index, value.len() as u64));
+            batch.put_cf(log, index_key(entry.log_id.index), value);
+        }
+        // Readable now; durable once the syncer has fsynced the WAL (DESIGN.md §1.1: openraft
+        // counts this node's ack only after the callback). Unsynced, so inline (see `blocking`).
+        let result = db::write(&self.db, batch, "append log entries");
         match result {
             Ok(()) => {
                 let mut totals = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,7 +288,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     totals.push(index, bytes);
                 }
                 drop(totals);
-                callback.log_io_completed(Ok(()));
+                if let Err(std::sync::mpsc::SendError(callback)) = self.syncer.tx.send(callback) {
+                    callback.log_io_completed(Err(std::io::Error::other("the log sync thread has stopped")));
+                }
                 Ok(())
             }
             Err(e) => {

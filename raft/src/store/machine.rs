@@ -22,6 +22,9 @@ use super::snapshot::{self, SnapshotHeader};
 use crate::command::CommandResult;
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
+/// An apply call of at most this many item operations runs inline (see `blocking`).
+const INLINE_APPLY_OPS: usize = 256;
+
 /// Present in `meta` while a snapshot install is under way.
 const KEY_INSTALLING: &[u8] = b"installing";
 pub(crate) const CURRENT: &str = "current.snap";
@@ -185,13 +188,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let (db, meta) = (self.db.clone(), self.meta.clone());
-        let (results, meta) = blocking(move || {
+        let ops: usize = entries.iter().map(super::apply::op_count).sum();
+        let apply = move || {
             let mut applier = Applier::new(&db, meta);
             let results = entries.iter().map(|e| applier.apply(e)).collect::<Result<Vec<_>, _>>()?;
             Ok((results, applier.commit()?))
-        })
-        .await
-        .map_err(to_raft(StorageIOError::write_state_machine))?;
+        };
+        // A few point reads and one unsynced batch run inline; a long catch-up goes to the
+        // blocking pool (see `blocking`).
+        let applied = if ops <= INLINE_APPLY_OPS { apply() } else { blocking(apply).await };
+        let (results, meta) = applied.map_err(to_raft(StorageIOError::write_state_machine))?;
         self.meta = meta;
         self.applied.send_replace(self.meta.point());
         Ok(results)

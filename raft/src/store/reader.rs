@@ -58,14 +58,14 @@ impl StateReader {
 
     /// The live item, if any.
     pub async fn get(&self, user: &str, collection: &str, item_id: &str) -> Result<Option<ItemView>, StoreError> {
-        let db = self.db.clone();
-        let key = item_key(user, collection, item_id);
-        let (u, c, i) = (user.to_owned(), collection.to_owned(), item_id.to_owned());
-        blocking(move || {
-            let record: Option<ItemRecord> = db::get(&db, CF_ITEMS, &key)?;
-            Ok(record.filter(|r| !r.deleted).map(|record| ItemView { user_id: u, collection: c, item_id: i, record }))
-        })
-        .await
+        // One point read: inline (see `blocking`).
+        let record: Option<ItemRecord> = db::get(&self.db, CF_ITEMS, &item_key(user, collection, item_id))?;
+        Ok(record.filter(|r| !r.deleted).map(|record| ItemView {
+            user_id: user.to_owned(),
+            collection: collection.to_owned(),
+            item_id: item_id.to_owned(),
+            record,
+        }))
     }
 
     /// Up to `limit` live items of a collection with ids after `after`, and whether more follow.

@@ -1,0 +1,128 @@
+//! `keepsake bench --start-cluster`: three real `keepsake serve` processes on loopback, in a
+//! scratch directory, so the benchmark can report each node's CPU time and peak memory. The
+//! processes are stopped when the cluster is dropped, and die with the benchmark if it is killed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::proto::v1::admin_client::AdminClient;
+use crate::proto::v1::NodeStatusRequest;
+
+pub struct LocalCluster {
+    pub dir: PathBuf,
+    /// Client addresses, node 1 first.
+    pub client_addrs: Vec<String>,
+    children: Vec<Child>,
+    keep_dir: bool,
+}
+
+impl LocalCluster {
+    /// Starts nodes 1–3 with client ports `base_port`…+2, peer ports +100, HTTP ports +200. A
+    /// `base_config` supplies everything else (the archive above all); without one the nodes
+    /// share an archive directory under `dir`.
+    pub async fn start(dir: &Path, base_port: u16, base_config: Option<&Path>, keep_dir: bool) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let config = match base_config {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = dir.join("base.toml");
+                let archive = dir.join("archive");
+                std::fs::write(&p, format!("[archive]\nurl = {:?}\n", archive.display().to_string()))?;
+                p
+            }
+        };
+        let client = |i: u16| format!("127.0.0.1:{}", base_port + i);
+        let peer = |i: u16| format!("127.0.0.1:{}", base_port + 100 + i);
+        let members: Vec<String> = (0..3).map(|i| format!("{}={}/{}", i + 1, client(i), peer(i))).collect();
+        let exe = std::env::current_exe().context("find the keepsake executable")?;
+        let mut cluster = LocalCluster {
+            dir: dir.to_path_buf(),
+            client_addrs: (0..3).map(client).collect(),
+            children: Vec::new(),
+            keep_dir,
+        };
+        for i in 0..3u16 {
+            let log = std::fs::File::create(dir.join(format!("node{}.log", i + 1)))?;
+            let mut cmd = Command::new(&exe);
+            cmd.arg("serve")
+                .arg("--config")
+                .arg(&config)
+                .args(["--node-id", &(i + 1).to_string(), "--cluster-id", "keepsake-bench"])
+                .arg("--data-dir")
+                .arg(dir.join(format!("node{}", i + 1)))
+                .args(["--client-addr", &client(i), "--peer-addr", &peer(i)])
+                .args(["--http-addr", &format!("127.0.0.1:{}", base_port + 200 + i)])
+                .args(["--members", &members.join(",")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log));
+            die_with_parent(&mut cmd);
+            cluster.children.push(cmd.spawn().context("start `keepsake serve`")?);
+        }
+        cluster.wait_for_leader().await?;
+        Ok(cluster)
+    }
+
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.children.iter().enumerate().map(|(i, c)| (format!("keepsake node {}", i + 1), c.id())).collect()
+    }
+
+    async fn wait_for_leader(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            for child in &mut self.children {
+                if let Some(status) = child.try_wait()? {
+                    anyhow::bail!("a node exited ({status}) before a leader was elected; see {}", self.dir.display());
+                }
+            }
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.client_addrs[0]))?;
+            if let Ok(channel) = channel.connect().await {
+                if let Ok(s) = AdminClient::new(channel).get_node_status(NodeStatusRequest {}).await {
+                    if s.into_inner().leader_id.is_some() {
+                        return Ok(());
+                    }
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("no leader within 30 s; see the node logs in {}", self.dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for child in &self.children {
+            // SAFETY: kill with a pid we spawned and have not yet reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for child in &mut self.children {
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The child gets SIGKILL when the benchmark's thread that spawned it dies, so an interrupted
+/// benchmark leaves no servers behind.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe, the only kind of call allowed between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
