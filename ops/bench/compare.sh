@@ -161,6 +161,7 @@ mkdir -p "$RUN/keepsake"
 MOTO=$ROOT/target/tools/moto/bin/moto_server
 "$MOTO" -H 127.0.0.1 -p 29000 > "$RUN/keepsake/moto.log" 2>&1 &
 PIDS+=($!)
+MOTO_PID=$!
 wait_port 29000
 python3 - <<'EOF'
 import urllib.request
@@ -176,22 +177,24 @@ secret_access_key = "compare"
 EOF
 ks() { # NAME [ARGS…]: a fresh 3-node cluster per run
   local name=$1; shift
-  bench "$name" --target keepsake --start-cluster --cluster-dir "$RUN/keepsake/$name" --cluster-port 27001 \
-    --node-config "$RUN/keepsake/node.toml" "$@"
+  bench "$name" --target keepsake --start-cluster --cluster-dir "$RUN/keepsake/$name" --cluster-port 27001 "$@"
 }
-ks keepsake-write --mix write --clients "$CLIENTS"
-ks keepsake-90-10 --mix 90/10 --clients "$CLIENTS"
-ks keepsake-write-1 --mix write --clients 1
+# The S3 test server's CPU counts as Keepsake's, as pgBackRest's counts as PostgreSQL's.
+ks keepsake-write --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix write --clients "$CLIENTS"
+ks keepsake-90-10 --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix 90/10 --clients "$CLIENTS"
+ks keepsake-write-1 --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix write --clients 1
+# For reference: archiving to a directory on the same disk (as pgBackRest's repository is).
+ks keepsake-local-write --mix write --clients "$CLIENTS"
 
 # ---- the table ---------------------------------------------------------------------------------
 python3 - "$RUN/results" <<'EOF'
 import json, os, sys
 d = sys.argv[1]
 r = {f[:-5]: json.load(open(os.path.join(d, f))) for f in os.listdir(d) if f.endswith(".json")}
-systems = ["etcd", "postgres", "keepsake"]
+systems = ["etcd", "postgres", "keepsake", "keepsake-local"]
 loads = [("write", "write, 64 clients"), ("90-10", "90/10, 64 clients"), ("write-1", "write, 1 client")]
 ms = lambda us: f"{us / 1000:.2f}"
-print(f"\n{'workload':<20} {'system':<10} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU s':>7} {'max RSS MiB':>11}")
+print(f"\n{'workload':<20} {'system':<14} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU s':>7} {'max RSS MiB':>11}")
 for key, label in loads:
     for s in systems:
         x = r.get(f"{s}-{key}")
@@ -199,21 +202,23 @@ for key, label in loads:
             continue
         cpu = sum(p["cpu_seconds"] for p in x["servers"])
         rss = max((p["peak_rss_bytes"] for p in x["servers"]), default=0) / 2**20
-        print(f"{label:<20} {s:<10} {x['ops_per_second']:>9.0f} {ms(x['latency']['p50_us']):>8} {ms(x['latency']['p99_us']):>8} "
+        print(f"{label:<20} {s:<14} {x['ops_per_second']:>9.0f} {ms(x['latency']['p50_us']):>8} {ms(x['latency']['p99_us']):>8} "
               f"{sum(x['errors'].values()):>7} {cpu:>7.1f} {rss:>11.0f}")
-print(f"\n{'ratio keepsake / …':<20} {'':<10} {'ops/s':>9} {'p50':>8} {'p99':>8}")
+print(f"\n{'ratio keepsake / …':<20} {'':<14} {'ops/s':>9} {'p50':>8} {'p99':>8}")
 for key, label in loads:
     k = r.get(f"keepsake-{key}")
     for s in ["etcd", "postgres"]:
         x = r.get(f"{s}-{key}")
         if not (k and x):
             continue
-        print(f"{label:<20} {s:<10} {k['ops_per_second'] / x['ops_per_second']:>9.2f} "
+        print(f"{label:<20} {s:<14} {k['ops_per_second'] / x['ops_per_second']:>9.2f} "
               f"{k['latency']['p50_us'] / x['latency']['p50_us']:>8.2f} {k['latency']['p99_us'] / x['latency']['p99_us']:>8.2f}")
-k = r.get("keepsake-write")
-if k and k.get("archive_lag"):
-    a = k["archive_lag"]
-    print(f"\nkeepsake archive lag during the 64-client write run: p50 {a['p50_seconds']:.3f} s, p99 {a['p99_seconds']:.3f} s, max {a['max_seconds']:.3f} s")
+print()
+for name, where in [("keepsake-write", "S3 test server"), ("keepsake-local-write", "local directory")]:
+    a = (r.get(name) or {}).get("archive_lag")
+    if a:
+        print(f"keepsake archive lag, 64-client write run, archive in the {where}: "
+              f"p50 {a['p50_seconds']:.3f} s, p99 {a['p99_seconds']:.3f} s, max {a['max_seconds']:.3f} s")
 f = (r.get("keepsake-write-1") or {}).get("fsync_round")
 if f:
     k1 = r["keepsake-write-1"]["latency"]["p50_us"]

@@ -275,8 +275,12 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let mut histogram = report::new_histogram();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut last_done = started;
+    // The connections stay open until the servers' figures are read (a PostgreSQL backend's
+    // memory is gone once its connection closes).
+    let mut open_drivers = Vec::with_capacity(tasks.len());
     for t in tasks {
-        let r = t.await.map_err(|e| anyhow::anyhow!("a benchmark client panicked: {e}"))?;
+        let mut r = t.await.map_err(|e| anyhow::anyhow!("a benchmark client panicked: {e}"))?;
+        open_drivers.push(r.driver.take());
         histogram.add(&r.histogram).map_err(|e| anyhow::anyhow!("merge histograms: {e}"))?;
         for (code, n) in r.errors {
             *errors.entry(code).or_default() += n;
@@ -305,6 +309,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         archive_lag,
         fsync_round,
     };
+    drop(open_drivers);
     match args.output {
         Output::Json => println!("{}", serde_json::to_string(&report).map_err(anyhow::Error::from)?),
         Output::Text => report.print_text(),
@@ -428,6 +433,7 @@ struct Worker {
 }
 
 struct WorkerResult {
+    driver: Option<Driver>,
     histogram: Histogram<u64>,
     errors: BTreeMap<String, u64>,
     last_done: Instant,
@@ -475,7 +481,7 @@ impl Worker {
                 }
             }
         }
-        WorkerResult { histogram, errors, last_done }
+        WorkerResult { driver: Some(self.driver), histogram, errors, last_done }
     }
 }
 
