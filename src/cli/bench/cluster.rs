@@ -70,6 +70,8 @@ impl LocalCluster {
         self.children.iter().enumerate().map(|(i, c)| (format!("keepsake node {}", i + 1), c.id())).collect()
     }
 
+    /// Until every node names the same leader and that node says it leads: a write sent the
+    /// moment one node has seen an election may meet a leader that is already being replaced.
     async fn wait_for_leader(&mut self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -78,16 +80,24 @@ impl LocalCluster {
                     anyhow::bail!("a node exited ({status}) before a leader was elected; see {}", self.dir.display());
                 }
             }
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.client_addrs[0]))?;
-            if let Ok(channel) = channel.connect().await {
-                if let Ok(s) = AdminClient::new(channel).get_node_status(NodeStatusRequest {}).await {
-                    if s.into_inner().leader_id.is_some() {
-                        return Ok(());
-                    }
-                }
+            let mut views = Vec::new();
+            for addr in &self.client_addrs {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?;
+                let Ok(channel) = channel.connect().await else { break };
+                let Ok(s) = AdminClient::new(channel).get_node_status(NodeStatusRequest {}).await else { break };
+                let s = s.into_inner();
+                views.push((s.node_id, s.role, s.leader_id));
+            }
+            let leader = views.first().and_then(|v| v.2);
+            let agreed = views.len() == self.client_addrs.len()
+                && leader.is_some()
+                && views.iter().all(|(_, _, l)| *l == leader)
+                && views.iter().any(|(id, role, _)| Some(*id) == leader && role == "leader");
+            if agreed {
+                return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("no leader within 30 s; see the node logs in {}", self.dir.display());
+                anyhow::bail!("no agreed leader within 30 s; see the node logs in {}", self.dir.display());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -43,10 +43,19 @@ fn flat_prefix(user: u64) -> String {
     format!("{}/{COLLECTION}/", user_id(user))
 }
 
-/// Why an operation failed, grouped the way the report counts them (a gRPC status code name, a
-/// PostgreSQL SQLSTATE, or the kind of transport failure).
+/// Why an operation failed: the group the report counts it under (a gRPC status code name, a
+/// PostgreSQL SQLSTATE, or the kind of transport failure) and the server's message.
 #[derive(Debug)]
-pub struct OpError(pub String);
+pub struct OpError {
+    pub code: String,
+    pub message: String,
+}
+
+impl OpError {
+    fn new(code: impl Into<String>, message: impl ToString) -> Self {
+        OpError { code: code.into(), message: message.to_string() }
+    }
+}
 
 pub enum Driver {
     Keepsake {
@@ -216,21 +225,21 @@ impl Driver {
 }
 
 fn status_error(s: tonic::Status) -> OpError {
-    OpError(format!("{:?}", s.code()))
+    OpError::new(format!("{:?}", s.code()), s.message())
 }
 
 fn etcd_error(e: etcd_client::Error) -> OpError {
     match e {
         etcd_client::Error::GRpcStatus(s) => status_error(s),
-        etcd_client::Error::TransportError(_) => OpError("transport".into()),
-        other => OpError(format!("etcd: {other}")),
+        etcd_client::Error::TransportError(t) => OpError::new("transport", t),
+        other => OpError::new("etcd", other),
     }
 }
 
 fn pg_error(e: tokio_postgres::Error) -> OpError {
     match e.code() {
-        Some(code) => OpError(format!("SQLSTATE {}", code.code())),
-        None if e.is_closed() => OpError("connection closed".into()),
-        None => OpError(format!("postgres: {e}")),
+        Some(code) => OpError::new(format!("SQLSTATE {}", code.code()), &e),
+        None if e.is_closed() => OpError::new("connection closed", &e),
+        None => OpError::new("postgres", &e),
     }
 }

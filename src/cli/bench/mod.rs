@@ -274,6 +274,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     shared.stop.store(true, Ordering::SeqCst);
     let mut histogram = report::new_histogram();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut error_messages: BTreeMap<String, String> = BTreeMap::new();
     let mut last_done = started;
     // The connections stay open until the servers' figures are read (a PostgreSQL backend's
     // memory is gone once its connection closes).
@@ -284,6 +285,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         histogram.add(&r.histogram).map_err(|e| anyhow::anyhow!("merge histograms: {e}"))?;
         for (code, n) in r.errors {
             *errors.entry(code).or_default() += n;
+        }
+        for (code, message) in r.first_errors {
+            error_messages.entry(code).or_insert(message);
         }
         last_done = last_done.max(r.last_done);
     }
@@ -305,6 +309,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         ops_per_second: ops as f64 / seconds,
         latency: Latency::of(&histogram),
         errors,
+        error_messages,
         servers: watch.report(),
         archive_lag,
         fsync_round,
@@ -398,7 +403,7 @@ async fn preload(drivers: Vec<Driver>, args: &BenchArgs) -> Result<Vec<Driver>, 
                 while let Err(e) = d.put(k / items, k % items, value.clone()).await {
                     tries += 1;
                     if tries == 5 {
-                        return Err(anyhow::anyhow!("preloading key {k} failed 5 times: {}", e.0));
+                        return Err(anyhow::anyhow!("preloading key {k} failed 5 times: {}: {}", e.code, e.message));
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -412,6 +417,9 @@ async fn preload(drivers: Vec<Driver>, args: &BenchArgs) -> Result<Vec<Driver>, 
     eprintln!("bench: preloaded {keys} items in {:.1} s", started.elapsed().as_secs_f64());
     Ok(out)
 }
+
+/// How long a client waits after a failed operation before its next one.
+const ERROR_BACKOFF: Duration = Duration::from_millis(20);
 
 struct Shared {
     stop: AtomicBool,
@@ -436,6 +444,7 @@ struct WorkerResult {
     driver: Option<Driver>,
     histogram: Histogram<u64>,
     errors: BTreeMap<String, u64>,
+    first_errors: BTreeMap<String, String>,
     last_done: Instant,
 }
 
@@ -443,6 +452,7 @@ impl Worker {
     async fn run(mut self) -> WorkerResult {
         let mut histogram = report::new_histogram();
         let mut errors = BTreeMap::new();
+        let mut first_errors = BTreeMap::new();
         let mut last_done = Instant::now();
         let keys = self.users * self.items;
         while !self.shared.stop.load(Ordering::Relaxed) {
@@ -471,17 +481,26 @@ impl Worker {
             } else {
                 self.driver.get(user, item).await
             };
+            let failed = result.is_err();
             if measured {
                 last_done = Instant::now();
                 match result {
                     Ok(()) => {
                         let _ = histogram.record(t.elapsed().as_micros().max(1) as u64);
                     }
-                    Err(e) => *errors.entry(e.0).or_insert(0u64) += 1,
+                    Err(e) => {
+                        *errors.entry(e.code.clone()).or_insert(0u64) += 1;
+                        first_errors.entry(e.code).or_insert(e.message);
+                    }
                 }
             }
+            if failed {
+                // As a real client would: an error comes back at once, and retrying without a
+                // pause would turn a leader change into a storm of failed requests.
+                tokio::time::sleep(ERROR_BACKOFF).await;
+            }
         }
-        WorkerResult { driver: Some(self.driver), histogram, errors, last_done }
+        WorkerResult { driver: Some(self.driver), histogram, errors, first_errors, last_done }
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Report {
     pub ops_per_second: f64,
     pub latency: Latency,
     pub errors: BTreeMap<String, u64>,
+    /// One message per error code: the first one seen.
+    pub error_messages: BTreeMap<String, String>,
     pub servers: Vec<ProcReport>,
     pub archive_lag: Option<ArchiveLag>,
     pub fsync_round: Option<FsyncRound>,
@@ -86,7 +88,8 @@ impl Report {
             println!("  errors       none");
         }
         for (code, n) in &self.errors {
-            println!("  errors       {n} × {code}");
+            let message = self.error_messages.get(code).map_or("", String::as_str);
+            println!("  errors       {n} × {code}: {message}");
         }
         for s in &self.servers {
             println!(
