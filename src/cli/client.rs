@@ -8,6 +8,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::ClientOpts;
+use crate::proto::v1::admin_client::AdminClient;
+use crate::proto::v1::{NodeStatus, NodeStatusRequest};
 
 /// A failed command: what to print and which exit code to return.
 #[derive(Debug)]
@@ -40,7 +42,7 @@ impl Failure {
     }
 }
 
-async fn connect(addr: &str, timeout: Duration) -> Result<Channel, String> {
+pub(super) async fn connect(addr: &str, timeout: Duration) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("{addr} is not a valid endpoint: {e}"))?
         .connect_timeout(timeout.min(Duration::from_secs(2)));
@@ -105,6 +107,14 @@ where
         }
     }
     None
+}
+
+/// One node's own view (its role, the leader it knows, the members), asked of that node alone.
+pub(super) async fn node_status(addr: &str, timeout: Duration) -> Result<NodeStatus, String> {
+    let mut req = tonic::Request::new(NodeStatusRequest {});
+    req.set_timeout(timeout);
+    let status = AdminClient::new(connect(addr, timeout).await?).get_node_status(req).await;
+    status.map(tonic::Response::into_inner).map_err(|s| format!("{addr}: {}", s.message()))
 }
 
 /// A request carrying the command's deadline.

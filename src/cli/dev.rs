@@ -7,8 +7,6 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::config::{ArchiveConfig, Member, NodeConfig};
-use crate::proto::v1::admin_client::AdminClient;
-use crate::proto::v1::NodeStatusRequest;
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -92,9 +90,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 async fn wait_for_leader(addr: &str, nodes: &[tokio::task::JoinHandle<anyhow::Result<()>>]) -> anyhow::Result<u64> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
-        if let Ok(status) = AdminClient::new(channel).get_node_status(NodeStatusRequest {}).await {
-            if let Some(leader) = status.into_inner().leader_id {
+        if let Ok(status) = super::client::node_status(addr, Duration::from_secs(1)).await {
+            if let Some(leader) = status.leader_id {
                 return Ok(leader);
             }
         }

@@ -187,6 +187,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     crate::node::run(config, shutdown_signal()).await
 }
 
+/// Makes a child process get SIGKILL when the thread that started it dies, so servers started
+/// by a command (`keepsake bench --start-cluster`) or a test never outlive it, even when it is
+/// killed without running its clean-up.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe, the only kind of call allowed between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

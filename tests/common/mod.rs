@@ -229,7 +229,7 @@ impl NodeProc {
             cmd.env_remove(var);
         }
         cmd.envs(S3_ENV);
-        die_with_parent(&mut cmd);
+        keepsake::cli::die_with_parent(&mut cmd);
         cmd.spawn().unwrap_or_else(|e| panic!("cannot start `keepsake serve` for node {}: {e}", self.id))
     }
 
@@ -716,7 +716,7 @@ fn connect(addr: &str) -> Channel {
 pub fn keepsake_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keepsake"));
     cmd.args(args).envs(S3_ENV).env_remove("KEEPSAKE_ENDPOINTS").stdin(Stdio::null());
-    die_with_parent(&mut cmd);
+    keepsake::cli::die_with_parent(&mut cmd);
     let out = cmd.output().expect("run the keepsake binary");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
@@ -762,22 +762,6 @@ pub fn metric(cluster: &Cluster, id: u64, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("{name} is not in /metrics: {text}"))
-}
-
-/// If the test process dies without running Drop (e.g. killed by the test runner), the kernel
-/// kills the child too.
-fn die_with_parent(cmd: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-    }
 }
 
 fn signal(pid: libc::pid_t, sig: libc::c_int) {

@@ -46,7 +46,7 @@ impl S3Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        super::die_with_parent(&mut cmd);
+        keepsake::cli::die_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         let server = S3Server {
             child: Mutex::new(Some(child)),

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::proto::v1::admin_client::AdminClient;
-use crate::proto::v1::NodeStatusRequest;
+use crate::cli::client::node_status;
+use crate::cli::die_with_parent;
 
 pub struct LocalCluster {
     pub dir: PathBuf,
@@ -82,10 +82,7 @@ impl LocalCluster {
             }
             let mut views = Vec::new();
             for addr in &self.client_addrs {
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?;
-                let Ok(channel) = channel.connect().await else { break };
-                let Ok(s) = AdminClient::new(channel).get_node_status(NodeStatusRequest {}).await else { break };
-                let s = s.into_inner();
+                let Ok(s) = node_status(addr, Duration::from_secs(2)).await else { break };
                 views.push((s.node_id, s.role, s.leader_id));
             }
             let leader = views.first().and_then(|v| v.2);
@@ -121,18 +118,5 @@ impl Drop for LocalCluster {
         if !self.keep_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-    }
-}
-
-/// The child gets SIGKILL when the benchmark's thread that spawned it dies, so an interrupted
-/// benchmark leaves no servers behind.
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe, the only kind of call allowed between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
     }
 }

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 
-use super::{parse_duration, Failure, Output};
+use super::client::{connect, node_status};
+use super::{parse_duration, ClientOpts, Failure, Output};
 use crate::proto::v1::admin_client::AdminClient;
-use crate::proto::v1::{BackupStatusRequest, Durability, NodeStatusRequest};
+use crate::proto::v1::{BackupStatusRequest, Durability};
 use driver::{Connect, Driver, Target};
 use report::{ArchiveLag, Latency, Report};
 
@@ -58,16 +59,11 @@ pub struct BenchArgs {
     /// The system under test.
     #[arg(long, value_enum, default_value_t = Target::Keepsake)]
     target: Target,
-    /// Nodes (host:port, comma-separated). Keepsake: the clients go to the leader found through
-    /// them, unless --spread.
-    #[arg(
-        long,
-        env = "KEEPSAKE_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
-    )]
-    endpoints: Vec<String>,
-    /// Keepsake: spread the clients over every endpoint instead of sending all to the leader.
+    /// --endpoints: the nodes (etcd: its members); --timeout: the deadline of each operation.
+    #[command(flatten)]
+    client: ClientOpts,
+    /// Keepsake: spread the clients over every endpoint instead of sending all to the leader
+    /// found through them.
     #[arg(long)]
     spread: bool,
     /// PostgreSQL connection string (--target postgres).
@@ -105,9 +101,6 @@ pub struct BenchArgs {
     /// Write every key once before a read workload (read, 90/10, changes) starts.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     preload: bool,
-    /// Deadline of each operation.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    timeout: Duration,
     /// Start a 3-node Keepsake cluster (`keepsake serve` processes) for the run and stop it
     /// afterwards; its nodes' CPU time and peak memory are reported.
     #[arg(long)]
@@ -135,8 +128,6 @@ pub struct BenchArgs {
     /// Seed of the key choice, so runs can be repeated.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    output: Output,
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
@@ -185,7 +176,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     };
     let endpoints = match &cluster {
         Some(c) => c.client_addrs.clone(),
-        None => args.endpoints.clone(),
+        None => args.client.endpoints.clone(),
     };
     let fsync_dir = args.fsync_dir.clone().or_else(|| cluster.as_ref().map(|c| c.dir.clone()));
     let fsync_round = match &fsync_dir {
@@ -196,7 +187,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     };
 
     let leader = match args.target {
-        Target::Keepsake => Some(find_leader(&endpoints, args.timeout).await?),
+        Target::Keepsake => Some(find_leader(&endpoints, args.client.timeout).await?),
         _ => None,
     };
     let connect = Connect {
@@ -209,7 +200,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             BenchDurability::Quorum => Durability::Quorum,
             BenchDurability::Archived => Durability::Archived,
         },
-        timeout: args.timeout,
+        timeout: args.client.timeout,
         postgres: args.postgres.clone(),
     };
     Driver::prepare_target(&connect).await?;
@@ -258,8 +249,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     watch.start();
     shared.measuring.store(true, Ordering::SeqCst);
     let started = Instant::now();
-    let lag = tokio::spawn(sample_archive_lag(leader.clone(), shared.clone(), args.timeout));
-    let progress = progress_bar(args.output);
+    let lag = tokio::spawn(sample_archive_lag(leader.clone(), shared.clone(), args.client.timeout));
+    let progress = progress_bar(args.client.output);
     while started.elapsed() < args.duration && args.ops.is_none_or(|n| shared.measured.load(Ordering::Relaxed) < n) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(p) = &progress {
@@ -315,7 +306,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         fsync_round,
     };
     drop(open_drivers);
-    match args.output {
+    match args.client.output {
         Output::Json => println!("{}", serde_json::to_string(&report).map_err(anyhow::Error::from)?),
         Output::Text => report.print_text(),
     }
@@ -334,15 +325,15 @@ fn progress_bar(output: Output) -> Option<indicatif::ProgressBar> {
 
 /// The leader's client address, asked of each endpoint in turn.
 async fn find_leader(endpoints: &[String], timeout: Duration) -> Result<String, Failure> {
+    if let Some(bad) =
+        endpoints.iter().find(|a| tonic::transport::Endpoint::from_shared(format!("http://{a}")).is_err())
+    {
+        return Err(Failure::usage(format!("{bad} is not a host:port endpoint")));
+    }
     let deadline = Instant::now() + timeout.max(Duration::from_secs(5));
     loop {
         for addr in endpoints {
-            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
-                return Err(Failure::usage(format!("{addr} is not a host:port endpoint")));
-            };
-            let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(2)).connect().await else { continue };
-            let Ok(status) = AdminClient::new(channel).get_node_status(NodeStatusRequest {}).await else { continue };
-            let status = status.into_inner();
+            let Ok(status) = node_status(addr, timeout).await else { continue };
             if let Some(leader) = status.leader_id {
                 if let Some(m) = status.members.iter().find(|m| m.node_id == leader) {
                     return Ok(m.client_addr.clone());
@@ -365,8 +356,7 @@ async fn find_leader(endpoints: &[String], timeout: Duration) -> Result<String, 
 /// Samples the leader's archive lag every 100 ms while the run is measured; None when the
 /// target is not Keepsake or the leader cannot be asked.
 async fn sample_archive_lag(leader: Option<String>, shared: Arc<Shared>, timeout: Duration) -> Option<ArchiveLag> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", leader?)).ok()?.connect().await.ok()?;
-    let mut admin = AdminClient::new(channel);
+    let mut admin = AdminClient::new(connect(&leader?, timeout).await.ok()?);
     let mut h = report::new_histogram();
     while !shared.stop.load(Ordering::SeqCst) {
         let mut req = tonic::Request::new(BackupStatusRequest {});
