@@ -20,6 +20,9 @@ pub struct NodeConfig {
     pub client_addr: String,
     /// Peer port (the Raft transport).
     pub peer_addr: String,
+    /// The local IP address this node's outgoing peer connections come from (a multi-homed
+    /// host, or a firewall keyed by source address). Empty: the OS chooses.
+    pub peer_source_ip: String,
     /// HTTP port: Prometheus `/metrics`, `/healthz`, `/readyz`. Empty: not served.
     pub http_addr: String,
     /// The initial voters. A node whose data directory is new bootstraps the cluster with them;
@@ -158,6 +161,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("/var/lib/keepsake"),
             client_addr: "127.0.0.1:7001".into(),
             peer_addr: "127.0.0.1:7101".into(),
+            peer_source_ip: String::new(),
             http_addr: "127.0.0.1:7201".into(),
             members: Vec::new(),
             raft: RaftConfig::default(),
@@ -219,6 +223,9 @@ impl NodeConfig {
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return bad("raft.election_timeout_max_ms must be above raft.election_timeout_min_ms".into());
+        }
+        if !self.peer_source_ip.is_empty() && self.peer_source_ip.parse::<std::net::IpAddr>().is_err() {
+            return bad(format!("peer_source_ip {:?} is not an IP address (e.g. 10.0.0.5)", self.peer_source_ip));
         }
         let a = &self.archive;
         if a.max_segment_bytes == 0 || a.max_segment_age_ms == 0 || a.request_timeout_ms == 0 {

@@ -56,7 +56,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         addr => Some(crate::server::bind(addr).await?),
     };
 
-    let peers = Peers::new(config.limits.max_message_bytes());
+    let peers = Peers::new(config.limits.max_message_bytes(), config.peer_source_ip.parse().ok());
     let raft =
         Raft::new(config.node_id, Arc::new(raft_config(&config)?), peers.clone(), store.log.clone(), store.machine)
             .await

@@ -2,6 +2,7 @@
 //! leader for clients: forwarding a write and asking for a read index.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,11 +24,13 @@ use crate::proto::raft::{ProposeRequest, RaftMessage, ReadIndexRequest, TimeoutN
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     max_message_bytes: usize,
+    /// Where outgoing connections come from; None: the OS chooses.
+    source_ip: Option<IpAddr>,
 }
 
 impl Peers {
-    pub fn new(max_message_bytes: usize) -> Self {
-        Peers { channels: Arc::default(), max_message_bytes }
+    pub fn new(max_message_bytes: usize, source_ip: Option<IpAddr>) -> Self {
+        Peers { channels: Arc::default(), max_message_bytes, source_ip }
     }
 
     pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, tonic::Status> {
@@ -39,6 +42,7 @@ impl Peers {
                     .map_err(|e| tonic::Status::internal(format!("bad peer address {addr}: {e}")))?
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
+                    .local_address(self.source_ip)
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5));
                 let c = endpoint.connect_lazy();

@@ -72,12 +72,37 @@ pub struct ClusterBuilder {
     s3_archive: Option<(String, String)>,
     /// Extra lines for the `[archive]` table.
     archive_extra: String,
+    /// Peers dial each other through addresses a test's proxies listen on (see `peer_proxies`).
+    peer_proxies: bool,
+    /// Each node's data directory is a tmpfs of this many bytes (a disk that can fill up).
+    tmpfs_bytes: Option<u64>,
 }
 
 impl ClusterBuilder {
     /// Archive to `server`, under `s3://<bucket>/<prefix>/<cluster-id>/`.
     pub fn archive_s3(mut self, server: &S3Server, prefix: &str) -> Self {
         self.s3_archive = Some((server.url(prefix), server.endpoint.clone()));
+        self
+    }
+
+    /// Archive to `server` as `archive_s3` does, but reach it at `endpoint` (a proxy in front).
+    pub fn archive_s3_via(mut self, server: &S3Server, prefix: &str, endpoint: &str) -> Self {
+        self.s3_archive = Some((server.url(prefix), endpoint.to_owned()));
+        self
+    }
+
+    /// Each node listens for peers on one port but is known to the others by another, which
+    /// the test serves with a proxy (`Cluster::peer_listen_addr` → `Cluster::peer_addr`), and
+    /// node N's outgoing peer connections come from 127.0.1.N, so a proxy can tell links apart.
+    pub fn peer_proxies(mut self) -> Self {
+        self.peer_proxies = true;
+        self
+    }
+
+    /// Puts every node's data directory on its own tmpfs of `bytes` (needs root): a disk the
+    /// test can fill. Unmounted when the cluster is dropped.
+    pub fn tmpfs_data(mut self, bytes: u64) -> Self {
+        self.tmpfs_bytes = Some(bytes);
         self
     }
 
@@ -135,14 +160,23 @@ impl ClusterBuilder {
     pub fn prepare(self) -> Cluster {
         assert!(self.nodes > 0, "a cluster needs at least one node");
         let total = self.nodes + self.spares;
-        let ports = free_ports(total * 3);
+        let ports = free_ports(total * 4);
         let all: Vec<(u64, String, String)> = (0..total)
             .map(|i| {
                 let id = i as u64 + 1;
-                (id, format!("127.0.0.1:{}", ports[3 * i]), format!("127.0.0.1:{}", ports[3 * i + 1]))
+                (id, format!("127.0.0.1:{}", ports[4 * i]), format!("127.0.0.1:{}", ports[4 * i + 1]))
             })
             .collect();
-        let addrs = &all[..self.nodes];
+        // What the others dial: a proxy's port when peers go through proxies.
+        let advertised: Vec<(u64, String, String)> = all
+            .iter()
+            .enumerate()
+            .map(|(i, (id, client, peer))| {
+                let peer = if self.peer_proxies { format!("127.0.0.1:{}", ports[4 * i + 3]) } else { peer.clone() };
+                (*id, client.clone(), peer)
+            })
+            .collect();
+        let addrs = &advertised[..self.nodes];
         let archive =
             tempfile::Builder::new().prefix("keepsake-test-archive-").tempdir().expect("create an archive dir");
         let (archive_url, archive_endpoint) = match &self.s3_archive {
@@ -150,7 +184,8 @@ impl ClusterBuilder {
             None => (archive.path().to_string_lossy().into_owned(), String::new()),
         };
         let mut nodes = Vec::with_capacity(total);
-        for (id, client_addr, peer_addr) in &all {
+        let mut mounts = Vec::new();
+        for (i, (id, client_addr, peer_addr)) in all.iter().enumerate() {
             let dir = tempfile::Builder::new()
                 .prefix(&format!("keepsake-test-node{id}-"))
                 .tempdir()
@@ -158,10 +193,17 @@ impl ClusterBuilder {
             let config_path = dir.path().join("node.toml");
             let log_path = dir.path().join("node.log");
             let data_dir = dir.path().join("data");
+            if let Some(bytes) = self.tmpfs_bytes {
+                mount_tmpfs(&data_dir, bytes);
+                mounts.push(data_dir.clone());
+            }
             let members = if self.bootstrap && (*id as usize) <= self.nodes { addrs } else { &[] };
-            let http_addr = format!("127.0.0.1:{}", ports[3 * (*id as usize - 1) + 2]);
+            let http_addr = format!("127.0.0.1:{}", ports[4 * i + 2]);
             let mut config = node_config(&self, *id, &data_dir, client_addr, peer_addr, members);
             config.insert_str(0, &format!("http_addr = {}\n", toml_string(&http_addr)));
+            if self.peer_proxies {
+                config.insert_str(0, &format!("peer_source_ip = \"{}\"\n", peer_source_ip(*id)));
+            }
             config.push_str(&format!(
                 "\n[archive]\nurl = {}\nendpoint = {}\nmax_segment_age_ms = 100\nrequest_timeout_ms = 2000\n{}",
                 toml_string(&archive_url),
@@ -173,7 +215,8 @@ impl ClusterBuilder {
                 http_addr,
                 id: *id,
                 client_addr: client_addr.clone(),
-                peer_addr: peer_addr.clone(),
+                peer_addr: advertised[i].2.clone(),
+                peer_listen_addr: peer_addr.clone(),
                 config_path,
                 log_path,
                 child: Mutex::new(None),
@@ -182,7 +225,7 @@ impl ClusterBuilder {
                 dir,
             });
         }
-        Cluster { nodes, archive, archive_url, archive_endpoint, cluster_id: self.cluster_id.clone() }
+        Cluster { nodes, archive, archive_url, archive_endpoint, cluster_id: self.cluster_id.clone(), mounts }
     }
 }
 
@@ -195,13 +238,18 @@ pub struct Cluster {
     /// What the nodes are configured with: a directory or `s3://…`, and the S3 endpoint.
     archive_url: String,
     archive_endpoint: String,
+    /// tmpfs data directories to unmount on drop.
+    mounts: Vec<PathBuf>,
 }
 
 struct NodeProc {
     id: u64,
     http_addr: String,
     client_addr: String,
+    /// What the other nodes dial…
     peer_addr: String,
+    /// …and what this node listens on (the same unless peers go through proxies).
+    peer_listen_addr: String,
     config_path: PathBuf,
     log_path: PathBuf,
     /// None once killed or stopped.
@@ -265,6 +313,8 @@ impl Cluster {
             bootstrap: true,
             s3_archive: None,
             archive_extra: String::new(),
+            peer_proxies: false,
+            tmpfs_bytes: None,
         }
     }
 
@@ -376,6 +426,19 @@ impl Cluster {
 
     pub fn peer_addr(&self, id: u64) -> String {
         self.node(id).peer_addr.clone()
+    }
+
+    /// The address the node listens on for peers (differs from `peer_addr` with proxies).
+    pub fn peer_listen_addr(&self, id: u64) -> String {
+        self.node(id).peer_listen_addr.clone()
+    }
+
+    /// If the node's process has exited on its own, reaps it and says how it ended.
+    pub fn reap_exited(&self, id: u64) -> Option<std::process::ExitStatus> {
+        let mut guard = lock(&self.node(id).child);
+        let status = guard.as_mut()?.try_wait().ok().flatten()?;
+        guard.take();
+        Some(status)
     }
 
     /// The node's directory (data dir, node.toml, node.log).
@@ -627,6 +690,9 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
+        for dir in &self.mounts {
+            unmount(dir);
+        }
         if std::thread::panicking() {
             for node in &self.nodes {
                 eprintln!(
@@ -689,6 +755,32 @@ fn node_config(
         ));
     }
     text
+}
+
+/// The address node `id`'s outgoing peer connections come from when peers go through proxies.
+pub fn peer_source_ip(id: u64) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 1, id as u8)
+}
+
+/// Mounts a tmpfs of `bytes` at `dir` (created first).
+fn mount_tmpfs(dir: &std::path::Path, bytes: u64) {
+    std::fs::create_dir_all(dir).expect("create a mount point");
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "cannot mount a tmpfs at {} (the full-disk tests need root): {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Lazily unmounts `dir` (nothing may use it any more: its node is gone).
+fn unmount(dir: &std::path::Path) {
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
 }
 
 /// A TOML basic string.

@@ -1,0 +1,428 @@
+//! A linearizability checker for the register histories the fault runs record: Wing & Gong's
+//! search with Lowe's memoisation ("just-in-time linearisation", as in Porcupine), one key at a
+//! time (linearizability is local, so a history is linearizable iff every key's is).
+//!
+//! The model is one item of the store: absent, or holding a value. Puts, conditional puts
+//! (`if_revision`), deletes and linearizable gets. A write whose outcome the client could not
+//! know (a timeout, an unavailable node) completes "at infinity": the search may place it
+//! anywhere after its invocation, including after everything (it never took effect).
+//!
+//! Revisions are unique per write cluster-wide, so a value's revision is whatever any
+//! acknowledgement or read reported for it; a value nobody saw has no known revision, which
+//! no `if_revision` (always taken from an observation) can match.
+
+use std::collections::{HashMap, HashSet};
+
+/// What a client asked for. Values are unique per write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    Put {
+        value: u64,
+    },
+    /// Put only if the item is at `expect` (0: absent).
+    Cas {
+        expect: u64,
+        value: u64,
+    },
+    Delete,
+    Get,
+}
+
+/// What the client learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// A put, conditional put or delete was applied at this revision.
+    Written { revision: u64 },
+    /// The conditional put was refused: the item was not at `expect`.
+    CasRefused,
+    /// The delete was refused: nothing to delete.
+    DeleteRefused,
+    /// The get saw the item absent (None) or holding (value, revision).
+    Read(Option<(u64, u64)>),
+    /// No answer that says whether the write happened.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Op {
+    pub client: usize,
+    pub input: Input,
+    pub output: Output,
+    /// Nanoseconds on one monotonic clock.
+    pub called: u64,
+    /// `u64::MAX` when the outcome is unknown.
+    pub returned: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Linearizable,
+    /// No order of the operations explains what the clients saw.
+    Violation(String),
+    /// The search gave up after this many steps without deciding.
+    Undecided(u64),
+}
+
+/// The state of one item: absent, or the value of the write that put it there.
+type State = Option<u64>;
+
+struct Model {
+    /// value → the revision its write got, from any observation.
+    revision_of: HashMap<u64, u64>,
+}
+
+impl Model {
+    fn new(ops: &[Op]) -> Result<Model, String> {
+        let mut revision_of = HashMap::new();
+        let mut note = |value: u64, revision: u64| match revision_of.insert(value, revision) {
+            Some(r) if r != revision => Err(format!("value {value} was seen at revisions {r} and {revision}")),
+            _ => Ok(()),
+        };
+        for op in ops {
+            match (op.input, op.output) {
+                (Input::Put { value } | Input::Cas { value, .. }, Output::Written { revision }) => {
+                    note(value, revision)?
+                }
+                (_, Output::Read(Some((value, revision)))) => note(value, revision)?,
+                _ => {}
+            }
+        }
+        Ok(Model { revision_of })
+    }
+
+    /// The revision the item is at: 0 when absent, None when its write was never observed.
+    fn revision(&self, state: State) -> Option<u64> {
+        match state {
+            None => Some(0),
+            Some(v) => self.revision_of.get(&v).copied(),
+        }
+    }
+
+    /// The state after `op` from `state`, or None when `op` cannot have seen `state`.
+    fn step(&self, state: State, op: &Op) -> Option<State> {
+        let at = |expect: u64| self.revision(state) == Some(expect);
+        match (op.input, op.output) {
+            (Input::Put { value }, Output::Written { .. } | Output::Unknown) => Some(Some(value)),
+            (Input::Cas { expect, value }, Output::Written { .. }) => at(expect).then_some(Some(value)),
+            (Input::Cas { expect, .. }, Output::CasRefused) => (!at(expect)).then_some(state),
+            (Input::Cas { expect, value }, Output::Unknown) => Some(if at(expect) { Some(value) } else { state }),
+            (Input::Delete, Output::Written { .. }) => state.is_some().then_some(None),
+            (Input::Delete, Output::DeleteRefused) => state.is_none().then_some(None),
+            (Input::Delete, Output::Unknown) => Some(None),
+            (Input::Get, Output::Read(seen)) => (seen.map(|(v, _)| v) == state).then_some(state),
+            _ => None,
+        }
+    }
+}
+
+/// One call or return in the time-ordered list the search walks.
+#[derive(Clone, Copy)]
+struct Entry {
+    op: usize,
+    is_call: bool,
+    /// For a call, the index of its return entry.
+    partner: usize,
+    prev: usize,
+    next: usize,
+}
+
+const HEAD: usize = 0;
+const NIL: usize = usize::MAX;
+
+/// Checks one key's history; gives up after `max_steps` search steps.
+///
+/// First without the writes of unknown outcome that no read saw: if the rest is linearizable,
+/// so is the whole (each left-out write can go last, where it changes nothing anyone saw).
+/// Only when that fails is the whole history searched, which can take much longer.
+pub fn check(ops: &[Op], max_steps: u64) -> Verdict {
+    let observed: std::collections::HashSet<u64> = ops
+        .iter()
+        .filter_map(|op| match op.output {
+            Output::Read(Some((value, _))) => Some(value),
+            _ => None,
+        })
+        .collect();
+    let needed: Vec<Op> = ops
+        .iter()
+        .filter(|op| {
+            op.output != Output::Unknown
+                || matches!(op.input, Input::Put { value } | Input::Cas { value, .. } if observed.contains(&value))
+        })
+        .copied()
+        .collect();
+    if needed.len() < ops.len() && search(&needed, max_steps) == Verdict::Linearizable {
+        return Verdict::Linearizable;
+    }
+    search(ops, max_steps)
+}
+
+fn search(ops: &[Op], max_steps: u64) -> Verdict {
+    use Verdict::Violation;
+    let model = match Model::new(ops) {
+        Ok(m) => m,
+        Err(e) => return Violation(e),
+    };
+    // Events sorted by time; at equal times calls come first (the more permissive order).
+    let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
+    for (i, op) in ops.iter().enumerate() {
+        events.push((op.called, true, i));
+        events.push((op.returned, false, i));
+    }
+    events.sort_by_key(|&(t, is_call, i)| (t, !is_call, i));
+    // entries[0] is a sentinel head; events follow at 1..
+    let mut entries = vec![Entry { op: NIL, is_call: false, partner: NIL, prev: NIL, next: 1 }];
+    let mut return_at = vec![NIL; ops.len()];
+    for (k, &(_, is_call, op)) in events.iter().enumerate() {
+        let me = k + 1;
+        entries.push(Entry {
+            op,
+            is_call,
+            partner: NIL,
+            prev: me - 1,
+            next: if me == events.len() { NIL } else { me + 1 },
+        });
+        if !is_call {
+            return_at[op] = me;
+        }
+    }
+    if events.is_empty() {
+        entries[HEAD].next = NIL;
+    }
+    for e in entries.iter_mut().skip(1) {
+        if e.is_call {
+            e.partner = return_at[e.op];
+        }
+    }
+
+    let words = ops.len().div_ceil(64);
+    let mut linearized = vec![0u64; words];
+    let mut cache: HashSet<(Vec<u64>, State)> = HashSet::new();
+    let mut calls: Vec<(usize, State)> = Vec::new();
+    let mut state: State = None;
+    let mut entry = entries[HEAD].next;
+    let mut steps = 0u64;
+    let mut deepest = 0usize;
+
+    while entries[HEAD].next != NIL {
+        steps += 1;
+        if steps > max_steps {
+            return Verdict::Undecided(steps);
+        }
+        let e = entries[entry];
+        if e.is_call {
+            let op = &ops[e.op];
+            if let Some(next_state) = model.step(state, op) {
+                let mut bits = linearized.clone();
+                bits[e.op / 64] |= 1 << (e.op % 64);
+                if cache.insert((bits.clone(), next_state)) {
+                    calls.push((entry, state));
+                    deepest = deepest.max(calls.len());
+                    state = next_state;
+                    linearized = bits;
+                    lift(&mut entries, entry);
+                    entry = entries[HEAD].next;
+                    continue;
+                }
+            }
+            entry = e.next;
+        } else {
+            // A return whose call is still pending: undo the last choice and try the next one.
+            let Some((call, prior)) = calls.pop() else {
+                let stuck = &ops[e.op];
+                return Violation(format!(
+                    "no order explains client {}'s {:?} → {:?} (at most {deepest} of {} operations could be \
+                     ordered before it)",
+                    stuck.client,
+                    stuck.input,
+                    stuck.output,
+                    ops.len()
+                ));
+            };
+            state = prior;
+            let op = entries[call].op;
+            linearized[op / 64] &= !(1 << (op % 64));
+            unlift(&mut entries, call);
+            entry = entries[call].next;
+        }
+    }
+    Verdict::Linearizable
+}
+
+/// Takes a call and its return out of the list.
+fn lift(entries: &mut [Entry], call: usize) {
+    for at in [call, entries[call].partner] {
+        let Entry { prev, next, .. } = entries[at];
+        entries[prev].next = next;
+        if next != NIL {
+            entries[next].prev = prev;
+        }
+    }
+}
+
+/// Puts them back (in the reverse order `lift` took them out).
+fn unlift(entries: &mut [Entry], call: usize) {
+    for at in [entries[call].partner, call] {
+        let Entry { prev, next, .. } = entries[at];
+        entries[prev].next = at;
+        if next != NIL {
+            entries[next].prev = at;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUDGET: u64 = 1_000_000;
+
+    fn op(client: usize, input: Input, output: Output, called: u64, returned: u64) -> Op {
+        Op { client, input, output, called, returned }
+    }
+    fn put(v: u64, rev: u64) -> (Input, Output) {
+        (Input::Put { value: v }, Output::Written { revision: rev })
+    }
+    fn get(seen: Option<(u64, u64)>) -> (Input, Output) {
+        (Input::Get, Output::Read(seen))
+    }
+    fn h(list: &[(usize, (Input, Output), u64, u64)]) -> Vec<Op> {
+        list.iter().map(|&(c, (i, o), a, b)| op(c, i, o, a, b)).collect()
+    }
+
+    #[test]
+    fn sequential_history_is_linearizable() {
+        let ops = h(&[
+            (0, get(None), 0, 1),
+            (0, put(7, 3), 2, 3),
+            (1, get(Some((7, 3))), 4, 5),
+            (1, (Input::Cas { expect: 3, value: 8 }, Output::Written { revision: 4 }), 6, 7),
+            (0, (Input::Delete, Output::Written { revision: 5 }), 8, 9),
+            (0, (Input::Delete, Output::DeleteRefused), 10, 11),
+            (1, get(None), 12, 13),
+        ]);
+        assert_eq!(check(&ops, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_read_concurrent_with_a_write_may_see_either() {
+        for seen in [None, Some((7, 3))] {
+            let ops = h(&[(0, put(7, 3), 0, 10), (1, get(seen), 2, 5)]);
+            assert_eq!(check(&ops, BUDGET), Verdict::Linearizable, "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn a_stale_read_after_an_acknowledged_write_is_rejected() {
+        let ops = h(&[(0, put(7, 3), 0, 1), (1, get(None), 2, 3)]);
+        assert!(matches!(check(&ops, BUDGET), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn a_lost_write_is_rejected() {
+        let ops = h(&[(0, put(1, 1), 0, 1), (0, put(2, 2), 2, 3), (1, get(Some((1, 1))), 4, 5)]);
+        assert!(matches!(check(&ops, BUDGET), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn a_value_nobody_wrote_is_rejected() {
+        let ops = h(&[(0, put(1, 1), 0, 1), (1, get(Some((9, 5))), 2, 3)]);
+        assert!(matches!(check(&ops, BUDGET), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn reads_that_go_back_in_time_are_rejected() {
+        // Both writes overlap both reads, but the reads are sequential and disagree on the order.
+        let ops = h(&[
+            (0, put(1, 1), 0, 100),
+            (1, put(2, 2), 0, 100),
+            (2, get(Some((1, 1))), 10, 11),
+            (2, get(Some((2, 2))), 12, 13),
+            (3, get(Some((2, 2))), 20, 21),
+            (3, get(Some((1, 1))), 22, 23),
+        ]);
+        assert!(matches!(check(&ops, BUDGET), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn two_conditional_puts_on_the_same_revision_cannot_both_succeed() {
+        let cas = |v, rev| (Input::Cas { expect: 1, value: v }, Output::Written { revision: rev });
+        let ops = h(&[(0, put(1, 1), 0, 1), (1, cas(2, 2), 2, 10), (2, cas(3, 3), 2, 10)]);
+        assert!(matches!(check(&ops, BUDGET), Verdict::Violation(_)));
+        let refused = (Input::Cas { expect: 1, value: 3 }, Output::CasRefused);
+        let ops = h(&[(0, put(1, 1), 0, 1), (1, cas(2, 2), 2, 10), (2, refused, 2, 10)]);
+        assert_eq!(check(&ops, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_refused_cas_must_see_another_revision() {
+        let refused = (Input::Cas { expect: 1, value: 3 }, Output::CasRefused);
+        let ops = h(&[(0, put(1, 1), 0, 1), (1, refused, 2, 3)]);
+        assert!(matches!(check(&ops, BUDGET), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn an_unknown_write_may_or_may_not_have_happened() {
+        let unknown = (Input::Put { value: 5 }, Output::Unknown);
+        // Never seen: fine.
+        let ops = h(&[(0, put(1, 1), 0, 1), (1, unknown, 2, u64::MAX), (2, get(Some((1, 1))), 50, 51)]);
+        assert_eq!(check(&ops, BUDGET), Verdict::Linearizable);
+        // Seen long after the client gave up: fine too.
+        let ops = h(&[
+            (0, put(1, 1), 0, 1),
+            (1, unknown, 2, u64::MAX),
+            (2, get(Some((1, 1))), 50, 51),
+            (2, get(Some((5, 9))), 60, 61),
+        ]);
+        assert_eq!(check(&ops, BUDGET), Verdict::Linearizable);
+        // But once seen it cannot vanish again without another write.
+        let ops = h(&[
+            (0, put(1, 1), 0, 1),
+            (1, unknown, 2, u64::MAX),
+            (2, get(Some((5, 9))), 50, 51),
+            (2, get(Some((1, 1))), 60, 61),
+        ]);
+        assert!(matches!(check(&ops, BUDGET), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn an_unseen_unknown_write_is_considered_when_it_explains_what_was_seen() {
+        // Only the unknown delete explains the read of nothing after the acknowledged put.
+        let ops =
+            h(&[(0, put(1, 1), 0, 1), (1, (Input::Delete, Output::Unknown), 2, u64::MAX), (2, get(None), 10, 11)]);
+        assert_eq!(check(&ops, BUDGET), Verdict::Linearizable);
+        // And an unseen unknown put explains a refused conditional put.
+        let refused = (Input::Cas { expect: 1, value: 3 }, Output::CasRefused);
+        let ops = h(&[
+            (0, put(1, 1), 0, 1),
+            (1, (Input::Put { value: 2 }, Output::Unknown), 2, u64::MAX),
+            (2, refused, 10, 11),
+        ]);
+        assert_eq!(check(&ops, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_write_cannot_take_effect_before_it_was_sent() {
+        let ops = h(&[(1, get(Some((5, 9))), 0, 1), (0, put(5, 9), 2, 3)]);
+        assert!(matches!(check(&ops, BUDGET), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn many_concurrent_clients_are_decided_quickly() {
+        // 8 clients, 4,000 operations, each write read back by its own client: linearizable.
+        let mut ops = Vec::new();
+        let mut rev = 0;
+        for round in 0..500u64 {
+            let t = round * 100;
+            for c in 0..4usize {
+                rev += 1;
+                let v = round * 10 + c as u64 + 1;
+                ops.push(op(c, Input::Put { value: v }, Output::Written { revision: rev }, t + c as u64, t + 40));
+            }
+            let last = (round * 10 + 4, rev);
+            for c in 4..8usize {
+                ops.push(op(c, Input::Get, Output::Read(Some(last)), t + 50 + c as u64, t + 90));
+            }
+        }
+        assert_eq!(check(&ops, BUDGET), Verdict::Linearizable);
+    }
+}

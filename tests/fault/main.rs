@@ -1,0 +1,445 @@
+//! The fault matrix (docs/reliability.md): real `keepsake serve` processes under a seeded
+//! nemesis — kills, pauses, partitions, a full disk, object-store faults — while clients record
+//! what they did, and then machine checks of what they saw.
+//!
+//! A run is a sequence of rounds on one cluster. Each round uses fresh keys; faults come and go
+//! while the clients run; at its end everything is healed and the round is checked:
+//! - every key's history is linearizable (`checker.rs`);
+//! - no acknowledged ledger write is lost (each is read back, linearizably);
+//! - the change feed of the ledger user never went backwards and has every acknowledged item;
+//! - all three nodes have the same digest at the same index.
+//!
+//! `bounded_fault_run` is the CI version (every fault kind at least once, a few minutes);
+//! `soak` is for `ops/soak.sh DURATION [SEED]`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod checker;
+mod nemesis;
+mod proxy;
+mod rng;
+mod workload;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{bounded_for, key, request, Cluster, S3Server};
+use keepsake::proto::v1::{Consistency, GetRequest, PutRequest};
+
+use checker::{Input, Op, Output, Verdict};
+use nemesis::{Kind, Nemesis};
+use proxy::Proxy;
+use rng::Rng;
+use workload::{Clock, Counts, Feed, History};
+
+/// Search steps the checker may take per key before it calls the key undecided.
+const CHECK_BUDGET: u64 = 20_000_000;
+/// How long the cluster may take to take writes again after a fault is healed.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
+/// Each node's data directory (a tmpfs the disk fault fills).
+const DISK_BYTES: u64 = 256 << 20;
+
+struct Plan {
+    duration: Duration,
+    round: Duration,
+    seed: u64,
+    /// Every kind at least once, in a seeded order, before choosing at random.
+    cover_all: bool,
+    keys: usize,
+    registers: usize,
+    ledgers: usize,
+}
+
+#[derive(Default)]
+struct Summary {
+    faults: BTreeMap<Kind, Vec<Duration>>,
+    counts: Counts,
+    rounds: usize,
+    keys_checked: usize,
+    register_ops: usize,
+    violations: Vec<String>,
+    undecided: Vec<String>,
+    acked: usize,
+    lost: Vec<String>,
+    feed_problems: Vec<String>,
+    digest_problems: Vec<String>,
+    feed_reconnects: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_fault_run() {
+    let seed = env_u64("KEEPSAKE_FAULT_SEED").unwrap_or_else(seed_from_clock);
+    let plan = Plan {
+        duration: Duration::from_secs(env_u64("KEEPSAKE_FAULT_SECONDS").unwrap_or(100)),
+        round: Duration::from_secs(50),
+        seed,
+        cover_all: true,
+        keys: 6,
+        registers: 6,
+        ledgers: 2,
+    };
+    let summary = run(&plan).await;
+    print_summary(&plan, &summary);
+    assert_clean(&summary);
+    for kind in Kind::ALL {
+        assert!(summary.faults.contains_key(&kind), "the bounded run never injected {:?} (seed {seed})", kind);
+    }
+    assert!(summary.counts.ok >= 500, "too few operations completed to mean anything: {:?}", summary.counts);
+    assert!(summary.acked >= 100, "too few acknowledged ledger writes: {}", summary.acked);
+}
+
+/// `ops/soak.sh DURATION [SEED]`: `KEEPSAKE_SOAK_SECONDS`, `KEEPSAKE_FAULT_SEED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by ops/soak.sh"]
+async fn soak() {
+    let seed = env_u64("KEEPSAKE_FAULT_SEED").unwrap_or_else(seed_from_clock);
+    let plan = Plan {
+        duration: Duration::from_secs(env_u64("KEEPSAKE_SOAK_SECONDS").unwrap_or(1800)),
+        round: Duration::from_secs(60),
+        seed,
+        cover_all: true,
+        keys: 8,
+        registers: 8,
+        ledgers: 2,
+    };
+    let summary = run(&plan).await;
+    print_summary(&plan, &summary);
+    assert_clean(&summary);
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
+}
+
+fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn assert_clean(s: &Summary) {
+    assert!(s.violations.is_empty(), "non-linearizable histories: {:#?}", s.violations);
+    assert!(s.undecided.is_empty(), "the checker could not decide: {:#?}", s.undecided);
+    assert!(s.lost.is_empty(), "acknowledged writes lost: {:#?}", s.lost);
+    assert!(s.feed_problems.is_empty(), "change feed problems: {:#?}", s.feed_problems);
+    assert!(s.digest_problems.is_empty(), "replicas differ: {:#?}", s.digest_problems);
+}
+
+async fn run(plan: &Plan) -> Summary {
+    eprintln!("fault run: seed {} (replay the schedule with KEEPSAKE_FAULT_SEED={})", plan.seed, plan.seed);
+    let s3 = S3Server::start();
+    let s3_addr = s3.endpoint.trim_start_matches("http://").to_owned();
+    let object_store = Proxy::start("127.0.0.1:0", &s3_addr).await;
+    let small_disks = is_root();
+    if !small_disks {
+        eprintln!("fault run: not root, so no tmpfs data directories: the full-disk fault is skipped");
+    }
+    let mut builder = Cluster::builder()
+        .peer_proxies()
+        .archive_s3_via(&s3, "faults", &format!("http://{}", object_store.listen))
+        .snapshot_every(2_000)
+        .keep_after_snapshot(500);
+    if small_disks {
+        builder = builder.tmpfs_data(DISK_BYTES);
+    }
+    let cluster = Arc::new(builder.prepare());
+    let mut peers = HashMap::new();
+    for id in cluster.ids() {
+        peers.insert(id, Proxy::start(&cluster.peer_addr(id), &cluster.peer_listen_addr(id)).await);
+    }
+    cluster.launch(3).await;
+    let nemesis = Nemesis::new(cluster.clone(), peers, object_store);
+
+    let mut rng = Rng::new(plan.seed);
+    let clock = Clock::new();
+    let mut summary = Summary::default();
+    let feed = Arc::new(Mutex::new(Feed::default()));
+    let feed_stop = Arc::new(AtomicBool::new(false));
+    let follower =
+        tokio::spawn(workload::follow_ledger(cluster.clone(), Rng::new(rng.next()), feed.clone(), feed_stop.clone()));
+    let kinds: Vec<Kind> = Kind::ALL.into_iter().filter(|k| *k != Kind::DiskFull || small_disks).collect();
+    let mut to_cover = kinds.clone();
+    let started = Instant::now();
+    let mut all_acked: HashMap<String, u64> = HashMap::new();
+    let mut all_unknown: Vec<String> = Vec::new();
+
+    while started.elapsed() < plan.duration {
+        let round = format!("r{}", summary.rounds);
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = tokio::spawn(workload::run_clients(
+            cluster.clone(),
+            round.clone(),
+            plan.keys,
+            plan.registers,
+            plan.ledgers,
+            rng.next(),
+            clock,
+            stop.clone(),
+        ));
+        let round_end = Instant::now() + plan.round;
+        while Instant::now() < round_end {
+            tokio::time::sleep(rng.millis(500, 2000)).await;
+            let kind = if plan.cover_all && !to_cover.is_empty() {
+                to_cover.remove(rng.below(to_cover.len() as u64) as usize)
+            } else {
+                kinds[rng.below(kinds.len() as u64) as usize]
+            };
+            let active = nemesis.inject(kind, &mut rng).await;
+            let hold = rng.millis(1000, 5000);
+            eprintln!(
+                "[{:>6.1}s] {} (node {:?}) for {hold:?}",
+                started.elapsed().as_secs_f64(),
+                kind.name(),
+                active.victim
+            );
+            tokio::time::sleep(hold).await;
+            nemesis.heal(active).await;
+            let recovery = recover(&cluster).await.unwrap_or_else(|| {
+                panic!(
+                    "the cluster did not take writes within {RECOVERY_LIMIT:?} after healing {kind:?} (seed {})",
+                    plan.seed
+                )
+            });
+            eprintln!("[{:>6.1}s]   healed; writes again after {recovery:?}", started.elapsed().as_secs_f64());
+            summary.faults.entry(kind).or_default().push(recovery);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut history = clients.await.expect("the clients panicked");
+        nemesis.heal_all();
+        recover(&cluster).await.expect("the cluster takes writes at the end of a round");
+        final_reads(&cluster, &round, plan.keys, clock, &mut history).await;
+        check_round(&cluster, &round, &history, &mut summary).await;
+        all_acked.extend(history.acked.iter().map(|(k, v)| (k.clone(), *v)));
+        all_unknown.extend(history.unknown.iter().cloned());
+        summary.counts.add(history.counts);
+        summary.rounds += 1;
+    }
+
+    check_feed(&feed, &all_acked, &all_unknown, &mut summary).await;
+    feed_stop.store(true, Ordering::Relaxed);
+    let _ = follower.await;
+    summary.feed_reconnects = feed.lock().unwrap().reconnects;
+    summary.acked = all_acked.len();
+    summary
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Writes a probe item through every live node (each forwards to the leader) until each has
+/// taken one: how long until the whole cluster served again.
+async fn recover(cluster: &Cluster) -> Option<Duration> {
+    let started = Instant::now();
+    let mut n = 0u64;
+    for id in cluster.live_ids() {
+        loop {
+            if started.elapsed() > RECOVERY_LIMIT {
+                return None;
+            }
+            n += 1;
+            let item = key("probe", "p", &format!("node{id}"));
+            let req = PutRequest { key: Some(item), value: n.to_be_bytes().to_vec(), ..Default::default() };
+            let mut store = cluster.store(id);
+            if bounded_for(Duration::from_secs(2), store.put(request(req, Duration::from_secs(1)))).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Some(started.elapsed())
+}
+
+/// After healing: one linearizable read of every key, retried until it answers, recorded as a
+/// client of its own.
+async fn final_reads(cluster: &Cluster, round: &str, keys: usize, clock: Clock, history: &mut History) {
+    for k in 0..keys {
+        let item = key(workload::REGISTER_USER, round, &format!("k{k}"));
+        for attempt in 0.. {
+            let id = cluster.live_ids()[attempt % cluster.live_ids().len()];
+            let called = clock.now();
+            let req = GetRequest { key: Some(item.clone()), consistency: Consistency::Linearizable as i32 };
+            let output =
+                match bounded_for(Duration::from_secs(3), cluster.store(id).get(request(req, Duration::from_secs(2))))
+                    .await
+                {
+                    Ok(r) => {
+                        let it = r.item.expect("Get answers an item");
+                        let v = it.value.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+                        Output::Read(Some((v, it.revision)))
+                    }
+                    Err(s) if s.code() == tonic::Code::NotFound => Output::Read(None),
+                    Err(s) => {
+                        assert!(
+                            attempt < 30,
+                            "final read of {round}/k{k} keeps failing: {:?} {}",
+                            s.code(),
+                            s.message()
+                        );
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+            let op = Op { client: 1000, input: Input::Get, output, called, returned: clock.now() };
+            history.registers.entry(format!("{round}/k{k}")).or_default().push(op);
+            break;
+        }
+    }
+}
+
+async fn check_round(cluster: &Cluster, round: &str, history: &History, summary: &mut Summary) {
+    for (k, ops) in &history.registers {
+        summary.keys_checked += 1;
+        summary.register_ops += ops.len();
+        let started = Instant::now();
+        let verdict = checker::check(ops, CHECK_BUDGET);
+        if verdict != Verdict::Linearizable {
+            let path = save_history(k, ops);
+            match verdict {
+                Verdict::Violation(why) => summary.violations.push(format!("{k}: {why} (history: {path})")),
+                _ => summary.undecided.push(format!("{k}: {} ops, gave up (history: {path})", ops.len())),
+            }
+        }
+        let took = started.elapsed();
+        if took > Duration::from_secs(2) {
+            eprintln!("checker: {k} ({} ops) took {took:?}", ops.len());
+        }
+    }
+    // Every acknowledged ledger write reads back, linearizably, with its revision.
+    for (name, revision) in &history.acked {
+        let (collection, item) = name.split_once('/').expect("ledger names are round/item");
+        let req = GetRequest {
+            key: Some(key(workload::LEDGER_USER, collection, item)),
+            consistency: Consistency::Linearizable as i32,
+        };
+        let mut answer = None;
+        for attempt in 0..20 {
+            let live = cluster.live_ids();
+            let id = live[attempt % live.len()];
+            match bounded_for(
+                Duration::from_secs(3),
+                cluster.store(id).get(request(req.clone(), Duration::from_secs(2))),
+            )
+            .await
+            {
+                Ok(r) => {
+                    answer = Some(Ok(r.item.expect("Get answers an item")));
+                    break;
+                }
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    answer = Some(Err(s));
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        match answer {
+            Some(Ok(it)) if it.revision == *revision && it.value == item.as_bytes() => {}
+            Some(Ok(it)) => {
+                summary.lost.push(format!("{name}: acknowledged at revision {revision}, now at {}", it.revision))
+            }
+            Some(Err(_)) => summary.lost.push(format!("{name}: acknowledged at revision {revision}, now not found")),
+            None => panic!("reading back {name} keeps failing"),
+        }
+    }
+    // All nodes reach the same state: a write now, then every node's digest at its index.
+    let req = PutRequest { key: Some(key("probe", "p", round)), value: b"end".to_vec(), ..Default::default() };
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let index = bounded_for(Duration::from_secs(5), cluster.store(leader).put(request(req, Duration::from_secs(4))))
+        .await
+        .expect("the end-of-round write succeeds")
+        .log_index;
+    let mut digests = Vec::new();
+    for id in cluster.ids() {
+        cluster.wait_for_applied(id, index, Duration::from_secs(60)).await;
+        let d = cluster.digest(id, index).await;
+        digests.push((id, d.digest, d.item_count));
+    }
+    if digests.iter().any(|d| d.1 != digests[0].1) {
+        summary.digest_problems.push(format!("round {round}, index {index}: {digests:?}"));
+    }
+}
+
+/// Writes a key's history where a person can read it; returns the path.
+fn save_history(key: &str, ops: &[Op]) -> String {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("history-{}.txt", key.replace('/', "-")));
+    let mut sorted = ops.to_vec();
+    sorted.sort_by_key(|op| op.called);
+    let text: String = sorted
+        .iter()
+        .map(|op| {
+            format!("{:>14} {:>20} client {:>4} {:?} -> {:?}\n", op.called, op.returned, op.client, op.input, op.output)
+        })
+        .collect();
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path.display().to_string()
+}
+
+/// Waits until the follower has seen every acknowledged revision; then checks it saw nothing
+/// out of order and nothing nobody wrote.
+async fn check_feed(feed: &Mutex<Feed>, acked: &HashMap<String, u64>, unknown: &[String], summary: &mut Summary) {
+    let newest = acked.values().copied().max().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while feed.lock().unwrap().last_revision < newest && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let f = feed.lock().unwrap();
+    for (prev, this) in &f.out_of_order {
+        summary.feed_problems.push(format!("revision {this} came after {prev}"));
+    }
+    for (name, revision) in acked {
+        match f.seen.get(name) {
+            Some(r) if r == revision => {}
+            Some(r) => summary.feed_problems.push(format!("{name}: acknowledged at {revision}, feed said {r}")),
+            None => summary.feed_problems.push(format!("{name} (revision {revision}) never came through the feed")),
+        }
+    }
+    let unknown: std::collections::HashSet<&String> = unknown.iter().collect();
+    for name in f.seen.keys() {
+        if !acked.contains_key(name) && !unknown.contains(name) {
+            summary.feed_problems.push(format!("{name} came through the feed but nobody wrote it"));
+        }
+    }
+}
+
+fn print_summary(plan: &Plan, s: &Summary) {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\nfault run summary — seed {}, {} s, {} rounds\n",
+        plan.seed,
+        plan.duration.as_secs(),
+        s.rounds
+    ));
+    out.push_str(&format!("{:<32} {:>6} {:>14} {:>14}\n", "fault", "count", "recovery p50", "recovery max"));
+    for (kind, times) in &s.faults {
+        let mut t = times.clone();
+        t.sort();
+        out.push_str(&format!(
+            "{:<32} {:>6} {:>13.2}s {:>13.2}s\n",
+            kind.name(),
+            t.len(),
+            t[t.len() / 2].as_secs_f64(),
+            t[t.len() - 1].as_secs_f64()
+        ));
+    }
+    let yes_no = |b: bool| if b { "yes" } else { "NO" };
+    out.push_str(&format!(
+        "operations: {} ok, {} failed, {} unknown; {} register ops on {} keys; {} ledger writes acknowledged\n",
+        s.counts.ok, s.counts.failed, s.counts.unknown, s.register_ops, s.keys_checked, s.acked
+    ));
+    out.push_str(&format!(
+        "linearizable: {} ({} violations, {} undecided)\nlost acknowledged writes: {}\n\
+         change feed in order and complete: {} ({} reconnects)\nreplicas identical after each round: {}\n",
+        yes_no(s.violations.is_empty() && s.undecided.is_empty()),
+        s.violations.len(),
+        s.undecided.len(),
+        s.lost.len(),
+        yes_no(s.feed_problems.is_empty()),
+        s.feed_reconnects,
+        yes_no(s.digest_problems.is_empty()),
+    ));
+    println!("{out}");
+    eprintln!("{out}");
+}

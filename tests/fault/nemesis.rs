@@ -1,0 +1,239 @@
+//! The nemesis: injects one fault at a time into a running cluster and heals it.
+//!
+//! Processes are killed (SIGKILL) and paused (SIGSTOP) through the harness; peer links are cut
+//! by the proxies every peer dials through (see `proxy.rs`); a disk fills by writing a ballast
+//! file into a node's tmpfs data directory; the object store fails through the proxy in front
+//! of it. Every random choice comes from the seeded generator the run prints.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::{peer_source_ip, Cluster};
+use crate::proxy::{Mode, Proxy};
+use crate::rng::Rng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    KillNode,
+    KillLeader,
+    PauseLeader,
+    IsolateLeader,
+    IsolateFollower,
+    OneWayFromLeader,
+    FlappingLink,
+    DiskFull,
+    ObjectStoreErrors,
+    ObjectStoreSlow,
+    ObjectStoreOutage,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 11] = [
+        Kind::KillNode,
+        Kind::KillLeader,
+        Kind::PauseLeader,
+        Kind::IsolateLeader,
+        Kind::IsolateFollower,
+        Kind::OneWayFromLeader,
+        Kind::FlappingLink,
+        Kind::DiskFull,
+        Kind::ObjectStoreErrors,
+        Kind::ObjectStoreSlow,
+        Kind::ObjectStoreOutage,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::KillNode => "kill -9 a node",
+            Kind::KillLeader => "kill -9 the leader",
+            Kind::PauseLeader => "SIGSTOP the leader",
+            Kind::IsolateLeader => "leader cut from majority",
+            Kind::IsolateFollower => "follower cut (minority)",
+            Kind::OneWayFromLeader => "one-way: leader -/-> follower",
+            Kind::FlappingLink => "flapping link",
+            Kind::DiskFull => "full disk on a node",
+            Kind::ObjectStoreErrors => "object store: HTTP 500s",
+            Kind::ObjectStoreSlow => "object store: slow",
+            Kind::ObjectStoreOutage => "object store: outage",
+        }
+    }
+}
+
+/// A fault in force, and what undoing it needs.
+pub struct Active {
+    pub kind: Kind,
+    pub victim: Option<u64>,
+    flapper: Option<tokio::task::JoinHandle<()>>,
+    ballast: Option<PathBuf>,
+}
+
+pub struct Nemesis {
+    cluster: Arc<Cluster>,
+    /// Destination node → the proxy its peers dial.
+    peers: HashMap<u64, Proxy>,
+    object_store: Proxy,
+}
+
+impl Nemesis {
+    pub fn new(cluster: Arc<Cluster>, peers: HashMap<u64, Proxy>, object_store: Proxy) -> Self {
+        Nemesis { cluster, peers, object_store }
+    }
+
+    /// The node that leads now (waiting up to 5 s for one), else a random live node.
+    async fn leader(&self, rng: &mut Rng) -> u64 {
+        for _ in 0..50 {
+            if let Some(id) = self.cluster.leader_id().await {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let live = self.cluster.live_ids();
+        live[rng.below(live.len() as u64) as usize]
+    }
+
+    fn others(&self, id: u64) -> Vec<u64> {
+        self.cluster.ids().into_iter().filter(|&o| o != id).collect()
+    }
+
+    /// Connections from `from` to `to` stall.
+    fn cut(&self, from: u64, to: u64) {
+        self.peers[&to].set_source(peer_source_ip(from).into(), Mode::Stall);
+    }
+
+    fn isolate(&self, id: u64) {
+        for other in self.others(id) {
+            self.cut(id, other);
+            self.cut(other, id);
+        }
+    }
+
+    fn heal_links(&self) {
+        for proxy in self.peers.values() {
+            proxy.heal();
+        }
+    }
+
+    pub async fn inject(&self, kind: Kind, rng: &mut Rng) -> Active {
+        let ids = self.cluster.ids();
+        let mut active = Active { kind, victim: None, flapper: None, ballast: None };
+        match kind {
+            Kind::KillNode => {
+                let id = ids[rng.below(ids.len() as u64) as usize];
+                self.cluster.kill(id);
+                active.victim = Some(id);
+            }
+            Kind::KillLeader => {
+                let id = self.leader(rng).await;
+                self.cluster.kill(id);
+                active.victim = Some(id);
+            }
+            Kind::PauseLeader => {
+                let id = self.leader(rng).await;
+                self.cluster.pause(id);
+                active.victim = Some(id);
+            }
+            Kind::IsolateLeader => {
+                let id = self.leader(rng).await;
+                self.isolate(id);
+                active.victim = Some(id);
+            }
+            Kind::IsolateFollower => {
+                let leader = self.leader(rng).await;
+                let followers = self.others(leader);
+                let id = followers[rng.below(followers.len() as u64) as usize];
+                self.isolate(id);
+                active.victim = Some(id);
+            }
+            Kind::OneWayFromLeader => {
+                let leader = self.leader(rng).await;
+                let followers = self.others(leader);
+                let id = followers[rng.below(followers.len() as u64) as usize];
+                self.cut(leader, id);
+                active.victim = Some(id);
+            }
+            Kind::FlappingLink => {
+                let a = ids[rng.below(ids.len() as u64) as usize];
+                let others = self.others(a);
+                let b = others[rng.below(others.len() as u64) as usize];
+                let (to_a, to_b) = (self.peers[&a].handle(), self.peers[&b].handle());
+                let (ip_a, ip_b) = (peer_source_ip(a).into(), peer_source_ip(b).into());
+                let mut flips = Rng::new(rng.next());
+                active.flapper = Some(tokio::spawn(async move {
+                    let mut down = false;
+                    loop {
+                        down = !down;
+                        let mode = if down { Mode::Stall } else { Mode::Pass };
+                        to_b.set_source(ip_a, mode);
+                        to_a.set_source(ip_b, mode);
+                        tokio::time::sleep(flips.millis(50, 400)).await;
+                    }
+                }));
+                active.victim = Some(a);
+            }
+            Kind::DiskFull => {
+                let id = ids[rng.below(ids.len() as u64) as usize];
+                let path = self.cluster.data_dir(id).join("ballast");
+                fill(&path);
+                active.ballast = Some(path);
+                active.victim = Some(id);
+            }
+            Kind::ObjectStoreErrors => self.object_store.set_default(Mode::Http500),
+            Kind::ObjectStoreSlow => self.object_store.set_default(Mode::Delay(rng.millis(200, 1500))),
+            Kind::ObjectStoreOutage => {
+                self.object_store.set_default(if rng.below(2) == 0 { Mode::Refuse } else { Mode::Stall })
+            }
+        }
+        active
+    }
+
+    /// Undoes the fault: restarts what was killed, resumes what was paused, heals links, frees
+    /// the disk (restarting a node that stopped on it), lets the object store answer again.
+    pub async fn heal(&self, active: Active) {
+        if let Some(flapper) = active.flapper {
+            flapper.abort();
+            let _ = flapper.await;
+        }
+        self.heal_links();
+        self.object_store.heal();
+        if let Some(path) = &active.ballast {
+            std::fs::remove_file(path).unwrap_or_else(|e| panic!("cannot remove {}: {e}", path.display()));
+        }
+        match (active.kind, active.victim) {
+            (Kind::KillNode | Kind::KillLeader, Some(id)) => self.cluster.restart(id),
+            (Kind::PauseLeader, Some(id)) => self.cluster.resume(id),
+            (Kind::DiskFull, Some(id)) => {
+                if let Some(status) = self.cluster.reap_exited(id) {
+                    eprintln!("nemesis: node {id} stopped on the full disk ({status}); restarting it");
+                    self.cluster.restart(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Heals everything (for the end of a run, whatever was in force).
+    pub fn heal_all(&self) {
+        self.heal_links();
+        self.object_store.heal();
+    }
+}
+
+/// Writes zeros to `path` until the filesystem is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    let chunk = vec![0u8; 1 << 20];
+    loop {
+        match f.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    // The last partial megabyte too.
+    let byte = [0u8; 4096];
+    while f.write(&byte).map(|n| n > 0).unwrap_or(false) {}
+    let _ = f.sync_all();
+}
