@@ -125,8 +125,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let snapshotting = tokio::spawn(snapshotter.run());
     tracing::info!(node = config.node_id, client = %config.client_addr, peer = %config.peer_addr, "node started");
 
-    shutdown.await;
-    tracing::info!(node = config.node_id, "shutting down");
+    // A node whose Raft stopped on an error (a full or failing disk) cannot take part any more:
+    // it exits, so that a supervisor restarts it once the cause is fixed, instead of lingering
+    // half-alive and answering "shutting down" forever.
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        why = raft_failure(&raft) => Some(why),
+    };
+    match &failure {
+        None => tracing::info!(node = config.node_id, "shutting down"),
+        Some(why) => tracing::error!(node = config.node_id, error = %why, "raft stopped; shutting down"),
+    }
     purger.abort();
     archiving.abort();
     snapshotting.abort();
@@ -137,7 +146,25 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     raft.shutdown().await.ok();
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(why) => anyhow::bail!(
+            "raft stopped on this node: {why}; fix the cause (is the disk full or failing?) and start the node again"
+        ),
+    }
+}
+
+/// Resolves with the error that stopped this node's Raft.
+async fn raft_failure(raft: &Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(e) = &metrics.borrow_and_update().running_state {
+            return e.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "raft stopped without saying why".into();
+        }
+    }
 }
 
 /// A data directory belongs to one cluster: a node refuses to start under another cluster id,

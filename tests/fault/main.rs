@@ -110,6 +110,54 @@ async fn soak() {
     assert_clean(&summary);
 }
 
+/// A node whose disk fills up stops (it used to linger, answering "shutting down" forever),
+/// the others go on, nothing acknowledged is lost, and once space is freed and the node is
+/// started again it catches up to the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_a_full_disk_exits_and_catches_up_once_space_is_freed() {
+    if !is_root() {
+        eprintln!("skipped: mounting the small tmpfs data directories needs root");
+        return;
+    }
+    let cluster = Cluster::builder().tmpfs_data(64 << 20).start().await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let victim = cluster.ids().into_iter().find(|&id| id != leader).expect("three nodes");
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != victim).collect();
+    let clients = cluster.stores(&others);
+    let ballast = cluster.data_dir(victim).join("ballast");
+    nemesis::fill(&ballast);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut written = 0;
+    let status = loop {
+        common::write_items(&clients, "u", "c", written..written + 50, 8).await;
+        written += 50;
+        let mut admin = cluster.admin(victim);
+        let req = request(keepsake::proto::v1::TriggerSnapshotRequest {}, Duration::from_secs(2));
+        let _ = tokio::time::timeout(Duration::from_secs(3), admin.trigger_snapshot(req)).await;
+        if let Some(status) = cluster.reap_exited(victim) {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "node {victim} kept running on a full disk for 60 s");
+    };
+    assert!(!status.success(), "node {victim} exited with {status} on a full disk");
+    let log = cluster.log_tail(victim, 20);
+    assert!(log.contains("start the node again"), "the exit does not say what to do:\n{log}");
+
+    std::fs::remove_file(&ballast).expect("remove the ballast");
+    cluster.restart(victim);
+    let last = common::write_items(&clients, "u", "c", written..written + 50, 8).await;
+    written += 50;
+    let index = last.iter().map(|(_, r)| r.log_index).max().expect("writes");
+    let mut digests = Vec::new();
+    for id in cluster.ids() {
+        cluster.wait_for_applied(id, index, Duration::from_secs(30)).await;
+        digests.push(cluster.digest(id, index).await.digest);
+    }
+    assert!(digests.iter().all(|d| *d == digests[0]), "replicas differ after the disk was freed: {digests:?}");
+    let missing = common::check_items(&cluster.store(victim), "u", "c", 0..written, 8).await;
+    assert!(missing.is_empty(), "acknowledged writes missing after the full disk: {missing:?}");
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
 }
@@ -167,16 +215,14 @@ async fn run(plan: &Plan) -> Summary {
     while started.elapsed() < plan.duration {
         let round = format!("r{}", summary.rounds);
         let stop = Arc::new(AtomicBool::new(false));
-        let clients = tokio::spawn(workload::run_clients(
-            cluster.clone(),
-            round.clone(),
-            plan.keys,
-            plan.registers,
-            plan.ledgers,
-            rng.next(),
-            clock,
-            stop.clone(),
-        ));
+        let clients_round = workload::Round {
+            name: round.clone(),
+            keys: plan.keys,
+            registers: plan.registers,
+            ledgers: plan.ledgers,
+            seed: rng.next(),
+        };
+        let clients = tokio::spawn(workload::run_clients(cluster.clone(), clients_round, clock, stop.clone()));
         let round_end = Instant::now() + plan.round;
         while Instant::now() < round_end {
             tokio::time::sleep(rng.millis(500, 2000)).await;

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keepsake::proto::v1::TriggerSnapshotRequest;
+
 use crate::common::{peer_source_ip, Cluster};
 use crate::proxy::{Mode, Proxy};
 use crate::rng::Rng;
@@ -176,6 +178,16 @@ impl Nemesis {
                 let id = ids[rng.below(ids.len() as u64) as usize];
                 let path = self.cluster.data_dir(id).join("ballast");
                 fill(&path);
+                // Make the node write files now, not only once its preallocated log runs out.
+                let mut admin = self.cluster.admin(id);
+                let req = crate::common::request(TriggerSnapshotRequest {}, Duration::from_secs(3));
+                match tokio::time::timeout(Duration::from_secs(4), admin.trigger_snapshot(req)).await {
+                    Ok(Ok(_)) => eprintln!("nemesis: node {id} built a snapshot on a full disk"),
+                    Ok(Err(s)) => {
+                        eprintln!("nemesis: node {id}: snapshot on a full disk: {:?} {}", s.code(), s.message())
+                    }
+                    Err(_) => eprintln!("nemesis: node {id}: snapshot on a full disk did not answer"),
+                }
                 active.ballast = Some(path);
                 active.victim = Some(id);
             }
@@ -204,6 +216,13 @@ impl Nemesis {
             (Kind::KillNode | Kind::KillLeader, Some(id)) => self.cluster.restart(id),
             (Kind::PauseLeader, Some(id)) => self.cluster.resume(id),
             (Kind::DiskFull, Some(id)) => {
+                let tail = self.cluster.log_tail(id, 400);
+                let errors: Vec<&str> = tail.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).collect();
+                eprintln!(
+                    "nemesis: node {id} on the full disk logged {} warnings/errors; the last: {}",
+                    errors.len(),
+                    errors.last().unwrap_or(&"(none)")
+                );
                 if let Some(status) = self.cluster.reap_exited(id) {
                     eprintln!("nemesis: node {id} stopped on the full disk ({status}); restarting it");
                     self.cluster.restart(id);
@@ -221,7 +240,7 @@ impl Nemesis {
 }
 
 /// Writes zeros to `path` until the filesystem is full.
-fn fill(path: &std::path::Path) {
+pub fn fill(path: &std::path::Path) {
     use std::io::Write;
     let mut f = std::fs::File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
     let chunk = vec![0u8; 1 << 20];

@@ -67,29 +67,30 @@ impl Clock {
     }
 }
 
-/// Runs `registers` register clients and `ledgers` ledger clients on `keys` keys of collection
-/// `round` until `stop` is set; returns what they recorded.
-pub async fn run_clients(
-    cluster: Arc<Cluster>,
-    round: String,
-    keys: usize,
-    registers: usize,
-    ledgers: usize,
-    seed: u64,
-    clock: Clock,
-    stop: Arc<AtomicBool>,
-) -> History {
+/// One round's clients: `registers` register clients on `keys` keys and `ledgers` ledger
+/// clients, all in collection `name`.
+#[derive(Clone)]
+pub struct Round {
+    pub name: String,
+    pub keys: usize,
+    pub registers: usize,
+    pub ledgers: usize,
+    pub seed: u64,
+}
+
+/// Runs the round's clients until `stop` is set; returns what they recorded.
+pub async fn run_clients(cluster: Arc<Cluster>, round: Round, clock: Clock, stop: Arc<AtomicBool>) -> History {
     let history = Arc::new(Mutex::new(History::default()));
     let mut tasks = Vec::new();
-    for c in 0..registers {
+    for c in 0..round.registers {
         let (cluster, round, history, stop) = (cluster.clone(), round.clone(), history.clone(), stop.clone());
-        let rng = Rng::new(seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9));
-        tasks.push(tokio::spawn(register_client(cluster, round, keys, c, rng, clock, history, stop)));
+        let rng = Rng::new(round.seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9));
+        tasks.push(tokio::spawn(register_client(cluster, round, c, rng, clock, history, stop)));
     }
-    for c in 0..ledgers {
-        let (cluster, round, history, stop) = (cluster.clone(), round.clone(), history.clone(), stop.clone());
-        let rng = Rng::new(seed ^ (c as u64 + 101).wrapping_mul(0x9e37_79b9));
-        tasks.push(tokio::spawn(ledger_client(cluster, round, c, rng, history, stop)));
+    for c in 0..round.ledgers {
+        let (cluster, name, history, stop) = (cluster.clone(), round.name.clone(), history.clone(), stop.clone());
+        let rng = Rng::new(round.seed ^ (c as u64 + 101).wrapping_mul(0x9e37_79b9));
+        tasks.push(tokio::spawn(ledger_client(cluster, name, c, rng, history, stop)));
     }
     for t in tasks {
         t.await.expect("a client task panicked");
@@ -112,11 +113,9 @@ fn decode(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn register_client(
     cluster: Arc<Cluster>,
-    round: String,
-    keys: usize,
+    round: Round,
     client: usize,
     mut rng: Rng,
     clock: Clock,
@@ -133,8 +132,8 @@ async fn register_client(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let k = rng.below(keys as u64) as usize;
-        let item_key = key(REGISTER_USER, &round, &format!("k{k}"));
+        let k = rng.below(round.keys as u64) as usize;
+        let item_key = key(REGISTER_USER, &round.name, &format!("k{k}"));
         seq += 1;
         let value = ((client as u64 + 1) << 40) | seq;
         let input = match rng.below(100) {
@@ -216,7 +215,7 @@ async fn register_client(
         }
         let returned = if output == Output::Unknown { u64::MAX } else { returned };
         let op = Op { client, input, output, called, returned };
-        history.lock().unwrap().registers.entry(format!("{round}/k{k}")).or_default().push(op);
+        history.lock().unwrap().registers.entry(format!("{}/k{k}", round.name)).or_default().push(op);
     }
     history.lock().unwrap().counts.add(counts);
 }
