@@ -67,6 +67,8 @@ struct Summary {
     feed_problems: Vec<String>,
     digest_problems: Vec<String>,
     feed_reconnects: u64,
+    /// What `keepsake drill` said when the archive did not restore to the live state.
+    drill: Option<String>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,10 +76,10 @@ async fn bounded_fault_run() {
     let seed = env_u64("KEEPSAKE_FAULT_SEED").unwrap_or_else(seed_from_clock);
     let plan = Plan {
         duration: Duration::from_secs(env_u64("KEEPSAKE_FAULT_SECONDS").unwrap_or(100)),
-        round: Duration::from_secs(50),
+        round: Duration::from_secs(35),
         seed,
         cover_all: true,
-        keys: 6,
+        keys: 12,
         registers: 6,
         ledgers: 2,
     };
@@ -98,10 +100,10 @@ async fn soak() {
     let seed = env_u64("KEEPSAKE_FAULT_SEED").unwrap_or_else(seed_from_clock);
     let plan = Plan {
         duration: Duration::from_secs(env_u64("KEEPSAKE_SOAK_SECONDS").unwrap_or(1800)),
-        round: Duration::from_secs(60),
+        round: Duration::from_secs(40),
         seed,
         cover_all: true,
-        keys: 8,
+        keys: 16,
         registers: 8,
         ledgers: 2,
     };
@@ -172,6 +174,7 @@ fn assert_clean(s: &Summary) {
     assert!(s.lost.is_empty(), "acknowledged writes lost: {:#?}", s.lost);
     assert!(s.feed_problems.is_empty(), "change feed problems: {:#?}", s.feed_problems);
     assert!(s.digest_problems.is_empty(), "replicas differ: {:#?}", s.digest_problems);
+    assert!(s.drill.is_none(), "the archive does not restore to the live state: {}", s.drill.as_deref().unwrap_or(""));
 }
 
 async fn run(plan: &Plan) -> Summary {
@@ -263,6 +266,7 @@ async fn run(plan: &Plan) -> Summary {
     }
 
     check_feed(&feed, &all_acked, &all_unknown, &mut summary).await;
+    summary.drill = drill(&cluster).await;
     feed_stop.store(true, Ordering::Relaxed);
     let _ = follower.await;
     summary.feed_reconnects = feed.lock().unwrap().reconnects;
@@ -408,6 +412,18 @@ async fn check_round(cluster: &Cluster, round: &str, history: &History, summary:
     }
 }
 
+/// After everything healed: `keepsake drill` rebuilds the state from the object store alone
+/// and compares it with the live cluster's. None when it matches.
+async fn drill(cluster: &Cluster) -> Option<String> {
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let mut args = vec!["drill".to_owned(), "--cluster-id".into(), cluster.id().into()];
+    args.extend(cluster.archive_args());
+    args.extend(["--endpoints".into(), cluster.client_addr(leader)]);
+    let (code, text) = tokio::task::spawn_blocking(move || common::keepsake_cli(&args)).await.expect("drill ran");
+    eprintln!("drill: {}", text.trim());
+    (code != 0 || !text.contains("ok: the archive restores to the live state")).then(|| format!("exit {code}: {text}"))
+}
+
 /// Writes a key's history where a person can read it; returns the path.
 fn save_history(key: &str, ops: &[Op]) -> String {
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("history-{}.txt", key.replace('/', "-")));
@@ -477,7 +493,8 @@ fn print_summary(plan: &Plan, s: &Summary) {
     ));
     out.push_str(&format!(
         "linearizable: {} ({} violations, {} undecided)\nlost acknowledged writes: {}\n\
-         change feed in order and complete: {} ({} reconnects)\nreplicas identical after each round: {}\n",
+         change feed in order and complete: {} ({} reconnects)\nreplicas identical after each round: {}\n\
+         archive restores to the live state (drill): {}\n",
         yes_no(s.violations.is_empty() && s.undecided.is_empty()),
         s.violations.len(),
         s.undecided.len(),
@@ -485,6 +502,7 @@ fn print_summary(plan: &Plan, s: &Summary) {
         yes_no(s.feed_problems.is_empty()),
         s.feed_reconnects,
         yes_no(s.digest_problems.is_empty()),
+        yes_no(s.drill.is_none()),
     ));
     println!("{out}");
     eprintln!("{out}");

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use keepsake::proto::v1::{ChangesRequest, Consistency, DeleteRequest, GetRequest, PutRequest};
+use keepsake::proto::v1::{ChangesRequest, Consistency, DeleteRequest, Durability, GetRequest, PutRequest};
 use tonic::Code;
 
 use crate::checker::{Input, Op, Output};
@@ -127,7 +127,7 @@ async fn register_client(
     let mut seen: HashMap<usize, u64> = HashMap::new();
     let mut counts = Counts::default();
     while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
+        tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
         let Some(node) = pick_node(&cluster, &mut rng) else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -242,6 +242,8 @@ async fn ledger_client(
             key: Some(key(LEDGER_USER, &round, &item)),
             value: item.as_bytes().to_vec(),
             if_revision: Some(0),
+            // Every other ledger client waits for its writes to reach the archive.
+            durability: if client % 2 == 1 { Durability::Archived } else { Durability::Quorum } as i32,
             ..Default::default()
         };
         let mut store = cluster.store(node);
