@@ -504,6 +504,6 @@ fn print_summary(plan: &Plan, s: &Summary) {
         yes_no(s.digest_problems.is_empty()),
         yes_no(s.drill.is_none()),
     ));
+    // Standard output: nextest shows it for a failing test, `--nocapture` always.
     println!("{out}");
-    eprintln!("{out}");
 }
