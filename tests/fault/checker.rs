@@ -234,7 +234,7 @@ fn search(ops: &[Op], max_steps: u64) -> Verdict {
     let words = ops.len().div_ceil(64);
     let mut linearized = vec![0u64; words];
     let mut cache: HashSet<(Vec<u64>, State)> = HashSet::new();
-    let mut calls: Vec<(usize, State)> = Vec::new();
+    let mut calls: Vec<(usize, State, usize)> = Vec::new();
     let mut state: State = None;
     let mut entry = entries[HEAD].next;
     let mut steps = 0u64;
@@ -247,28 +247,17 @@ fn search(ops: &[Op], max_steps: u64) -> Verdict {
         }
         let e = entries[entry];
         if e.is_call {
-            let op = &ops[e.op];
-            // A write of unknown outcome may also have had no effect at all: tried first, as
-            // most of them (refused by a deposed leader, lost with a killed one) had none.
-            let never = (op.output == Output::Unknown).then_some(state);
-            let mut bits = linearized.clone();
-            bits[e.op / 64] |= 1 << (e.op % 64);
-            let chosen =
-                [never, model.step(state, op)].into_iter().flatten().find(|s| !cache.contains(&(bits.clone(), *s)));
-            if let Some(next_state) = chosen {
-                cache.insert((bits.clone(), next_state));
-                calls.push((entry, state));
+            if let Some(next) = linearize(&model, ops, &mut entries, &mut linearized, &mut cache, entry, state, 0) {
+                calls.push((entry, state, next.1));
                 deepest = deepest.max(calls.len());
-                state = next_state;
-                linearized = bits;
-                lift(&mut entries, entry);
+                state = next.0;
                 entry = entries[HEAD].next;
                 continue;
             }
             entry = e.next;
         } else {
             // A return whose call is still pending: undo the last choice and try the next one.
-            let Some((call, prior)) = calls.pop() else {
+            let Some((call, prior, option)) = calls.pop() else {
                 let stuck = &ops[e.op];
                 return Violation(format!(
                     "no order explains client {}'s {:?} → {:?} (at most {deepest} of {} operations could be \
@@ -283,10 +272,49 @@ fn search(ops: &[Op], max_steps: u64) -> Verdict {
             let op = entries[call].op;
             linearized[op / 64] &= !(1 << (op % 64));
             unlift(&mut entries, call);
+            // The same call at the same place, with its other outcome (an unknown write).
+            if let Some(next) =
+                linearize(&model, ops, &mut entries, &mut linearized, &mut cache, call, state, option + 1)
+            {
+                calls.push((call, state, next.1));
+                state = next.0;
+                entry = entries[HEAD].next;
+                continue;
+            }
             entry = entries[call].next;
         }
     }
     Verdict::Linearizable
+}
+
+/// Linearizes the call at `entry` from `state` with the first of its outcomes from `first` on
+/// that leads somewhere not searched yet: a write of unknown outcome may have had no effect
+/// (tried first: most had none) or its effect. Returns the new state and the outcome's number.
+#[allow(clippy::too_many_arguments)]
+fn linearize(
+    model: &Model,
+    ops: &[Op],
+    entries: &mut [Entry],
+    linearized: &mut [u64],
+    cache: &mut HashSet<(Vec<u64>, State)>,
+    entry: usize,
+    state: State,
+    first: usize,
+) -> Option<(State, usize)> {
+    let op_index = entries[entry].op;
+    let op = &ops[op_index];
+    let never = (op.output == Output::Unknown).then_some(state);
+    let mut bits = linearized.to_vec();
+    bits[op_index / 64] |= 1 << (op_index % 64);
+    for (n, next) in [never, model.step(state, op)].into_iter().enumerate().skip(first) {
+        let Some(next) = next else { continue };
+        if cache.insert((bits.clone(), next)) {
+            linearized.copy_from_slice(&bits);
+            lift(entries, entry);
+            return Some((next, n));
+        }
+    }
+    None
 }
 
 /// Takes a call and its return out of the list.
