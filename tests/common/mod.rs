@@ -556,6 +556,16 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("Digest(index {index}) on node {id} failed: {:?} {}", e.code(), e.message()))
     }
 
+    /// Every node's digest at `index`, once each has applied it (waiting up to `timeout` each).
+    pub async fn digests_at(&self, index: u64, timeout: Duration) -> Vec<(u64, DigestResponse)> {
+        let mut digests = Vec::new();
+        for id in self.ids() {
+            self.wait_for_applied(id, index, timeout).await;
+            digests.push((id, self.digest(id, index).await));
+        }
+        digests
+    }
+
     /// Admin.TriggerSnapshot on one node.
     pub async fn trigger_snapshot(&self, id: u64) -> TriggerSnapshotResponse {
         let mut admin = self.admin(id);

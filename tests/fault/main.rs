@@ -6,8 +6,10 @@
 //! while the clients run; at its end everything is healed and the round is checked:
 //! - every key's history is linearizable (`checker.rs`);
 //! - no acknowledged ledger write is lost (each is read back, linearizably);
-//! - the change feed of the ledger user never went backwards and has every acknowledged item;
 //! - all three nodes have the same digest at the same index.
+//!
+//! At the end of the run: the change feed of the ledger user never went backwards and had every
+//! acknowledged item, and `keepsake drill` restores the archive to the live state.
 //!
 //! `bounded_fault_run` is the CI version (every fault kind at least once, a few minutes);
 //! `soak` is for `ops/soak.sh DURATION [SEED]`.
@@ -27,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{bounded_for, key, request, Cluster, S3Server};
-use keepsake::proto::v1::{Consistency, GetRequest, PutRequest};
+use keepsake::proto::v1::{Consistency, GetRequest, ItemKey, PutRequest};
 
 use checker::{Input, Op, Output, Verdict};
 use nemesis::{Kind, Nemesis};
@@ -42,15 +44,30 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 /// Each node's data directory (a tmpfs the disk fault fills).
 const DISK_BYTES: u64 = 256 << 20;
 
+/// What a run does. Every fault kind comes once, in a seeded order, before they are chosen at
+/// random.
 struct Plan {
     duration: Duration,
     round: Duration,
     seed: u64,
-    /// Every kind at least once, in a seeded order, before choosing at random.
-    cover_all: bool,
     keys: usize,
     registers: usize,
     ledgers: usize,
+}
+
+impl Plan {
+    /// A run of `$seconds_var` seconds (default `seconds`), seeded by `KEEPSAKE_FAULT_SEED` or
+    /// the clock, with 2 ledger clients.
+    fn from_env(seconds_var: &str, seconds: u64, round: u64, keys: usize, registers: usize) -> Plan {
+        Plan {
+            duration: Duration::from_secs(env_u64(seconds_var).unwrap_or(seconds)),
+            round: Duration::from_secs(round),
+            seed: env_u64("KEEPSAKE_FAULT_SEED").unwrap_or_else(seed_from_clock),
+            keys,
+            registers,
+            ledgers: 2,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -73,21 +90,10 @@ struct Summary {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounded_fault_run() {
-    let seed = env_u64("KEEPSAKE_FAULT_SEED").unwrap_or_else(seed_from_clock);
-    let plan = Plan {
-        duration: Duration::from_secs(env_u64("KEEPSAKE_FAULT_SECONDS").unwrap_or(100)),
-        round: Duration::from_secs(35),
-        seed,
-        cover_all: true,
-        keys: 12,
-        registers: 6,
-        ledgers: 2,
-    };
-    let summary = run(&plan).await;
-    print_summary(&plan, &summary);
-    assert_clean(&summary);
+    let plan = Plan::from_env("KEEPSAKE_FAULT_SECONDS", 100, 35, 12, 6);
+    let summary = run_checked(&plan).await;
     for kind in Kind::ALL {
-        assert!(summary.faults.contains_key(&kind), "the bounded run never injected {:?} (seed {seed})", kind);
+        assert!(summary.faults.contains_key(&kind), "the bounded run never injected {kind:?} (seed {})", plan.seed);
     }
     assert!(summary.counts.ok >= 500, "too few operations completed to mean anything: {:?}", summary.counts);
     assert!(summary.acked >= 100, "too few acknowledged ledger writes: {}", summary.acked);
@@ -97,19 +103,7 @@ async fn bounded_fault_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run by ops/soak.sh"]
 async fn soak() {
-    let seed = env_u64("KEEPSAKE_FAULT_SEED").unwrap_or_else(seed_from_clock);
-    let plan = Plan {
-        duration: Duration::from_secs(env_u64("KEEPSAKE_SOAK_SECONDS").unwrap_or(1800)),
-        round: Duration::from_secs(40),
-        seed,
-        cover_all: true,
-        keys: 16,
-        registers: 8,
-        ledgers: 2,
-    };
-    let summary = run(&plan).await;
-    print_summary(&plan, &summary);
-    assert_clean(&summary);
+    run_checked(&Plan::from_env("KEEPSAKE_SOAK_SECONDS", 1800, 40, 16, 8)).await;
 }
 
 /// A node whose disk fills up stops (it used to linger, answering "shutting down" forever),
@@ -150,12 +144,8 @@ async fn a_node_on_a_full_disk_exits_and_catches_up_once_space_is_freed() {
     let last = common::write_items(&clients, "u", "c", written..written + 50, 8).await;
     written += 50;
     let index = last.iter().map(|(_, r)| r.log_index).max().expect("writes");
-    let mut digests = Vec::new();
-    for id in cluster.ids() {
-        cluster.wait_for_applied(id, index, Duration::from_secs(30)).await;
-        digests.push(cluster.digest(id, index).await.digest);
-    }
-    assert!(digests.iter().all(|d| *d == digests[0]), "replicas differ after the disk was freed: {digests:?}");
+    let digests = cluster.digests_at(index, Duration::from_secs(30)).await;
+    assert!(digests.iter().all(|d| d.1 == digests[0].1), "replicas differ after the disk was freed: {digests:?}");
     let missing = common::check_items(&cluster.store(victim), "u", "c", 0..written, 8).await;
     assert!(missing.is_empty(), "acknowledged writes missing after the full disk: {missing:?}");
 }
@@ -166,6 +156,14 @@ fn env_u64(name: &str) -> Option<u64> {
 
 fn seed_from_clock() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// Runs the plan, prints the summary, and fails on anything the checks found.
+async fn run_checked(plan: &Plan) -> Summary {
+    let summary = run(plan).await;
+    print_summary(plan, &summary);
+    assert_clean(&summary);
+    summary
 }
 
 fn assert_clean(s: &Summary) {
@@ -229,10 +227,10 @@ async fn run(plan: &Plan) -> Summary {
         let round_end = Instant::now() + plan.round;
         while Instant::now() < round_end {
             tokio::time::sleep(rng.millis(500, 2000)).await;
-            let kind = if plan.cover_all && !to_cover.is_empty() {
-                to_cover.remove(rng.below(to_cover.len() as u64) as usize)
+            let kind = if to_cover.is_empty() {
+                rng.pick(&kinds)
             } else {
-                kinds[rng.below(kinds.len() as u64) as usize]
+                to_cover.remove(rng.below(to_cover.len() as u64) as usize)
             };
             let active = nemesis.inject(kind, &mut rng).await;
             let hold = rng.millis(1000, 5000);
@@ -258,7 +256,7 @@ async fn run(plan: &Plan) -> Summary {
         nemesis.heal_all();
         recover(&cluster).await.expect("the cluster takes writes at the end of a round");
         final_reads(&cluster, &round, plan.keys, clock, &mut history).await;
-        check_round(&cluster, &round, &history, &mut summary).await;
+        check_round(&cluster, &round, &history, clock, &mut summary).await;
         all_acked.extend(history.acked.iter().map(|(k, v)| (k.clone(), *v)));
         all_unknown.extend(history.unknown.iter().cloned());
         summary.counts.add(history.counts);
@@ -302,44 +300,48 @@ async fn recover(cluster: &Cluster) -> Option<Duration> {
     Some(started.elapsed())
 }
 
-/// After healing: one linearizable read of every key, retried until it answers, recorded as a
-/// client of its own.
+/// A linearizable Get through the live nodes in turn, retried on errors up to `attempts`
+/// times: the item, or None when it does not exist, with the invocation and completion times
+/// of the read that answered.
+async fn read_back(
+    cluster: &Cluster,
+    item: &ItemKey,
+    attempts: usize,
+    clock: Clock,
+) -> (u64, u64, Option<keepsake::proto::v1::Item>) {
+    let mut last = None;
+    for attempt in 0..attempts {
+        let live = cluster.live_ids();
+        let id = live[attempt % live.len()];
+        let called = clock.now();
+        let req = GetRequest { key: Some(item.clone()), consistency: Consistency::Linearizable as i32 };
+        match bounded_for(Duration::from_secs(3), cluster.store(id).get(request(req, Duration::from_secs(2)))).await {
+            Ok(r) => return (called, clock.now(), Some(r.item.expect("Get answers an item"))),
+            Err(s) if s.code() == tonic::Code::NotFound => return (called, clock.now(), None),
+            Err(s) => last = Some(format!("{:?} {}", s.code(), s.message())),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("reading back {item:?} failed {attempts} times; last: {}", last.unwrap_or_default());
+}
+
+/// After healing: one linearizable read of every key, recorded as a client of its own.
 async fn final_reads(cluster: &Cluster, round: &str, keys: usize, clock: Clock, history: &mut History) {
     for k in 0..keys {
-        let item = key(workload::REGISTER_USER, round, &format!("k{k}"));
-        for attempt in 0.. {
-            let id = cluster.live_ids()[attempt % cluster.live_ids().len()];
-            let called = clock.now();
-            let req = GetRequest { key: Some(item.clone()), consistency: Consistency::Linearizable as i32 };
-            let output =
-                match bounded_for(Duration::from_secs(3), cluster.store(id).get(request(req, Duration::from_secs(2))))
-                    .await
-                {
-                    Ok(r) => {
-                        let it = r.item.expect("Get answers an item");
-                        let v = it.value.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
-                        Output::Read(Some((v, it.revision)))
-                    }
-                    Err(s) if s.code() == tonic::Code::NotFound => Output::Read(None),
-                    Err(s) => {
-                        assert!(
-                            attempt < 30,
-                            "final read of {round}/k{k} keeps failing: {:?} {}",
-                            s.code(),
-                            s.message()
-                        );
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-            let op = Op { client: 1000, input: Input::Get, output, called, returned: clock.now() };
-            history.registers.entry(format!("{round}/k{k}")).or_default().push(op);
-            break;
-        }
+        let (item, name) = workload::register(round, k);
+        let (called, returned, item) = read_back(cluster, &item, 30, clock).await;
+        let output = Output::Read(item.map(|it| (workload::decode(&it.value), it.revision)));
+        history.registers.entry(name).or_default().push(Op {
+            client: 1000,
+            input: Input::Get,
+            output,
+            called,
+            returned,
+        });
     }
 }
 
-async fn check_round(cluster: &Cluster, round: &str, history: &History, summary: &mut Summary) {
+async fn check_round(cluster: &Cluster, round: &str, history: &History, clock: Clock, summary: &mut Summary) {
     for (k, ops) in &history.registers {
         summary.keys_checked += 1;
         summary.register_ops += ops.len();
@@ -360,38 +362,12 @@ async fn check_round(cluster: &Cluster, round: &str, history: &History, summary:
     // Every acknowledged ledger write reads back, linearizably, with its revision.
     for (name, revision) in &history.acked {
         let (collection, item) = name.split_once('/').expect("ledger names are round/item");
-        let req = GetRequest {
-            key: Some(key(workload::LEDGER_USER, collection, item)),
-            consistency: Consistency::Linearizable as i32,
-        };
-        let mut answer = None;
-        for attempt in 0..20 {
-            let live = cluster.live_ids();
-            let id = live[attempt % live.len()];
-            match bounded_for(
-                Duration::from_secs(3),
-                cluster.store(id).get(request(req.clone(), Duration::from_secs(2))),
-            )
-            .await
-            {
-                Ok(r) => {
-                    answer = Some(Ok(r.item.expect("Get answers an item")));
-                    break;
-                }
-                Err(s) if s.code() == tonic::Code::NotFound => {
-                    answer = Some(Err(s));
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-        match answer {
-            Some(Ok(it)) if it.revision == *revision && it.value == item.as_bytes() => {}
-            Some(Ok(it)) => {
+        match read_back(cluster, &key(workload::LEDGER_USER, collection, item), 20, clock).await.2 {
+            Some(it) if it.revision == *revision && it.value == item.as_bytes() => {}
+            Some(it) => {
                 summary.lost.push(format!("{name}: acknowledged at revision {revision}, now at {}", it.revision))
             }
-            Some(Err(_)) => summary.lost.push(format!("{name}: acknowledged at revision {revision}, now not found")),
-            None => panic!("reading back {name} keeps failing"),
+            None => summary.lost.push(format!("{name}: acknowledged at revision {revision}, now not found")),
         }
     }
     // All nodes reach the same state: a write now, then every node's digest at its index.
@@ -401,13 +377,8 @@ async fn check_round(cluster: &Cluster, round: &str, history: &History, summary:
         .await
         .expect("the end-of-round write succeeds")
         .log_index;
-    let mut digests = Vec::new();
-    for id in cluster.ids() {
-        cluster.wait_for_applied(id, index, Duration::from_secs(60)).await;
-        let d = cluster.digest(id, index).await;
-        digests.push((id, d.digest, d.item_count));
-    }
-    if digests.iter().any(|d| d.1 != digests[0].1) {
+    let digests = cluster.digests_at(index, Duration::from_secs(60)).await;
+    if digests.iter().any(|d| d.1.digest != digests[0].1.digest) {
         summary.digest_problems.push(format!("round {round}, index {index}: {digests:?}"));
     }
 }
@@ -427,15 +398,8 @@ async fn drill(cluster: &Cluster) -> Option<String> {
 /// Writes a key's history where a person can read it; returns the path.
 fn save_history(key: &str, ops: &[Op]) -> String {
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("history-{}.txt", key.replace('/', "-")));
-    let mut sorted = ops.to_vec();
-    sorted.sort_by_key(|op| op.called);
-    let text: String = sorted
-        .iter()
-        .map(|op| {
-            format!("{:>14} {:>20} client {:>4} {:?} -> {:?}\n", op.called, op.returned, op.client, op.input, op.output)
-        })
-        .collect();
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    std::fs::write(&path, checker::format_history(ops))
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     path.display().to_string()
 }
 

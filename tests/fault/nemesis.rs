@@ -91,8 +91,7 @@ impl Nemesis {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let live = self.cluster.live_ids();
-        live[rng.below(live.len() as u64) as usize]
+        rng.pick(&self.cluster.live_ids())
     }
 
     fn others(&self, id: u64) -> Vec<u64> {
@@ -117,48 +116,49 @@ impl Nemesis {
         }
     }
 
+    /// One of the nodes that do not lead now.
+    async fn follower(&self, rng: &mut Rng) -> (u64, u64) {
+        let leader = self.leader(rng).await;
+        (leader, rng.pick(&self.others(leader)))
+    }
+
     pub async fn inject(&self, kind: Kind, rng: &mut Rng) -> Active {
         let ids = self.cluster.ids();
         let mut active = Active { kind, victim: None, flapper: None, ballast: None };
-        match kind {
+        let victim = match kind {
             Kind::KillNode => {
-                let id = ids[rng.below(ids.len() as u64) as usize];
+                let id = rng.pick(&ids);
                 self.cluster.kill(id);
-                active.victim = Some(id);
+                id
             }
             Kind::KillLeader => {
                 let id = self.leader(rng).await;
                 self.cluster.kill(id);
-                active.victim = Some(id);
+                id
             }
             Kind::PauseLeader => {
                 let id = self.leader(rng).await;
                 self.cluster.pause(id);
-                active.victim = Some(id);
+                id
             }
             Kind::IsolateLeader => {
                 let id = self.leader(rng).await;
                 self.isolate(id);
-                active.victim = Some(id);
+                id
             }
             Kind::IsolateFollower => {
-                let leader = self.leader(rng).await;
-                let followers = self.others(leader);
-                let id = followers[rng.below(followers.len() as u64) as usize];
+                let (_, id) = self.follower(rng).await;
                 self.isolate(id);
-                active.victim = Some(id);
+                id
             }
             Kind::OneWayFromLeader => {
-                let leader = self.leader(rng).await;
-                let followers = self.others(leader);
-                let id = followers[rng.below(followers.len() as u64) as usize];
+                let (leader, id) = self.follower(rng).await;
                 self.cut(leader, id);
-                active.victim = Some(id);
+                id
             }
             Kind::FlappingLink => {
-                let a = ids[rng.below(ids.len() as u64) as usize];
-                let others = self.others(a);
-                let b = others[rng.below(others.len() as u64) as usize];
+                let a = rng.pick(&ids);
+                let b = rng.pick(&self.others(a));
                 let (to_a, to_b) = (self.peers[&a].handle(), self.peers[&b].handle());
                 let (ip_a, ip_b) = (peer_source_ip(a).into(), peer_source_ip(b).into());
                 let mut flips = Rng::new(rng.next());
@@ -172,10 +172,10 @@ impl Nemesis {
                         tokio::time::sleep(flips.millis(50, 400)).await;
                     }
                 }));
-                active.victim = Some(a);
+                a
             }
             Kind::DiskFull => {
-                let id = ids[rng.below(ids.len() as u64) as usize];
+                let id = rng.pick(&ids);
                 let path = self.cluster.data_dir(id).join("ballast");
                 fill(&path);
                 // Make the node write files now, not only once its preallocated log runs out.
@@ -189,14 +189,18 @@ impl Nemesis {
                     Err(_) => eprintln!("nemesis: node {id}: snapshot on a full disk did not answer"),
                 }
                 active.ballast = Some(path);
-                active.victim = Some(id);
+                id
             }
-            Kind::ObjectStoreErrors => self.object_store.set_default(Mode::Http500),
-            Kind::ObjectStoreSlow => self.object_store.set_default(Mode::Delay(rng.millis(200, 1500))),
-            Kind::ObjectStoreOutage => {
-                self.object_store.set_default(if rng.below(2) == 0 { Mode::Refuse } else { Mode::Stall })
+            Kind::ObjectStoreErrors | Kind::ObjectStoreSlow | Kind::ObjectStoreOutage => {
+                self.object_store.set_default(match kind {
+                    Kind::ObjectStoreErrors => Mode::Http500,
+                    Kind::ObjectStoreSlow => Mode::Delay(rng.millis(200, 1500)),
+                    _ => rng.pick(&[Mode::Refuse, Mode::Stall]),
+                });
+                return active;
             }
-        }
+        };
+        active.victim = Some(victim);
         active
     }
 

@@ -24,4 +24,9 @@ impl Rng {
     pub fn millis(&mut self, lo: u64, hi: u64) -> std::time::Duration {
         std::time::Duration::from_millis(lo + self.below(hi - lo + 1))
     }
+
+    /// One of `items` (not empty), uniformly.
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use keepsake::proto::v1::{ChangesRequest, Consistency, DeleteRequest, Durability, GetRequest, PutRequest};
+use keepsake::proto::v1::{ChangesRequest, Consistency, DeleteRequest, Durability, GetRequest, ItemKey, PutRequest};
 use tonic::Code;
 
 use crate::checker::{Input, Op, Output};
@@ -98,10 +98,21 @@ pub async fn run_clients(cluster: Arc<Cluster>, round: Round, clock: Clock, stop
     Arc::try_unwrap(history).ok().expect("every client is done").into_inner().unwrap()
 }
 
-/// A live node, chosen at random (a client of a real deployment would retry another node).
-fn pick_node(cluster: &Cluster, rng: &mut Rng) -> Option<u64> {
+/// After a pause of up to `jitter_ms`, a live node chosen at random (a client of a real
+/// deployment would retry another node); None, after another 100 ms, while none is live.
+async fn next_node(cluster: &Cluster, rng: &mut Rng, jitter_ms: u64) -> Option<u64> {
+    tokio::time::sleep(Duration::from_millis(rng.below(jitter_ms))).await;
     let live = cluster.live_ids();
-    (!live.is_empty()).then(|| live[rng.below(live.len() as u64) as usize])
+    if live.is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        return None;
+    }
+    Some(rng.pick(&live))
+}
+
+/// Register `k` of round `round`: its key, and its name in the history.
+pub fn register(round: &str, k: usize) -> (ItemKey, String) {
+    (key(REGISTER_USER, round, &format!("k{k}")), format!("{round}/k{k}"))
 }
 
 fn encode(value: u64) -> Vec<u8> {
@@ -109,7 +120,7 @@ fn encode(value: u64) -> Vec<u8> {
 }
 
 /// A value the clients never write decodes to u64::MAX, which the checker cannot explain.
-fn decode(bytes: &[u8]) -> u64 {
+pub fn decode(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX)
 }
 
@@ -127,13 +138,9 @@ async fn register_client(
     let mut seen: HashMap<usize, u64> = HashMap::new();
     let mut counts = Counts::default();
     while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
-        let Some(node) = pick_node(&cluster, &mut rng) else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
+        let Some(node) = next_node(&cluster, &mut rng, 40).await else { continue };
         let k = rng.below(round.keys as u64) as usize;
-        let item_key = key(REGISTER_USER, &round.name, &format!("k{k}"));
+        let (item_key, name) = register(&round.name, k);
         seq += 1;
         let value = ((client as u64 + 1) << 40) | seq;
         let input = match rng.below(100) {
@@ -215,7 +222,7 @@ async fn register_client(
         }
         let returned = if output == Output::Unknown { u64::MAX } else { returned };
         let op = Op { client, input, output, called, returned };
-        history.lock().unwrap().registers.entry(format!("{}/k{k}", round.name)).or_default().push(op);
+        history.lock().unwrap().registers.entry(name).or_default().push(op);
     }
     history.lock().unwrap().counts.add(counts);
 }
@@ -231,11 +238,7 @@ async fn ledger_client(
     let mut seq = 0u64;
     let mut counts = Counts::default();
     while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
-        let Some(node) = pick_node(&cluster, &mut rng) else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
+        let Some(node) = next_node(&cluster, &mut rng, 20).await else { continue };
         seq += 1;
         let item = format!("c{client}-{seq}");
         let req = PutRequest {
@@ -280,10 +283,7 @@ pub struct Feed {
 /// the last revision seen after every error.
 pub async fn follow_ledger(cluster: Arc<Cluster>, mut rng: Rng, feed: Arc<Mutex<Feed>>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        let Some(node) = pick_node(&cluster, &mut rng) else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
+        let Some(node) = next_node(&cluster, &mut rng, 0).await else { continue };
         let since = feed.lock().unwrap().last_revision;
         let req = ChangesRequest {
             user_id: LEDGER_USER.into(),
