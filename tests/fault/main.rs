@@ -213,7 +213,8 @@ async fn run(plan: &Plan) -> Summary {
     let mut all_acked: HashMap<String, u64> = HashMap::new();
     let mut all_unknown: Vec<String> = Vec::new();
 
-    while started.elapsed() < plan.duration {
+    // Rounds go on past the planned time until every fault kind has come at least once.
+    while started.elapsed() < plan.duration || !to_cover.is_empty() {
         let round = format!("r{}", summary.rounds);
         let stop = Arc::new(AtomicBool::new(false));
         let clients_round = workload::Round {
