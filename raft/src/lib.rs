@@ -13,8 +13,8 @@ pub mod types;
 pub use command::{Command, CommandResult, DeleteOp, Op, PutOp, Rejection, Write, WriteOutcome};
 pub use digest::Digest;
 pub use store::{
-    current_snapshot_path, open, read_snapshot_records, ChangeView, DigestPoint, ItemView, LogStore, MachineMeta,
-    PurgeGate, ResyncRange, SnapshotHeader, StateLoader, StateMachine, StateReader, Store, StoreError, TAG_CHANGE,
-    TAG_ITEM,
+    current_snapshot_path, open, read_snapshot_records, verify_snapshot, ChangeView, DigestPoint, ItemView, LogStore,
+    MachineMeta, PurgeGate, ResyncRange, SnapshotHeader, StateLoader, StateMachine, StateReader, Store, StoreError,
+    TAG_CHANGE, TAG_ITEM,
 };
 pub use types::{Node, NodeId, Raft, TypeConfig};

@@ -16,3 +16,16 @@ pub mod snapshot;
 pub mod snapshotter;
 pub mod store;
 pub mod verify;
+
+/// Decompresses one zstd frame that should hold exactly `len` bytes. The buffer grows with
+/// what the frame really yields: a damaged length field must not allocate gigabytes up front.
+pub(crate) fn decompress_exact(frame: &[u8], len: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(len.min(1 << 20) as usize);
+    let decoder = zstd::stream::read::Decoder::new(frame).map_err(|e| e.to_string())?;
+    decoder.take(len.saturating_add(1)).read_to_end(&mut out).map_err(|e| e.to_string())?;
+    if out.len() as u64 != len {
+        return Err(format!("it holds {} bytes, the header says {len}", out.len()));
+    }
+    Ok(out)
+}

@@ -151,11 +151,8 @@ impl Segment {
                 format!("body lengths do not add up ({compressed_len} compressed, {body_len} raw)"),
             ));
         }
-        let body = zstd::bulk::decompress(&content[body_at..], body_len as usize)
+        let body = super::decompress_exact(&content[body_at..], body_len)
             .map_err(|e| fail(body_at, format!("cannot decompress the body: {e}")))?;
-        if body.len() as u64 != body_len {
-            return Err(fail(body_at, format!("body is {} bytes, the header says {body_len}", body.len())));
-        }
         let entries =
             read_entries(&body, &header).map_err(|(at, p)| fail(body_at, format!("{p} (body offset {at})")))?;
         Ok(Segment { header, entries })

@@ -95,11 +95,8 @@ impl Chunk {
         if len > MAX_BODY_BYTES {
             return Err(fail(object, 8, format!("states a body of {len} bytes, above the {MAX_BODY_BYTES} limit")));
         }
-        let body = zstd::bulk::decompress(&bytes[16..], len as usize)
+        let body = super::decompress_exact(&bytes[16..], len)
             .map_err(|e| fail(object, 16, format!("the zstd frame does not decompress: {e}")))?;
-        if body.len() as u64 != len {
-            return Err(fail(object, 16, format!("the body is {} bytes, the header says {len}", body.len())));
-        }
         let chunk = Chunk::seal(body, 0);
         if &chunk.hash != expected {
             return Err(fail(

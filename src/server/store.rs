@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use keepsake_raft::{DeleteOp, ItemView, Op, PutOp, Write};
+use keepsake_raft::{ItemView, Write};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -36,8 +36,8 @@ impl StoreService {
     }
 
     /// Runs the read barrier a consistency level asks for.
-    async fn barrier(&self, consistency: i32, deadline: tokio::time::Instant) -> Result<(), Status> {
-        match validate::consistency(consistency)? {
+    async fn barrier(&self, consistency: Consistency, deadline: tokio::time::Instant) -> Result<(), Status> {
+        match consistency {
             Consistency::Stale => Ok(()),
             _ => self.replica.read_barrier(deadline).await.map_err(status::from_replica),
         }
@@ -77,29 +77,15 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl Store for StoreService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let deadline = self.deadline(&request);
-        let req = request.into_inner();
-        let key = validate::key(self.limits(), req.key.as_ref())?;
-        validate::value(self.limits(), "value", &req.value, &req.content_type)?;
-        let archived = validate::durability(req.durability)?;
-        let write = Write {
-            user_id: key.user_id,
-            ops: vec![Op::Put(PutOp {
-                collection: key.collection,
-                item_id: key.item_id,
-                value: req.value,
-                content_type: req.content_type,
-                if_revision: req.if_revision,
-            })],
-        };
+        let (write, archived) = validate::put(self.limits(), request.into_inner())?;
         let (revisions, log_index, at) = self.commit(write, archived, deadline, false).await?;
         Ok(Response::new(PutResponse { revision: revisions[0], log_index, updated_at: Some(timestamp(at)) }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let deadline = self.deadline(&request);
-        let req = request.into_inner();
-        let key = validate::key(self.limits(), req.key.as_ref())?;
-        self.barrier(req.consistency, deadline).await?;
+        let (key, consistency) = validate::get(self.limits(), request.get_ref())?;
+        self.barrier(consistency, deadline).await?;
         let found = self
             .replica
             .reader
@@ -117,43 +103,17 @@ impl Store for StoreService {
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let deadline = self.deadline(&request);
-        let req = request.into_inner();
-        let key = validate::key(self.limits(), req.key.as_ref())?;
-        let archived = validate::durability(req.durability)?;
-        let write = Write {
-            user_id: key.user_id,
-            ops: vec![Op::Delete(DeleteOp {
-                collection: key.collection,
-                item_id: key.item_id,
-                if_revision: req.if_revision,
-            })],
-        };
+        let (write, archived) = validate::delete(self.limits(), request.into_inner())?;
         let (revisions, log_index, _) = self.commit(write, archived, deadline, false).await?;
         Ok(Response::new(DeleteResponse { revision: revisions[0], log_index }))
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let deadline = self.deadline(&request);
-        let req = request.into_inner();
-        let limits = self.limits();
-        validate::id(limits, "user_id", &req.user_id)?;
-        validate::id(limits, "collection", &req.collection)?;
-        if req.page_size > limits.max_page_size {
-            return Err(Status::invalid_argument(format!(
-                "page_size {} is over the limit of {}; ask for fewer items per page",
-                req.page_size, limits.max_page_size
-            )));
-        }
-        let size = if req.page_size == 0 { limits.default_page_size } else { req.page_size } as usize;
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            validate::id(limits, "page_token", &req.page_token)?;
-            Some(req.page_token)
-        };
-        self.barrier(req.consistency, deadline).await?;
+        let q = validate::list(self.limits(), request.into_inner())?;
+        self.barrier(q.consistency, deadline).await?;
         let (views, more) =
-            self.replica.reader.list(&req.user_id, &req.collection, after, size).await.map_err(status::from_store)?;
+            self.replica.reader.list(&q.user_id, &q.collection, q.after, q.size).await.map_err(status::from_store)?;
         let next_page_token =
             if more { views.last().map(|v| v.item_id.clone()).unwrap_or_default() } else { String::new() };
         Ok(Response::new(ListResponse { items: views.into_iter().map(item).collect(), next_page_token }))
@@ -161,11 +121,8 @@ impl Store for StoreService {
 
     async fn batch(&self, request: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
         let deadline = self.deadline(&request);
-        let req = request.into_inner();
-        let ops = validate::batch(self.limits(), &req.user_id, &req.ops)?;
-        let archived = validate::durability(req.durability)?;
-        let (revisions, log_index, _) =
-            self.commit(Write { user_id: req.user_id, ops }, archived, deadline, true).await?;
+        let (write, archived) = validate::batch_request(self.limits(), request.into_inner())?;
+        let (revisions, log_index, _) = self.commit(write, archived, deadline, true).await?;
         Ok(Response::new(BatchResponse { revisions, log_index }))
     }
 
@@ -173,9 +130,9 @@ impl Store for StoreService {
 
     async fn changes(&self, request: Request<ChangesRequest>) -> Result<Response<Self::ChangesStream>, Status> {
         let deadline = self.deadline(&request);
+        let consistency = validate::changes(self.limits(), request.get_ref())?;
         let req = request.into_inner();
-        validate::id(self.limits(), "user_id", &req.user_id)?;
-        self.barrier(req.consistency, deadline).await?;
+        self.barrier(consistency, deadline).await?;
         let meta = self.replica.reader.meta().await.map_err(status::from_store)?;
         if let Some(r) = meta.lost_range(req.since_revision) {
             return Err(Status::out_of_range(format!(
@@ -236,9 +193,9 @@ impl Store for StoreService {
         request: Request<ExportUserRequest>,
     ) -> Result<Response<Self::ExportUserStream>, Status> {
         let deadline = self.deadline(&request);
+        let consistency = validate::export(self.limits(), request.get_ref())?;
         let req = request.into_inner();
-        validate::id(self.limits(), "user_id", &req.user_id)?;
-        self.barrier(req.consistency, deadline).await?;
+        self.barrier(consistency, deadline).await?;
         let (views_tx, mut views_rx) = mpsc::channel(2);
         let (tx, rx) = mpsc::channel(2);
         let reader = self.replica.reader.clone();

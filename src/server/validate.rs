@@ -1,11 +1,93 @@
-//! Request validation: everything is checked here, against `Limits`, before it can reach the
-//! log. Each error names the field, the limit and what to change.
+//! Request validation: every request is checked here, against `Limits`, before it can reach
+//! the log or the store, and turned into what the handler needs. Each error is
+//! INVALID_ARGUMENT and names the field, the limit and what to change.
 
-use keepsake_raft::{DeleteOp, Op, PutOp};
+use keepsake_raft::{DeleteOp, Op, PutOp, Write};
 use tonic::Status;
 
 use crate::limits::Limits;
-use crate::proto::v1::{batch_op, BatchOp, Consistency, Durability, ItemKey};
+use crate::proto::v1::{
+    batch_op, BatchOp, BatchRequest, ChangesRequest, Consistency, DeleteRequest, Durability, ExportUserRequest,
+    GetRequest, ItemKey, ListRequest, PutRequest,
+};
+
+/// A write to commit, and whether it waits for the archive (ARCHIVED).
+pub type CheckedWrite = (Write, bool);
+
+pub fn put(limits: &Limits, req: PutRequest) -> Result<CheckedWrite, Status> {
+    let key = key(limits, req.key.as_ref())?;
+    value(limits, "value", &req.value, &req.content_type)?;
+    let archived = durability(req.durability)?;
+    let op = Op::Put(PutOp {
+        collection: key.collection,
+        item_id: key.item_id,
+        value: req.value,
+        content_type: req.content_type,
+        if_revision: req.if_revision,
+    });
+    Ok((Write { user_id: key.user_id, ops: vec![op] }, archived))
+}
+
+pub fn delete(limits: &Limits, req: DeleteRequest) -> Result<CheckedWrite, Status> {
+    let key = key(limits, req.key.as_ref())?;
+    let archived = durability(req.durability)?;
+    let op = Op::Delete(DeleteOp { collection: key.collection, item_id: key.item_id, if_revision: req.if_revision });
+    Ok((Write { user_id: key.user_id, ops: vec![op] }, archived))
+}
+
+pub fn batch_request(limits: &Limits, req: BatchRequest) -> Result<CheckedWrite, Status> {
+    let ops = batch(limits, &req.user_id, &req.ops)?;
+    Ok((Write { user_id: req.user_id, ops }, durability(req.durability)?))
+}
+
+pub fn get(limits: &Limits, req: &GetRequest) -> Result<(ItemKey, Consistency), Status> {
+    Ok((key(limits, req.key.as_ref())?, consistency(req.consistency)?))
+}
+
+/// One page of a collection to read.
+#[derive(Debug)]
+pub struct ListQuery {
+    pub user_id: String,
+    pub collection: String,
+    /// The item id the page starts after.
+    pub after: Option<String>,
+    pub size: usize,
+    pub consistency: Consistency,
+}
+
+pub fn list(limits: &Limits, req: ListRequest) -> Result<ListQuery, Status> {
+    id(limits, "user_id", &req.user_id)?;
+    id(limits, "collection", &req.collection)?;
+    if req.page_size > limits.max_page_size {
+        return Err(Status::invalid_argument(format!(
+            "page_size {} is over the limit of {}; ask for fewer items per page",
+            req.page_size, limits.max_page_size
+        )));
+    }
+    let after = if req.page_token.is_empty() {
+        None
+    } else {
+        id(limits, "page_token", &req.page_token)?;
+        Some(req.page_token)
+    };
+    Ok(ListQuery {
+        user_id: req.user_id,
+        collection: req.collection,
+        after,
+        size: if req.page_size == 0 { limits.default_page_size } else { req.page_size } as usize,
+        consistency: consistency(req.consistency)?,
+    })
+}
+
+pub fn changes(limits: &Limits, req: &ChangesRequest) -> Result<Consistency, Status> {
+    id(limits, "user_id", &req.user_id)?;
+    consistency(req.consistency)
+}
+
+pub fn export(limits: &Limits, req: &ExportUserRequest) -> Result<Consistency, Status> {
+    id(limits, "user_id", &req.user_id)?;
+    consistency(req.consistency)
+}
 
 pub fn id(limits: &Limits, field: &str, value: &str) -> Result<(), Status> {
     if value.is_empty() {

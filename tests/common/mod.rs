@@ -441,6 +441,18 @@ impl Cluster {
         Some(status)
     }
 
+    /// The node process's resident memory, from /proc (None when it is not running).
+    pub fn rss_bytes(&self, id: u64) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.node(id).pid()?)).ok()?;
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim();
+        Some(kib.parse::<u64>().ok()? * 1024)
+    }
+
+    /// How many file descriptors the node process has open.
+    pub fn open_fds(&self, id: u64) -> Option<usize> {
+        Some(std::fs::read_dir(format!("/proc/{}/fd", self.node(id).pid()?)).ok()?.count())
+    }
+
     /// The node's directory (data dir, node.toml, node.log).
     pub fn node_dir(&self, id: u64) -> PathBuf {
         self.node(id).dir.path().to_path_buf()
@@ -805,7 +817,7 @@ fn free_ports(n: usize) -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().expect("the local address of a bound listener").port()).collect()
 }
 
-fn connect(addr: &str) -> Channel {
+pub fn connect(addr: &str) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))
         .expect("a node address makes a valid URI")
         .connect_timeout(Duration::from_secs(1))

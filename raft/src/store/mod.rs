@@ -28,7 +28,7 @@ pub use log::LogStore;
 pub use machine::StateMachine;
 pub use reader::{ChangeView, ItemView, StateReader};
 pub use records::{DigestPoint, ItemRecord, MachineMeta, ResyncRange};
-pub use snapshot::{read_records as read_snapshot_records, SnapshotHeader};
+pub use snapshot::{read_records as read_snapshot_records, verify_stream as verify_snapshot, SnapshotHeader};
 
 /// The node's newest Raft snapshot file under its data directory (absent until one is built).
 pub fn current_snapshot_path(dir: &Path) -> std::path::PathBuf {

@@ -85,11 +85,25 @@ struct Records<R> {
 }
 
 impl<R: Read> Records<R> {
+    /// The next `n` bytes. `n` comes from the file, so the buffer grows with what is really
+    /// there: a damaged length field must not allocate gigabytes before the read fails.
     fn take(&mut self, n: usize) -> Result<Vec<u8>, StoreError> {
-        let mut buf = vec![0; n];
-        self.inner.read_exact(&mut buf).map_err(|e| {
-            StoreError::Corrupt(format!("snapshot {}: truncated at offset {}: {e}", self.path, self.offset))
-        })?;
+        let mut buf = Vec::with_capacity(n.min(64 << 10));
+        let read = (&mut self.inner).take(n as u64).read_to_end(&mut buf);
+        if let Err(e) = read {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot {}: unreadable at offset {}: {e}",
+                self.path, self.offset
+            )));
+        }
+        if buf.len() < n {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot {}: truncated at offset {}: {n} bytes wanted, {} there",
+                self.path,
+                self.offset,
+                buf.len()
+            )));
+        }
         self.crc = crc32c::crc32c_append(self.crc, &buf);
         self.offset += n as u64;
         Ok(buf)
@@ -156,7 +170,23 @@ pub fn read_header(path: &Path) -> Result<SnapshotHeader, StoreError> {
 
 /// Checks the whole file's structure and checksum without touching the database.
 pub fn verify(path: &Path) -> Result<SnapshotHeader, StoreError> {
-    let mut records = open_records(path)?;
+    check(open_records(path)?)
+}
+
+/// Checks a snapshot's structure and checksum as it streams from `source` (named `name` in
+/// errors); returns its header and how many records it holds.
+pub fn verify_stream(source: impl Read, name: &str) -> Result<(SnapshotHeader, u64), StoreError> {
+    let mut records = Records { inner: source, crc: 0, offset: 0, path: name.to_owned() };
+    let header = records.header()?;
+    let mut count = 0;
+    while records.next()?.is_some() {
+        count += 1;
+    }
+    records.finish()?;
+    Ok((header, count))
+}
+
+fn check<R: Read>(mut records: Records<R>) -> Result<SnapshotHeader, StoreError> {
     let header = records.header()?;
     while records.next()?.is_some() {}
     records.finish()?;
@@ -174,10 +204,7 @@ pub fn read_records(
     use std::io::Seek;
     let io = |e| StoreError::io(path, e);
     let mut file = File::open(path).map_err(io)?;
-    let mut check = records_of(file.try_clone().map_err(io)?, path);
-    let header = check.header()?;
-    while check.next()?.is_some() {}
-    check.finish()?;
+    let header = check(records_of(file.try_clone().map_err(io)?, path))?;
     file.rewind().map_err(io)?;
     let mut records = records_of(file, path);
     records.header()?;
