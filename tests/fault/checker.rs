@@ -264,7 +264,9 @@ impl<'a> Search<'a> {
         let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
         for (i, op) in ops.iter().enumerate() {
             events.push((op.called, true, i));
-            events.push((op.returned, false, i));
+            // An unknown outcome completes at infinity, whatever time was recorded: only then
+            // is "the first return is an unknown's" the same as "only unknowns are left".
+            events.push((if op.output == Output::Unknown { u64::MAX } else { op.returned }, false, i));
         }
         events.sort_by_key(|&(t, is_call, i)| (t, !is_call, i));
         // entries[0] is a sentinel head; events follow at 1..
@@ -622,6 +624,18 @@ mod tests {
         // Concurrent writes may be numbered either way.
         let ops = h(&[(0, put(1, 5), 0, 3), (1, put(2, 3), 2, 4), (2, get(Some((1, 5))), 5, 6)]);
         assert_eq!(check(&ops, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn an_unknown_write_with_a_recorded_return_time_still_explains_nothing_it_did_not_write() {
+        // Found in review: an unknown write recorded with a finite return time once ended the
+        // search early, and a read of a value nobody wrote passed.
+        let ops = h(&[
+            (0, put(1, 1), 0, 1),
+            (1, (Input::Put { value: 5 }, Output::Unknown), 2, 3),
+            (2, get(Some((9, 9))), 4, 5),
+        ]);
+        assert!(matches!(check(&ops, BUDGET), Verdict::Violation(_)));
     }
 
     #[test]
