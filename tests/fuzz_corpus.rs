@@ -62,27 +62,22 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-/// SplitMix64: the mutations are the same on every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
+/// The fault runs' seeded generator: the mutations are the same on every run.
+#[allow(dead_code)]
+#[path = "fault/rng.rs"]
+mod rng;
+use rng::Rng;
+
+fn below(rng: &mut Rng, n: usize) -> usize {
+    rng.below(n as u64) as usize
 }
 
 /// A bit flip, a cut, an inserted byte, a length field made huge, or a duplicated slice.
 fn mutate(input: &[u8], rng: &mut Rng) -> Vec<u8> {
     let mut out = input.to_vec();
-    let at = rng.below(out.len());
-    match rng.below(5) {
-        0 if !out.is_empty() => out[at] ^= 1 << rng.below(8),
+    let at = below(rng, out.len());
+    match below(rng, 5) {
+        0 if !out.is_empty() => out[at] ^= 1 << below(rng, 8),
         1 => out.truncate(at),
         2 => out.insert(at, rng.next() as u8),
         3 if out.len() >= 4 => {
@@ -90,7 +85,7 @@ fn mutate(input: &[u8], rng: &mut Rng) -> Vec<u8> {
             out[at..at + 4].copy_from_slice(&[0xff, 0xff, 0xff, 0x7f]);
         }
         _ => {
-            let end = (at + 1 + rng.below(64)).min(out.len());
+            let end = (at + 1 + below(rng, 64)).min(out.len());
             let slice = out[at..end].to_vec();
             out.splice(at..at, slice);
         }
@@ -116,7 +111,7 @@ fn run_one(check: fn(&[u8]), name: &str, data: &[u8]) {
 fn replay(target: &str, check: fn(&[u8])) {
     let inputs = inputs(target);
     assert!(inputs.len() >= 2, "fuzz/corpus/{target} has only {} inputs; is the corpus committed?", inputs.len());
-    let mut rng = Rng(0x5EED);
+    let mut rng = Rng::new(0x5EED);
     for (path, data) in &inputs {
         let name = path.display().to_string();
         run_one(check, &name, data);

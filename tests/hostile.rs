@@ -11,7 +11,7 @@ use bytes::{Buf, BufMut};
 use common::{key, request, Cluster};
 use keepsake::proto::raft::raft_transport_client::RaftTransportClient;
 use keepsake::proto::raft::RaftMessage;
-use keepsake::proto::v1::{ChangesRequest, Consistency, GetRequest, PutRequest};
+use keepsake::proto::v1::{ChangesRequest, PutRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Code;
@@ -62,11 +62,12 @@ async fn raw_call(cluster: &Cluster, id: u64, path: &'static str, body: Vec<u8>)
 async fn still_serves(cluster: &Cluster, id: u64, name: &str, limit: Duration) {
     let started = Instant::now();
     let mut store = cluster.store(id);
-    let put = PutRequest { key: Some(key("bystander", "c", name)), value: b"fine".to_vec(), ..Default::default() };
-    store.put(request(put, limit)).await.unwrap_or_else(|e| panic!("a well-behaved put failed ({name}): {e}"));
-    let get = GetRequest { key: Some(key("bystander", "c", name)), consistency: Consistency::Linearizable as i32 };
-    let item = store.get(request(get, limit)).await.unwrap_or_else(|e| panic!("a get failed ({name}): {e}"));
-    assert_eq!(item.into_inner().item.expect("an item").value, b"fine");
+    common::put(&mut store, "bystander", "c", name, "fine")
+        .await
+        .unwrap_or_else(|e| panic!("a well-behaved put failed ({name}): {e}"));
+    let item =
+        common::get(&mut store, "bystander", "c", name).await.unwrap_or_else(|e| panic!("a get failed ({name}): {e}"));
+    assert_eq!(item.value, b"fine");
     assert!(started.elapsed() < limit, "serving a bystander took {:?} ({name})", started.elapsed());
 }
 

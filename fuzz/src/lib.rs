@@ -160,12 +160,12 @@ pub fn requests(data: &[u8]) {
         }
         5 => {
             if let Ok(req) = ChangesRequest::decode(body) {
-                let _ = validate::changes(&limits, &req).map_err(refused);
+                let _ = validate::user_read(&limits, &req.user_id, req.consistency).map_err(refused);
             }
         }
         _ => {
             if let Ok(req) = ExportUserRequest::decode(body) {
-                let _ = validate::export(&limits, &req).map_err(refused);
+                let _ = validate::user_read(&limits, &req.user_id, req.consistency).map_err(refused);
             }
         }
     }

@@ -130,8 +130,8 @@ impl Store for StoreService {
 
     async fn changes(&self, request: Request<ChangesRequest>) -> Result<Response<Self::ChangesStream>, Status> {
         let deadline = self.deadline(&request);
-        let consistency = validate::changes(self.limits(), request.get_ref())?;
         let req = request.into_inner();
+        let consistency = validate::user_read(self.limits(), &req.user_id, req.consistency)?;
         self.barrier(consistency, deadline).await?;
         let meta = self.replica.reader.meta().await.map_err(status::from_store)?;
         if let Some(r) = meta.lost_range(req.since_revision) {
@@ -193,8 +193,8 @@ impl Store for StoreService {
         request: Request<ExportUserRequest>,
     ) -> Result<Response<Self::ExportUserStream>, Status> {
         let deadline = self.deadline(&request);
-        let consistency = validate::export(self.limits(), request.get_ref())?;
         let req = request.into_inner();
+        let consistency = validate::user_read(self.limits(), &req.user_id, req.consistency)?;
         self.barrier(consistency, deadline).await?;
         let (views_tx, mut views_rx) = mpsc::channel(2);
         let (tx, rx) = mpsc::channel(2);

@@ -7,8 +7,8 @@ use tonic::Status;
 
 use crate::limits::Limits;
 use crate::proto::v1::{
-    batch_op, BatchOp, BatchRequest, ChangesRequest, Consistency, DeleteRequest, Durability, ExportUserRequest,
-    GetRequest, ItemKey, ListRequest, PutRequest,
+    batch_op, BatchOp, BatchRequest, Consistency, DeleteRequest, Durability, GetRequest, ItemKey, ListRequest,
+    PutRequest,
 };
 
 /// A write to commit, and whether it waits for the archive (ARCHIVED).
@@ -79,14 +79,10 @@ pub fn list(limits: &Limits, req: ListRequest) -> Result<ListQuery, Status> {
     })
 }
 
-pub fn changes(limits: &Limits, req: &ChangesRequest) -> Result<Consistency, Status> {
-    id(limits, "user_id", &req.user_id)?;
-    consistency(req.consistency)
-}
-
-pub fn export(limits: &Limits, req: &ExportUserRequest) -> Result<Consistency, Status> {
-    id(limits, "user_id", &req.user_id)?;
-    consistency(req.consistency)
+/// A read of one user's whole data (Changes, ExportUser): the user id and the consistency.
+pub fn user_read(limits: &Limits, user_id: &str, raw_consistency: i32) -> Result<Consistency, Status> {
+    id(limits, "user_id", user_id)?;
+    consistency(raw_consistency)
 }
 
 pub fn id(limits: &Limits, field: &str, value: &str) -> Result<(), Status> {

@@ -170,13 +170,17 @@ pub fn read_header(path: &Path) -> Result<SnapshotHeader, StoreError> {
 
 /// Checks the whole file's structure and checksum without touching the database.
 pub fn verify(path: &Path) -> Result<SnapshotHeader, StoreError> {
-    check(open_records(path)?)
+    Ok(check(open_records(path)?)?.0)
 }
 
 /// Checks a snapshot's structure and checksum as it streams from `source` (named `name` in
 /// errors); returns its header and how many records it holds.
 pub fn verify_stream(source: impl Read, name: &str) -> Result<(SnapshotHeader, u64), StoreError> {
-    let mut records = Records { inner: source, crc: 0, offset: 0, path: name.to_owned() };
+    check(Records { inner: source, crc: 0, offset: 0, path: name.to_owned() })
+}
+
+/// Reads every record, checking structure and checksum: the header and the record count.
+fn check<R: Read>(mut records: Records<R>) -> Result<(SnapshotHeader, u64), StoreError> {
     let header = records.header()?;
     let mut count = 0;
     while records.next()?.is_some() {
@@ -184,13 +188,6 @@ pub fn verify_stream(source: impl Read, name: &str) -> Result<(SnapshotHeader, u
     }
     records.finish()?;
     Ok((header, count))
-}
-
-fn check<R: Read>(mut records: Records<R>) -> Result<SnapshotHeader, StoreError> {
-    let header = records.header()?;
-    while records.next()?.is_some() {}
-    records.finish()?;
-    Ok(header)
 }
 
 /// Calls `each` with every record of a snapshot file, in order, once the whole file's
@@ -204,7 +201,7 @@ pub fn read_records(
     use std::io::Seek;
     let io = |e| StoreError::io(path, e);
     let mut file = File::open(path).map_err(io)?;
-    let header = check(records_of(file.try_clone().map_err(io)?, path))?;
+    let (header, _) = check(records_of(file.try_clone().map_err(io)?, path))?;
     file.rewind().map_err(io)?;
     let mut records = records_of(file, path);
     records.header()?;
