@@ -4,7 +4,7 @@
 # Runs the fault matrix (tests/fault) for DURATION (e.g. 1800, 90s, 30m, 2h) against a real
 # 3-node cluster archiving to the S3-compatible test server, with the nemesis injecting kills,
 # pauses, partitions, a full disk and object-store faults. SEED (default: from the clock)
-# replays the same fault schedule. Prints the summary table: faults by kind with the time to
+# replays the same sequence of faults. Prints the summary table: faults by kind with the time to
 # recover after each, operations ok / failed / unknown, whether every history was
 # linearizable, lost acknowledged writes, the change feed, replica digests and the final drill.
 # The whole log goes to target/soak/soak-SEED.log. Needs root for the full-disk fault (tmpfs
