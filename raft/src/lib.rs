@@ -5,6 +5,7 @@
 //! gRPC: the `keepsake` binary serves it.
 
 pub mod command;
+pub mod crash;
 pub mod digest;
 pub mod keys;
 pub mod store;

@@ -285,7 +285,10 @@ impl Archiver {
         let mut backoff = Duration::from_millis(100);
         loop {
             match put(self.archive.store.as_ref(), &path, bytes.clone()).await {
-                Ok(()) => return Upload::Done(bytes.len()),
+                Ok(()) => {
+                    keepsake_raft::crash::point("segment-uploaded");
+                    return Upload::Done(bytes.len());
+                }
                 Err(e) => self.fail(&format!("uploading {path}"), e),
             }
             if !self.is_leader() {

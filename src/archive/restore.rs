@@ -211,15 +211,9 @@ pub async fn run(plan: Plan, progress: impl Fn(&str)) -> Result<Report, RestoreE
     let lease = LeaseGuard::take(&plan.archive, &holder).await?;
     let result = replay(&plan, &partial, &progress, &lease).await;
     lease.release().await;
-    match result {
+    let published = result.and_then(|report| publish(&partial, dir, &plan.new_cluster_id).map(|()| report));
+    match published {
         Ok(mut report) => {
-            let _ = std::fs::remove_dir(dir);
-            std::fs::rename(&partial, dir).map_err(|e| {
-                RestoreError::Refused(format!("cannot move the restored state into {}: {e}", dir.display()))
-            })?;
-            std::fs::write(dir.join("cluster_id"), &plan.new_cluster_id).map_err(|e| {
-                RestoreError::Refused(format!("cannot write {}: {e}", dir.join("cluster_id").display()))
-            })?;
             report.seconds = started.elapsed().as_secs_f64();
             Ok(report)
         }
@@ -228,6 +222,25 @@ pub async fn run(plan: Plan, progress: impl Fn(&str)) -> Result<Report, RestoreE
             Err(e)
         }
     }
+}
+
+/// Moves the finished state into place, whole: the directory appears with its cluster id in it
+/// or not at all (a crash before the rename leaves only `<dir>.partial`, which the next restore
+/// removes).
+fn publish(partial: &Path, dir: &Path, cluster_id: &str) -> Result<(), RestoreError> {
+    let id_file = partial.join("cluster_id");
+    std::fs::write(&id_file, cluster_id)
+        .and_then(|()| std::fs::File::open(&id_file)?.sync_all())
+        .and_then(|()| std::fs::File::open(partial)?.sync_all())
+        .map_err(|e| RestoreError::Refused(format!("cannot write {}: {e}", id_file.display())))?;
+    keepsake_raft::crash::point("restore-before-publish");
+    let _ = std::fs::remove_dir(dir);
+    std::fs::rename(partial, dir)
+        .map_err(|e| RestoreError::Refused(format!("cannot move the restored state into {}: {e}", dir.display())))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &LeaseGuard) -> Result<Report, RestoreError> {
@@ -296,6 +309,7 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
         }
         store.machine.apply(batch).await.map_err(|e| RestoreError::Refused(format!("applying: {e}")))?;
         report.segments += 1;
+        keepsake_raft::crash::point("restore-segment-applied");
         if whole {
             let applied = store.reader.applied();
             if applied.digest.0 != segment.header.digest_after {

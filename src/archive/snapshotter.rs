@@ -210,6 +210,7 @@ impl Snapshotter {
             self.upload_chunks(&mut known).await?
         };
         let name = manifest_name(manifest.index);
+        keepsake_raft::crash::point("archive-chunks-uploaded");
         let written = async {
             if after_segments {
                 self.wait_for_segments(manifest.index).await?;

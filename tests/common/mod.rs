@@ -48,7 +48,8 @@ const LOG_TAIL_LINES: usize = 40;
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// `KEEPSAKE_*` variables that would override the written config file.
-const OVERRIDING_VARS: [&str; 7] = [
+const OVERRIDING_VARS: [&str; 8] = [
+    "KEEPSAKE_CRASH_AT",
     "KEEPSAKE_CONFIG",
     "KEEPSAKE_NODE_ID",
     "KEEPSAKE_CLUSTER_ID",
@@ -262,7 +263,8 @@ struct NodeProc {
 }
 
 impl NodeProc {
-    fn spawn(&self) -> Child {
+    /// Starts `keepsake serve`, with `crash_at` as its `KEEPSAKE_CRASH_AT` when given.
+    fn spawn(&self, crash_at: Option<&str>) -> Child {
         let log =
             OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open the test node's log file");
         let log_err = log.try_clone().expect("duplicate the test node's log file handle");
@@ -277,6 +279,9 @@ impl NodeProc {
             cmd.env_remove(var);
         }
         cmd.envs(S3_ENV);
+        if let Some(point) = crash_at {
+            cmd.env("KEEPSAKE_CRASH_AT", point);
+        }
         keepsake::cli::die_with_parent(&mut cmd);
         cmd.spawn().unwrap_or_else(|e| panic!("cannot start `keepsake serve` for node {}: {e}", self.id))
     }
@@ -321,7 +326,7 @@ impl Cluster {
     /// Starts nodes 1..=n and waits until they agree on a leader.
     pub async fn launch(&self, n: usize) {
         for node in &self.nodes[..n] {
-            *lock(&node.child) = Some(node.spawn());
+            *lock(&node.child) = Some(node.spawn(None));
         }
         self.wait_for_leader(START_TIMEOUT).await;
     }
@@ -639,12 +644,41 @@ impl Cluster {
 
     /// Starts a killed or stopped node again: same config, data dir and ports. Does not wait.
     pub fn restart(&self, id: u64) {
+        self.restart_with(id, None);
+    }
+
+    /// `restart`, with the crash point `point` armed (`KEEPSAKE_CRASH_AT`, see
+    /// raft/src/crash.rs): the node SIGKILLs itself when it gets there.
+    pub fn restart_crashing_at(&self, id: u64, point: &str) {
+        self.restart_with(id, Some(point));
+    }
+
+    fn restart_with(&self, id: u64, crash_at: Option<&str>) {
         let node = self.node(id);
         let mut child = lock(&node.child);
         assert!(child.is_none(), "restart: node {id} is still running; kill or stop it first");
         node.paused.store(false, Ordering::SeqCst);
-        *child = Some(node.spawn());
+        *child = Some(node.spawn(crash_at));
         *lock(&node.channel) = connect(&node.client_addr);
+    }
+
+    /// Waits for a node armed by `restart_crashing_at` to die at its crash point; panics if it
+    /// is still running after `timeout` or ended any other way.
+    pub async fn wait_for_crash(&self, id: u64, point: &str, timeout: Duration) {
+        use std::os::unix::process::ExitStatusExt;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.reap_exited(id) {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                panic!("node {id} did not reach crash point {point} within {timeout:?}:\n{}", self.log_tail(id, 20));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "node {id} ended with {status}, not at its crash point");
+        let log = std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default();
+        assert!(log.contains(&format!("crash point {point}")), "node {id} was killed, but not at {point}");
     }
 
     /// SIGSTOP: the process stays alive but answers nothing.
@@ -828,12 +862,25 @@ pub fn connect(addr: &str) -> Channel {
 /// Runs the `keepsake` binary with `args` (and the S3 test credentials); returns its exit code
 /// and everything it printed.
 pub fn keepsake_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
+    let (status, text) = keepsake_cli_crashing_at(args, None);
+    (status.code().unwrap_or(-1), text)
+}
+
+/// `keepsake_cli` with the crash point `crash_at` armed (see raft/src/crash.rs); returns the
+/// exit status, so that a test can tell a crash from an exit.
+pub fn keepsake_cli_crashing_at<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    crash_at: Option<&str>,
+) -> (std::process::ExitStatus, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keepsake"));
-    cmd.args(args).envs(S3_ENV).env_remove("KEEPSAKE_ENDPOINTS").stdin(Stdio::null());
+    cmd.args(args).envs(S3_ENV).env_remove("KEEPSAKE_ENDPOINTS").env_remove("KEEPSAKE_CRASH_AT").stdin(Stdio::null());
+    if let Some(point) = crash_at {
+        cmd.env("KEEPSAKE_CRASH_AT", point);
+    }
     keepsake::cli::die_with_parent(&mut cmd);
     let out = cmd.output().expect("run the keepsake binary");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+    (out.status, text)
 }
 
 /// The JSON object a command printed (its one line starting with `{`).
@@ -845,12 +892,17 @@ pub fn json_line(text: &str) -> serde_json::Value {
 /// Runs `keepsake restore` from `from`'s archive (local or S3) into node 1 of `to`, with
 /// `extra` flags; returns its exit code and output.
 pub fn restore_cli(from: &Cluster, to: &Cluster, extra: &[&str]) -> (i32, String) {
+    keepsake_cli(&restore_args(from, to, extra))
+}
+
+/// The arguments `restore_cli` runs `keepsake` with.
+pub fn restore_args(from: &Cluster, to: &Cluster, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["restore".to_owned(), "--cluster-id".into(), from.id().into()];
     args.extend(from.archive_args());
     args.extend(["--new-cluster-id".into(), to.id().into(), "--members".into(), to.members_flag()]);
     args.extend(["--data-dir".into(), to.data_dir(1).to_string_lossy().into_owned()]);
     args.extend(extra.iter().map(|s| s.to_string()));
-    keepsake_cli(&args)
+    args
 }
 
 /// One bodiless HTTP/1.1 request to `addr`; returns the status code and the whole response.

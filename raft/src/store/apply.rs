@@ -59,6 +59,9 @@ impl<'a> Applier<'a> {
                 self.meta.last_write_us = command.proposed_at_us;
             }
             EntryPayload::Membership(m) => {
+                if m.get_joint_config().len() > 1 {
+                    crate::crash::point("joint-membership-applied");
+                }
                 self.meta.membership = StoredMembership::new(Some(entry.log_id), m.clone());
             }
         }

@@ -64,6 +64,8 @@ impl StateLoader {
     /// live-item count; `what` names the source in the error.
     pub(crate) fn finish(mut self, digest: Digest, items: u64, what: &str) -> Result<(), StoreError> {
         db::write(&self.db, std::mem::take(&mut self.batch), "load state")?;
+        // Items and changes replaced; nothing yet says which state they are.
+        crate::crash::point("state-loaded");
         if self.digest != digest || self.items != items {
             return Err(StoreError::Corrupt(format!(
                 "{what}: loaded state has digest {} with {} items, the source recorded {} with {items}",

@@ -2,7 +2,8 @@
 //!
 //! Invariant: the applied log id, membership, digest and revision counter are written in the
 //! same batch as the state changes they describe. A snapshot install is redone from its file on
-//! the next start if a crash interrupts it, so state is never left half installed.
+//! the next start if a crash interrupts it, so state is never left half installed; a received
+//! file that a crash left unverified is removed, one that a crash left unpublished is published.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,8 +45,9 @@ impl StateMachine {
             tracing::warn!("finishing a snapshot install that a crash interrupted");
             finish_install(&db, &dir)?;
         }
-        remove_leftovers(&dir)?;
         let meta: MachineMeta = db::get(&db, CF_META, KEY_META)?.unwrap_or_default();
+        settle_installing(&dir, &meta)?;
+        remove_leftovers(&dir)?;
         let (applied, _) = watch::channel(meta.point());
         Ok(StateMachine { db, dir, meta, applied })
     }
@@ -132,9 +134,31 @@ fn finish_install(db: &Arc<DB>, dir: &Path) -> Result<MachineMeta, StoreError> {
     batch.put_cf(cf(db, CF_META), KEY_META, db::encode(&machine));
     batch.delete_cf(cf(db, CF_META), KEY_INSTALLING);
     db::write_synced(db, batch, "finish snapshot install")?;
+    crate::crash::point("snapshot-install-before-publish");
     std::fs::rename(&installing, dir.join(CURRENT)).map_err(|e| StoreError::io(&installing, e))?;
     sync_dir(dir)?;
     Ok(machine)
+}
+
+/// An `installing.snap` with no install marker is either a received file a crash interrupted
+/// before it was checked (removed), or one whose install finished but was not yet published as
+/// the current snapshot (published: it is exactly the state `meta` describes).
+fn settle_installing(dir: &Path, meta: &MachineMeta) -> Result<(), StoreError> {
+    let installing = dir.join(INSTALLING);
+    if !installing.exists() {
+        return Ok(());
+    }
+    match snapshot::verify(&installing) {
+        Ok(h) if h.meta.last_log_id == meta.applied && h.machine.digest == meta.digest => {
+            tracing::warn!("publishing a snapshot whose install a crash interrupted after it was loaded");
+            std::fs::rename(&installing, dir.join(CURRENT)).map_err(|e| StoreError::io(&installing, e))?;
+        }
+        _ => {
+            tracing::warn!("removing a received snapshot that a crash left unchecked");
+            std::fs::remove_file(&installing).map_err(|e| StoreError::io(&installing, e))?;
+        }
+    }
+    sync_dir(dir)
 }
 
 /// Removes what a crash can leave behind while a snapshot was being built or received.
