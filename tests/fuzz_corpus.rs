@@ -110,7 +110,7 @@ fn run_one(check: fn(&[u8]), name: &str, data: &[u8]) {
 
 fn replay(target: &str, check: fn(&[u8])) {
     let inputs = inputs(target);
-    assert!(inputs.len() >= 2, "fuzz/corpus/{target} has only {} inputs; is the corpus committed?", inputs.len());
+    assert!(inputs.len() >= 10, "fuzz/corpus/{target} has only {} inputs; is the corpus committed?", inputs.len());
     let mut rng = Rng::new(0x5EED);
     for (path, data) in &inputs {
         let name = path.display().to_string();

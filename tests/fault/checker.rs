@@ -328,9 +328,22 @@ impl<'a> Search<'a> {
     /// is always allowed to it.
     fn choices(&self, state: State) -> Vec<(usize, State)> {
         let mut writes = Vec::new();
+        // Pending operations of unknown outcome with the same input (deletes, above all) are
+        // interchangeable: only the one invoked first is tried. Any order that uses a later one
+        // at some point can use the first one there instead (it was invoked no later, and
+        // neither ever returns), so this loses no order; it stops k pending deletes from being
+        // k different choices at every step.
+        let mut unknown_inputs: Vec<&Input> = Vec::new();
         let mut at = self.entries[HEAD].next;
         while at != NIL && self.entries[at].is_call {
             let op = &self.ops[self.entries[at].op];
+            if op.output == Output::Unknown {
+                if unknown_inputs.contains(&&op.input) {
+                    at = self.entries[at].next;
+                    continue;
+                }
+                unknown_inputs.push(&op.input);
+            }
             match self.model.step(state, op) {
                 Some(next) if next == state && op.output != Output::Unknown => return vec![(at, next)],
                 Some(next) if next != state => writes.push((at, next)),
@@ -697,6 +710,20 @@ mod tests {
     fn a_hard_history_from_a_fault_run_is_decided() {
         let ops = parse_history(include_str!("fixtures/hard-ci-r0-k11.txt"));
         assert_eq!(check(&ops, 100_000), Verdict::Linearizable);
+    }
+
+    /// A real history (500 operations, 69 of unknown outcome, 21 of them deletes) from the
+    /// 30-minute soak of session 6 (seed 1795485503328235827, round 35, key 6), which the
+    /// search leaves undecided after 20 million steps, with or without the rule for
+    /// interchangeable unknown operations. Its deepest point orders 483 of the 500 operations
+    /// and stops at the final read. Not known yet: whether it is linearizable (the search is too
+    /// weak) or not (the search cannot prove it). Ignored until that is settled; run it with
+    /// `cargo nextest run --test fault --run-ignored only soak_history`.
+    #[test]
+    #[ignore = "open: the search cannot decide this soak history yet (issue 6 note, session 6)"]
+    fn a_soak_history_with_many_unknown_deletes_is_decided() {
+        let ops = parse_history(include_str!("fixtures/soak-r35-k6.txt"));
+        assert_eq!(check(&ops, 20_000_000), Verdict::Linearizable);
     }
 
     #[test]
