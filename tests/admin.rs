@@ -104,7 +104,7 @@ async fn write_some(cluster: &Cluster, node: u64, n: usize) {
 
 /// Runs the `keepsake` binary against the cluster; returns (exit code, stdout, stderr).
 fn keepsake(cluster: &Cluster, args: &[&str]) -> (i32, String, String) {
-    let endpoints = cluster.ids().iter().map(|id| cluster.client_addr(*id)).collect::<Vec<_>>().join(",");
+    let endpoints = cluster.endpoints();
     let out = Command::new(env!("CARGO_BIN_EXE_keepsake"))
         .args(args)
         .env("KEEPSAKE_ENDPOINTS", endpoints)

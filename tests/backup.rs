@@ -179,9 +179,7 @@ async fn purge_gate_holds_the_log_while_the_archive_cannot_be_written() {
 }
 
 fn verify_cli(cluster: &Cluster) -> (i32, String) {
-    let mut args = vec!["backup".to_owned(), "verify".into(), "--cluster-id".into(), cluster.id().into()];
-    args.extend(cluster.archive_args());
-    keepsake_cli(&args)
+    archive_cli(cluster, &["backup", "verify"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,10 +10,6 @@ use std::time::Duration;
 use common::*;
 use keepsake::proto::v1::*;
 
-fn endpoints(cluster: &Cluster) -> String {
-    cluster.ids().iter().map(|id| cluster.client_addr(*id)).collect::<Vec<_>>().join(",")
-}
-
 fn bench(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["bench", "--output", "json", "--warmup", "0s", "--duration", "2s"];
     all.extend_from_slice(args);
@@ -37,7 +33,7 @@ fn assert_sane(report: &serde_json::Value) {
 async fn bench_drives_each_workload_and_writes_what_it_reports() {
     let cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let eps = endpoints(&cluster);
+    let eps = cluster.endpoints();
 
     // A read workload first writes every key of its (small) key space once: user 1 has exactly
     // the 7 items the preload wrote.

@@ -23,10 +23,6 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// A node other than `not`.
-fn other(cluster: &Cluster, not: &[u64]) -> u64 {
-    cluster.ids().into_iter().find(|id| !not.contains(id)).expect("the cluster has a node outside the given ones")
-}
-
 fn first<T: Clone>(items: &[T], n: usize) -> Vec<T> {
     items[..items.len().min(n)].to_vec()
 }
@@ -268,8 +264,8 @@ async fn restarted_node_catches_up_from_log_and_from_snapshot() {
         // the test proves catching up, not its speed.
         within(Duration::from_secs(45), async {
             let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-            let follower = other(&cluster, &[leader]);
-            let survivor = other(&cluster, &[leader, follower]);
+            let follower = cluster.other(&[leader]);
+            let survivor = cluster.other(&[leader, follower]);
             cluster.kill(follower);
             write_items(&cluster.stores(&[leader, survivor]), "catchup", "items", 0..200, 8).await;
             cluster.restart(follower);
@@ -296,8 +292,8 @@ async fn restarted_node_catches_up_from_log_and_from_snapshot() {
     let cluster = Cluster::builder().snapshot_every(100).keep_after_snapshot(0).start().await;
     within(Duration::from_secs(90), async {
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-        let follower = other(&cluster, &[leader]);
-        let survivor = other(&cluster, &[leader, follower]);
+        let follower = cluster.other(&[leader]);
+        let survivor = cluster.other(&[leader, follower]);
         cluster.kill(follower);
         // The follower's log cannot reach past the leader's.
         let follower_last = cluster.get_node_status(leader).await.expect("NodeStatus of the leader").last_log_index;
@@ -453,7 +449,7 @@ async fn changes_feed_returns_every_put_and_delete_in_order_and_follows_new_ones
     let cluster = Cluster::start(3).await;
     within(Duration::from_secs(40), async {
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-        let follower = other(&cluster, &[leader]);
+        let follower = cluster.other(&[leader]);
         let mut c = cluster.store(leader);
         let rev = |r: Result<u64, Status>, what: &str| {
             r.unwrap_or_else(|e| panic!("{what} failed: {:?} {}", e.code(), e.message()))
@@ -673,7 +669,7 @@ async fn bad_input_gets_invalid_argument_and_never_reaches_the_log() {
     let cluster = Cluster::start(3).await;
     within(Duration::from_secs(30), async {
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-        let follower = other(&cluster, &[leader]);
+        let follower = cluster.other(&[leader]);
         // Through a follower: validation must happen before anything is forwarded.
         let mut c = cluster.store(follower);
         put(&mut c, "valid", "items", "first", "ok").await.expect("a valid write");

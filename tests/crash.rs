@@ -15,10 +15,6 @@ use tonic::transport::Channel;
 const LEADER_TIMEOUT: Duration = Duration::from_secs(20);
 const CRASH_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn other(cluster: &Cluster, not: &[u64]) -> u64 {
-    cluster.ids().into_iter().find(|id| !not.contains(id)).expect("the cluster has a node outside the given ones")
-}
-
 /// Puts items `ids` of (user, collection) through `clients`, retrying each until it is
 /// acknowledged (a crash may fail some attempts; puts of the same value are idempotent).
 async fn write_acked(
@@ -39,14 +35,14 @@ async fn write_acked(
     }
 }
 
-/// Every node in `ids` reaches the leader's applied index and has its digest there.
-async fn same_state_everywhere(cluster: &Cluster, ids: &[u64]) -> DigestResponse {
+/// Every node reaches the leader's applied index and has its digest there.
+async fn same_state_everywhere(cluster: &Cluster) -> DigestResponse {
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     // A write moves the applied index past whatever a crashed node had half done.
     put(&mut cluster.store(leader), "u", "marker", "after-recovery", "x").await.expect("a write after recovery");
     let target = cluster.get_node_status(leader).await.expect("the leader's status").applied_index;
     let on_leader = cluster.digest(leader, target).await;
-    for &id in ids {
+    for id in cluster.ids() {
         cluster.wait_for_applied(id, target, Duration::from_secs(60)).await;
         assert_eq!(cluster.digest(id, target).await, on_leader, "node {id} differs from the leader at index {target}");
     }
@@ -85,8 +81,8 @@ fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
 async fn a_snapshot_install_killed_midway_is_redone_on_restart() {
     let cluster = Cluster::builder().snapshot_every(100).keep_after_snapshot(0).start().await;
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let follower = other(&cluster, &[leader]);
-    let survivor = other(&cluster, &[leader, follower]);
+    let follower = cluster.other(&[leader]);
+    let survivor = cluster.other(&[leader, follower]);
     cluster.kill(follower);
     let follower_last = cluster.get_node_status(leader).await.expect("the leader's status").last_log_index;
     write_items(&cluster.stores(&[leader, survivor]), "u", "items", 0..600, 8).await;
@@ -118,7 +114,7 @@ async fn a_snapshot_install_killed_midway_is_redone_on_restart() {
     let left = files_named(&cluster.data_dir(follower), "installing.snap");
     assert!(left.is_empty(), "the installed snapshot was never published as the current one: {left:?}");
     assert!(cluster.log_tail(follower, 80).contains("publishing a snapshot whose install a crash interrupted"));
-    same_state_everywhere(&cluster, &cluster.ids()).await;
+    same_state_everywhere(&cluster).await;
     // The recovered follower serves as part of a quorum: with the old leader gone, every
     // acknowledged item is still there.
     cluster.kill(leader);
@@ -142,7 +138,7 @@ async fn an_archive_upload_killed_midway_loses_nothing() {
         .await;
     let clients = cluster.stores(&cluster.ids());
     write_acked(&clients, "before", 0..50).await;
-    let uploader = other(&cluster, &[cluster.wait_for_leader(LEADER_TIMEOUT).await]);
+    let uploader = cluster.other(&[cluster.wait_for_leader(LEADER_TIMEOUT).await]);
 
     // The leader dies right after a segment's upload returned, before it recorded it anywhere.
     cluster.kill(uploader);
@@ -158,30 +154,24 @@ async fn an_archive_upload_killed_midway_loses_nothing() {
     // The next leader dies with a snapshot's chunks uploaded and its manifest not.
     cluster.restart_crashing_at(uploader, "archive-chunks-uploaded");
     make_leader(&cluster, uploader).await;
-    let endpoints = cluster.ids().iter().map(|id| cluster.client_addr(*id)).collect::<Vec<_>>().join(",");
-    let (code, text) = keepsake_cli(&["backup", "snapshot", "--timeout", "20s", "--endpoints", &endpoints]);
+    let (code, text) = cluster_cli(&cluster, &["backup", "snapshot", "--timeout", "20s"]);
     assert_ne!(code, 0, "the snapshot whose leader died is not reported as taken: {text}");
     cluster.wait_for_crash(uploader, "archive-chunks-uploaded", CRASH_TIMEOUT).await;
     cluster.restart(uploader);
     write_acked(&clients, "after", 0..50).await;
-    let (code, text) = keepsake_cli(&["backup", "snapshot", "--timeout", "60s", "--endpoints", &endpoints]);
+    let (code, text) = cluster_cli(&cluster, &["backup", "snapshot", "--timeout", "60s"]);
     assert_eq!(code, 0, "a snapshot after recovery: {text}");
 
-    let digest = same_state_everywhere(&cluster, &cluster.ids()).await;
+    let digest = same_state_everywhere(&cluster).await;
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let store = cluster.store(leader);
     for (collection, n) in [("before", 50), ("during", 200), ("after", 50)] {
         let missing = check_items(&store, "u", collection, 0..n, 16).await;
         assert!(missing.is_empty(), "{collection}: lost {missing:?}");
     }
-    let mut verify = vec!["backup".to_owned(), "verify".into(), "--cluster-id".into(), cluster.id().into()];
-    verify.extend(cluster.archive_args());
-    let (code, text) = keepsake_cli(&verify);
+    let (code, text) = archive_cli(&cluster, &["backup", "verify"]);
     assert_eq!(code, 0, "the archive verifies after both crashes: {text}");
-    let mut drill = vec!["drill".to_owned(), "--cluster-id".into(), cluster.id().into()];
-    drill.extend(cluster.archive_args());
-    drill.extend(["--endpoints".into(), cluster.client_addr(leader)]);
-    let (code, text) = keepsake_cli(&drill);
+    let (code, text) = archive_cli(&cluster, &["drill", "--endpoints", &cluster.client_addr(leader)]);
     assert_eq!(code, 0, "the drill restores the live state (digest {}): {text}", digest.digest);
 }
 
@@ -194,8 +184,7 @@ async fn a_restore_killed_midway_leaves_no_data_dir_and_runs_again() {
         .await;
     let clients = old.stores(&old.ids());
     write_items(&clients, "u", "base", 0..200, 8).await;
-    let endpoints = old.ids().iter().map(|id| old.client_addr(*id)).collect::<Vec<_>>().join(",");
-    let (code, text) = keepsake_cli(&["backup", "snapshot", "--timeout", "60s", "--endpoints", &endpoints]);
+    let (code, text) = cluster_cli(&old, &["backup", "snapshot", "--timeout", "60s"]);
     assert_eq!(code, 0, "backup snapshot: {text}");
     for round in 0..3 {
         write_items(&clients, "u", &format!("round{round}"), 0..50, 8).await;
@@ -254,8 +243,8 @@ async fn a_membership_change_killed_midway_completes_when_run_again() {
         .expect("add node 4 as a learner");
 
     // Replace a follower by node 4; the leader dies once the joint configuration is committed.
-    let changer = other(&cluster, &[leader, 4]);
-    let replaced = other(&cluster, &[changer, 4]);
+    let changer = cluster.other(&[leader, 4]);
+    let replaced = cluster.other(&[changer, 4]);
     cluster.kill(changer);
     cluster.restart_crashing_at(changer, "joint-membership-applied");
     make_leader(&cluster, changer).await;
@@ -281,7 +270,7 @@ async fn a_membership_change_killed_midway_completes_when_run_again() {
     now.sort_unstable();
     assert_eq!(now, voters, "the voters are exactly the ones asked for: {done:?}");
 
-    same_state_everywhere(&cluster, &cluster.ids()).await;
+    same_state_everywhere(&cluster).await;
     let store = cluster.store(cluster.wait_for_leader(LEADER_TIMEOUT).await);
     for (collection, n) in [("before", 100), ("during", 50)] {
         let missing = check_items(&store, "u", collection, 0..n, 16).await;

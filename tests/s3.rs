@@ -59,9 +59,7 @@ async fn a_cluster_archived_to_s3_is_restored_from_it_after_every_node_is_lost()
         std::fs::remove_dir_all(old.data_dir(id)).expect("lose the disk");
     }
 
-    let mut verify = vec!["backup".to_owned(), "verify".into(), "--cluster-id".into(), old.id().into()];
-    verify.extend(old.archive_args());
-    let (code, text) = keepsake_cli(&verify);
+    let (code, text) = archive_cli(&old, &["backup", "verify"]);
     assert_eq!(code, 0, "the archive in S3 verifies: {text}");
 
     let new = Cluster::builder().cluster_id("restored").archive_s3(&s3, "prod").no_bootstrap().prepare();
@@ -91,9 +89,7 @@ async fn a_cluster_archived_to_s3_is_restored_from_it_after_every_node_is_lost()
 
 /// `keepsake backup list` of a cluster's archive: the object names.
 fn list_segments(cluster: &Cluster) -> Vec<String> {
-    let mut args = vec!["backup".to_owned(), "list".into(), "--cluster-id".into(), cluster.id().into()];
-    args.extend(cluster.archive_args());
-    let (code, text) = keepsake_cli(&args);
+    let (code, text) = archive_cli(cluster, &["backup", "list"]);
     assert_eq!(code, 0, "backup list: {text}");
     text.lines().filter(|l| l.contains(".seg")).map(|l| l.split('\t').next().unwrap_or(l).to_owned()).collect()
 }
@@ -167,9 +163,7 @@ async fn an_object_store_outage_holds_archived_writes_then_refuses_writes_and_ca
         .await
         .expect("writes are accepted and archived again");
 
-    let mut verify = vec!["backup".to_owned(), "verify".into(), "--cluster-id".into(), cluster.id().into()];
-    verify.extend(cluster.archive_args());
-    let (code, text) = keepsake_cli(&verify);
+    let (code, text) = archive_cli(&cluster, &["backup", "verify"]);
     assert_eq!(code, 0, "no gap and no damaged segment after the outage: {text}");
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     assert_eq!(metric(&cluster, leader, "keepsake_archive_error"), 0.0);

@@ -12,25 +12,9 @@ use keepsake::proto::v1::ChangesRequest;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn cli(cluster: &Cluster, args: &[&str]) -> (i32, String) {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend([
-        "--endpoints".into(),
-        cluster.ids().iter().map(|id| cluster.client_addr(*id)).collect::<Vec<_>>().join(","),
-    ]);
-    keepsake_cli(&all)
-}
-
-fn archive_cli(cluster: &Cluster, args: &[&str]) -> (i32, String) {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend(["--cluster-id".into(), cluster.id().into()]);
-    all.extend(cluster.archive_args());
-    keepsake_cli(&all)
-}
-
 /// `keepsake backup snapshot` on the cluster; returns the snapshot's index.
 fn backup_snapshot(cluster: &Cluster) -> u64 {
-    let (code, text) = cli(cluster, &["backup", "snapshot", "--timeout", "60s", "--output", "json"]);
+    let (code, text) = cluster_cli(cluster, &["backup", "snapshot", "--timeout", "60s", "--output", "json"]);
     assert_eq!(code, 0, "backup snapshot: {text}");
     let v: serde_json::Value = json_line(&text);
     v["index"].as_u64().expect("the snapshot's index")
@@ -103,10 +87,7 @@ async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_n
     assert_eq!(report["index"].as_u64(), Some(early_index), "{text}");
 
     // The drill proves the archive restores to the live state.
-    let mut drill = vec!["drill".to_owned(), "--cluster-id".into(), live.id().into()];
-    drill.extend(live.archive_args());
-    drill.extend(["--endpoints".into(), live.client_addr(leader)]);
-    let (code, text) = keepsake_cli(&drill);
+    let (code, text) = archive_cli(&live, &["drill", "--endpoints", &live.client_addr(leader)]);
     assert_eq!(code, 0, "drill: {text}");
     assert!(text.contains("ok: the archive restores to the live state"), "{text}");
 

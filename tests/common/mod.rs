@@ -402,6 +402,16 @@ impl Cluster {
         args
     }
 
+    /// Every node's client address, comma-separated (the CLI's `--endpoints`).
+    pub fn endpoints(&self) -> String {
+        self.nodes.iter().map(|n| n.client_addr.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// A node id not in `not`.
+    pub fn other(&self, not: &[u64]) -> u64 {
+        self.ids().into_iter().find(|id| !not.contains(id)).expect("the cluster has a node outside the given ones")
+    }
+
     /// Every node id, running or not.
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.iter().map(|n| n.id).collect()
@@ -864,6 +874,21 @@ pub fn connect(addr: &str) -> Channel {
 pub fn keepsake_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
     let (status, text) = keepsake_cli_crashing_at(args, None);
     (status.code().unwrap_or(-1), text)
+}
+
+/// A client command against `cluster` (`--endpoints` of every node appended).
+pub fn cluster_cli(cluster: &Cluster, args: &[&str]) -> (i32, String) {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(["--endpoints".into(), cluster.endpoints()]);
+    keepsake_cli(&all)
+}
+
+/// An archive command on `cluster`'s archive (`--cluster-id` and the archive flags appended).
+pub fn archive_cli(cluster: &Cluster, args: &[&str]) -> (i32, String) {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(["--cluster-id".into(), cluster.id().into()]);
+    all.extend(cluster.archive_args());
+    keepsake_cli(&all)
 }
 
 /// `keepsake_cli` with the crash point `crash_at` armed (see raft/src/crash.rs); returns the

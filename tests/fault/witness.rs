@@ -63,22 +63,22 @@ pub fn times(ops: &[Op]) -> Option<Vec<Option<u128>>> {
     }
     let mut order: Vec<usize> = (0..ops.len()).collect();
     order.sort_by_key(|&i| ops[i].called);
+    // Unknown deletes, in invocation order.
     let mut deletes: Vec<usize> =
         order.iter().copied().filter(|&i| ops[i].input == Input::Delete && ops[i].output == Output::Unknown).collect();
-    deletes.sort_by_key(|&i| ops[i].called);
     // (gap, the unknown delete that empties the item there)
     let mut emptied: Vec<(usize, usize)> = Vec::new();
     for &i in &order {
         let op = &ops[i];
+        if !matches!(op.output, Output::Read(None) | Output::DeleteRefused | Output::CasRefused) {
+            continue;
+        }
         let state_before = |gap: usize| if gap == 0 { None } else { after(gap - 1) };
         let fits = |state: Option<u64>| match (op.input, op.output) {
             (Input::Get, Output::Read(None)) | (Input::Delete, Output::DeleteRefused) => state.is_none(),
             (Input::Cas { expect, .. }, Output::CasRefused) => state.unwrap_or(0) != expect,
             _ => false,
         };
-        if !matches!(op.output, Output::Read(None) | Output::DeleteRefused | Output::CasRefused) {
-            continue;
-        }
         let needs_absent = op.output != Output::CasRefused;
         let mut done = false;
         // First a gap where the state fits as it is; only then one an unknown delete empties.

@@ -135,9 +135,15 @@ fn finish_install(db: &Arc<DB>, dir: &Path) -> Result<MachineMeta, StoreError> {
     batch.delete_cf(cf(db, CF_META), KEY_INSTALLING);
     db::write_synced(db, batch, "finish snapshot install")?;
     crate::crash::point("snapshot-install-before-publish");
-    std::fs::rename(&installing, dir.join(CURRENT)).map_err(|e| StoreError::io(&installing, e))?;
-    sync_dir(dir)?;
+    publish_installing(dir)?;
     Ok(machine)
+}
+
+/// Makes `installing.snap` the current snapshot, durably.
+fn publish_installing(dir: &Path) -> Result<(), StoreError> {
+    let installing = dir.join(INSTALLING);
+    std::fs::rename(&installing, dir.join(CURRENT)).map_err(|e| StoreError::io(&installing, e))?;
+    sync_dir(dir)
 }
 
 /// An `installing.snap` with no install marker is either a received file a crash interrupted
@@ -151,14 +157,14 @@ fn settle_installing(dir: &Path, meta: &MachineMeta) -> Result<(), StoreError> {
     match snapshot::verify(&installing) {
         Ok(h) if h.meta.last_log_id == meta.applied && h.machine.digest == meta.digest => {
             tracing::warn!("publishing a snapshot whose install a crash interrupted after it was loaded");
-            std::fs::rename(&installing, dir.join(CURRENT)).map_err(|e| StoreError::io(&installing, e))?;
+            publish_installing(dir)
         }
         _ => {
             tracing::warn!("removing a received snapshot that a crash left unchecked");
             std::fs::remove_file(&installing).map_err(|e| StoreError::io(&installing, e))?;
+            sync_dir(dir)
         }
     }
-    sync_dir(dir)
 }
 
 /// Removes what a crash can leave behind while a snapshot was being built or received.
