@@ -4,6 +4,9 @@
 //! catches up with no gap.
 
 mod common;
+#[path = "fault/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
 
 use std::time::Duration;
 
@@ -170,4 +173,54 @@ async fn an_object_store_outage_holds_archived_writes_then_refuses_writes_and_ca
     assert_eq!(metric(&cluster, leader, "keepsake_raft_is_leader"), 1.0);
     let (code, _) = http_request(&cluster.http_addr(leader), "GET", "/readyz").expect("GET /readyz");
     assert_eq!(code, 200, "ready again once the archive caught up");
+}
+
+/// Writes that never stop, for longer than `archive.max_backlog_seconds`, against an object
+/// store with a real one's latency (30 ms per chunk, through the fault proxy) that still keeps
+/// up: every upload sees new commits arrive while it runs, and that must not count as one
+/// ever-growing wait. (It did: the lag grew with the length of the run, and after
+/// max_backlog_seconds every write was refused with "the archive is behind".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sustained_writes_are_not_paused_by_an_archive_that_keeps_up() {
+    let s3 = S3Server::start();
+    let slow = proxy::Proxy::start("127.0.0.1:0", s3.endpoint.trim_start_matches("http://")).await;
+    slow.handle().set_default(proxy::Mode::Delay(Duration::from_millis(30)));
+    let cluster = Cluster::builder()
+        .archive_s3_via(&s3, "steady", &format!("http://{}", slow.listen))
+        .archive_option("max_backlog_seconds", "2")
+        .start()
+        .await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let run = Duration::from_secs(7);
+    let started = std::time::Instant::now();
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let mut client = cluster.store(leader);
+        writers.push(tokio::spawn(async move {
+            let (mut ok, mut refused) = (0u64, Vec::new());
+            while started.elapsed() < run {
+                let id = format!("w{w}-{ok}");
+                match put_durable(&mut client, &id, Durability::Quorum, Duration::from_secs(2)).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => refused.push(format!("{:?} {}", e.code(), e.message())),
+                }
+            }
+            (ok, refused)
+        }));
+    }
+    let mut max_lag: f64 = 0.0;
+    while started.elapsed() < run {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(s) = backup_status(&cluster, leader).await {
+            max_lag = max_lag.max(s.lag_seconds);
+        }
+    }
+    let mut total = 0;
+    for w in writers {
+        let (ok, refused) = w.await.expect("a writer panicked");
+        assert!(refused.is_empty(), "writes failed while the archive kept up: {refused:?}");
+        total += ok;
+    }
+    assert!(total > 100, "the writers kept writing: {total} writes");
+    assert!(max_lag < 2.0, "the archive lag stays under the upload cycle, not the run's length: {max_lag} s");
 }

@@ -80,6 +80,12 @@ impl Archiver {
         self.status.send_modify(f);
     }
 
+    /// Publishes when the oldest unarchived entry started waiting, if that changed.
+    fn show_waiting(&self, waiting: &Waiting) {
+        let us = waiting.since_us();
+        self.status.send_if_modified(|s| std::mem::replace(&mut s.pending_since_us, us) != us);
+    }
+
     fn fail(&self, what: &str, e: impl std::fmt::Display) {
         let message = format!("{what}: {e}");
         tracing::warn!(archive = %self.archive.url, "{message}");
@@ -166,23 +172,22 @@ impl Archiver {
             s.pending_since_us = 0;
         });
         let mut archived = archived;
-        let mut pending_since: Option<Instant> = None;
+        let mut waiting = Waiting::default();
         let max_age = Duration::from_millis(self.config.max_segment_age_ms);
         let max_bytes = self.config.max_segment_bytes;
         while self.is_leader() {
+            let read_at = Stamp::now();
             let committed = self.log.committed_index();
             let next = archived.map_or(0, |a| a + 1);
             let backlog = if committed < next { 0 } else { self.log.bytes_between(archived, committed) };
             if committed < next {
-                pending_since = None;
-                self.update(|s| s.pending_since_us = 0);
+                waiting.none();
+                self.show_waiting(&waiting);
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
-            let since = *pending_since.get_or_insert_with(|| {
-                self.update(|s| s.pending_since_us = now_us());
-                Instant::now()
-            });
+            let since = waiting.seen(read_at);
+            self.show_waiting(&waiting);
             // Decide from the byte totals whether to cut now, before reading anything.
             let last = self.log.last_within(
                 archived,
@@ -193,7 +198,7 @@ impl Archiver {
             let full =
                 backlog >= max_bytes || last < committed || committed - next + 1 >= MAX_ENTRIES_PER_SEGMENT as u64;
             let urgent = self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0;
-            if !full && !urgent && since.elapsed() < max_age {
+            if !full && !urgent && since.at.elapsed() < max_age {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -221,17 +226,12 @@ impl Archiver {
             match self.upload(batch).await {
                 Upload::Done(size) => {
                     archived = Some(last);
-                    // Still behind: the oldest waiting entry has waited at least this long.
-                    if self.log.committed_index() <= last {
-                        pending_since = None;
-                    }
+                    waiting.archived(last, committed, read_at, self.log.committed_index());
                     self.gate.set_limit(last);
                     self.write_head(last).await;
                     self.update(|s| {
                         s.archived_index = Some(last);
-                        if pending_since.is_none() {
-                            s.pending_since_us = 0;
-                        }
+                        s.pending_since_us = waiting.since_us();
                         s.last_success_us = now_us();
                         s.last_error.clear();
                         s.segments_uploaded += 1;
@@ -330,6 +330,57 @@ impl Archiver {
     }
 }
 
+/// A moment, on the monotonic clock (for decisions) and the wall clock (for the status).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Stamp {
+    at: Instant,
+    us: i64,
+}
+
+impl Stamp {
+    fn now() -> Stamp {
+        Stamp { at: Instant::now(), us: now_us() }
+    }
+}
+
+/// Since when the oldest committed entry not yet archived has waited (the archive lag), as
+/// far as the archiver can tell without timing every entry. The bound it keeps: the lag it
+/// reports is never less than the real one, and exceeds it by at most one upload cycle.
+#[derive(Debug, Default)]
+struct Waiting(Option<Stamp>);
+
+impl Waiting {
+    /// Committed entries wait, seen `now`: the clock starts unless it already runs.
+    fn seen(&mut self, now: Stamp) -> Stamp {
+        *self.0.get_or_insert(now)
+    }
+
+    /// Nothing waits.
+    fn none(&mut self) {
+        self.0 = None;
+    }
+
+    /// A segment archived every entry up to `last`; the cycle read the log at `read_at`, when
+    /// `read` was the committed index; `committed` is the committed index now. When the
+    /// segment took everything committed at `read_at`, whatever waits now was committed
+    /// after it, so the clock restarts there; when it took less (the segment was full), the
+    /// entry after `last` may have waited from the start, so the clock runs on.
+    fn archived(&mut self, last: u64, read: u64, read_at: Stamp, committed: u64) {
+        self.0 = if committed <= last {
+            None
+        } else if last >= read {
+            Some(read_at)
+        } else {
+            self.0
+        };
+    }
+
+    /// Unix microseconds when the wait began (0: nothing waits).
+    fn since_us(&self) -> i64 {
+        self.0.map_or(0, |s| s.us)
+    }
+}
+
 /// Multipart objects have parts of at least 5 MiB; larger segments go up in parts.
 const MULTIPART_ABOVE: usize = 8 << 20;
 
@@ -362,4 +413,48 @@ enum Upload {
     Done(usize),
     NoDigest,
     LeadershipLost,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(ms: u64, origin: Instant) -> Stamp {
+        Stamp { at: origin + Duration::from_millis(ms), us: ms as i64 * 1000 }
+    }
+
+    /// Under writes that never stop, every upload sees new commits arrive while it runs. The lag
+    /// must stay about one cycle, not grow with the length of the run: a lag that grows
+    /// without end pauses every write once it passes `archive.max_backlog_seconds`.
+    #[test]
+    fn the_lag_stays_one_cycle_under_writes_that_never_stop() {
+        let origin = Instant::now();
+        let mut waiting = Waiting::default();
+        let mut committed = 0;
+        for cycle in 0..1000u64 {
+            let read_at = stamp(cycle * 250, origin);
+            committed += 10;
+            waiting.seen(read_at);
+            let read = committed;
+            committed += 3; // committed while the segment uploaded
+            waiting.archived(read, read, read_at, committed);
+            assert_eq!(waiting.since_us(), read_at.us, "cycle {cycle}: the wait restarts where the log was read");
+        }
+    }
+
+    #[test]
+    fn a_full_segment_keeps_the_clock_running_and_catching_up_stops_it() {
+        let origin = Instant::now();
+        let mut waiting = Waiting::default();
+        let first = waiting.seen(stamp(0, origin));
+        // The segment took entries up to 100 of the 500 committed when it read the log.
+        waiting.archived(100, 500, stamp(10, origin), 600);
+        assert_eq!(waiting.since_us(), first.us, "entry 101 may have waited since the start");
+        assert_eq!(waiting.seen(stamp(20, origin)), first, "a running clock is not restarted");
+        waiting.archived(600, 600, stamp(20, origin), 600);
+        assert_eq!(waiting.since_us(), 0, "nothing waits once the archive holds every committed entry");
+        waiting.seen(stamp(30, origin));
+        waiting.none();
+        assert_eq!(waiting.since_us(), 0);
+    }
 }

@@ -5,7 +5,7 @@
 //! not three different clients: Keepsake through its gRPC Store API, etcd through its v3 API
 //! (`etcd-client`: Put and linearizable Range), PostgreSQL through `tokio-postgres` against a
 //! `kv(k text primary key, v bytea)` table (upsert and select on the primary). Each client owns
-//! one connection.
+//! one connection, or shares one (`share`) where the protocol multiplexes calls (gRPC).
 
 use std::time::Duration;
 
@@ -122,6 +122,18 @@ impl Driver {
                 let scan = client.prepare("SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k").await?;
                 Ok(Driver::Postgres { client, upsert, select, scan })
             }
+        }
+    }
+
+    /// Another client on the same connection: gRPC targets multiplex calls over one HTTP/2
+    /// connection; PostgreSQL cannot (None).
+    pub fn share(&self) -> Option<Driver> {
+        match self {
+            Driver::Keepsake { store, durability, timeout } => {
+                Some(Driver::Keepsake { store: store.clone(), durability: *durability, timeout: *timeout })
+            }
+            Driver::Etcd { client } => Some(Driver::Etcd { client: client.clone() }),
+            Driver::Postgres { .. } => None,
         }
     }
 

@@ -69,9 +69,14 @@ pub struct BenchArgs {
     /// PostgreSQL connection string (--target postgres).
     #[arg(long, default_value = "host=127.0.0.1 port=5432 user=postgres dbname=postgres")]
     postgres: String,
-    /// Concurrent clients, each with its own connection.
+    /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// Connections the clients share (default: one per client). gRPC multiplexes concurrent
+    /// calls over one HTTP/2 connection, as a gateway holding one channel per node does;
+    /// PostgreSQL runs one transaction at a time per connection, so it needs one per client.
+    #[arg(long)]
+    connections: Option<usize>,
     /// How long to measure (after the warm-up).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -150,6 +155,15 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     if args.clients == 0 || args.users == 0 || args.items_per_user == 0 {
         return Err(Failure::usage("--clients, --users and --items-per-user must be at least 1"));
     }
+    let connections = args.connections.unwrap_or(args.clients);
+    if connections == 0 || connections > args.clients {
+        return Err(Failure::usage("--connections must be between 1 and --clients"));
+    }
+    if connections != args.clients && args.target == Target::Postgres {
+        return Err(Failure::usage(
+            "PostgreSQL runs one transaction at a time per connection: drop --connections for --target postgres",
+        ));
+    }
     if args.start_cluster && args.target != Target::Keepsake {
         return Err(Failure::usage("--start-cluster starts Keepsake; drop it for --target etcd or postgres"));
     }
@@ -204,9 +218,13 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         postgres: args.postgres.clone(),
     };
     Driver::prepare_target(&connect).await?;
-    let mut drivers = Vec::with_capacity(args.clients);
+    let mut drivers: Vec<Driver> = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        drivers.push(Driver::connect(&connect, i).await?);
+        let driver = match drivers.get(i % connections) {
+            Some(d) if i >= connections => d.share().expect("only gRPC targets share connections"),
+            _ => Driver::connect(&connect, i).await?,
+        };
+        drivers.push(driver);
     }
     let keys = args.users * args.items_per_user;
     if args.preload && args.mix != Mix::Write {
@@ -293,6 +311,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         mix: Mix::to_possible_value(&args.mix).map_or_else(String::new, |v| v.get_name().to_string()),
         durability: format!("{:?}", args.durability).to_lowercase(),
         clients: args.clients,
+        connections,
         value_bytes: args.value_size,
         keys,
         seconds,

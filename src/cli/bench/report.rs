@@ -50,6 +50,7 @@ pub struct Report {
     pub mix: String,
     pub durability: String,
     pub clients: usize,
+    pub connections: usize,
     pub value_bytes: usize,
     pub keys: u64,
     pub seconds: f64,
@@ -71,8 +72,8 @@ fn ms(us: u64) -> String {
 impl Report {
     pub fn print_text(&self) {
         println!(
-            "{:?}  mix {}  {} clients  {} B values  {} keys  durability {}",
-            self.target, self.mix, self.clients, self.value_bytes, self.keys, self.durability
+            "{:?}  mix {}  {} clients on {} connections  {} B values  {} keys  durability {}",
+            self.target, self.mix, self.clients, self.connections, self.value_bytes, self.keys, self.durability
         );
         println!("  throughput   {:.0} ops/s ({} ops in {:.1} s)", self.ops_per_second, self.ops, self.seconds);
         let l = &self.latency;
