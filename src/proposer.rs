@@ -1,20 +1,22 @@
-//! Group commit at the application level: coalesces the client writes that arrive while earlier
-//! entries are in flight into one Raft log entry, so one fsync serves many writes.
+//! Group commit at the application level: coalesces the client writes that arrive while the
+//! previous entry commits into one Raft log entry, so one fsync and one replication round serve
+//! many writes.
+//!
+//! One entry is in flight at a time. On the 2-core development machine that beat four in
+//! flight at 64 clients (7,674 against 6,577 writes/s over five runs each, and a fifth less CPU
+//! per write) and at 8 clients: every entry costs a Raft round, an fsync and an apply call on
+//! each node, so fewer, larger entries are cheaper than more, smaller ones.
 //!
 //! The queue is bounded (`limits.max_pending_writes`): when it is full a write is refused with
 //! RESOURCE_EXHAUSTED rather than buffered without end. Every waiting client gets exactly one
 //! answer: the outcome of its write or the error that stopped its entry.
 
-use std::sync::Arc;
-
 use keepsake_raft::{Command, Raft, Write, WriteOutcome};
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::replica::ReplicaError;
 
-/// Entries proposed but not yet committed, at most.
-const MAX_ENTRIES_IN_FLIGHT: usize = 4;
 /// Writes in one entry, at most.
 const MAX_WRITES_PER_ENTRY: usize = 1024;
 /// Bytes of values in one entry, at most (a single larger write still goes alone).
@@ -68,10 +70,8 @@ fn write_bytes(w: &Write) -> usize {
 }
 
 async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
-    let in_flight = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        // Whatever queued while we waited for a slot joins this entry.
+        // Whatever queued while the previous entry committed joins this one.
         let mut bytes = write_bytes(&first.write);
         let mut batch = vec![first];
         while batch.len() < MAX_WRITES_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
@@ -83,11 +83,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            submit(&raft, batch).await;
-            drop(permit);
-        });
+        submit(&raft, batch).await;
     }
 }
 

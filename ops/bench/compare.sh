@@ -6,7 +6,11 @@
 # (`keepsake bench --target …`). Prints one table with the ratios.
 #
 # Usage: ops/bench/compare.sh [SECONDS_PER_RUN]   (default 10; warm-up 2 s per run)
-# Environment: BENCH_DIR (scratch directory, default target/bench), BENCH_CLIENTS (default 64).
+# Environment: BENCH_DIR (scratch directory, default target/bench), BENCH_CLIENTS (default 64),
+# BENCH_CONNECTIONS (default 8): the connections the many-client runs of the gRPC systems (etcd,
+# Keepsake) share, as a gateway holding a channel per node does and as etcd's own benchmark does
+# (--conns beside --clients); PostgreSQL runs one transaction per connection, so it gets one per
+# client. For reference Keepsake's write run is repeated with one connection per client.
 # Installs what is missing (etcd-server, postgresql-15, pgbackrest) from Debian's packages and
 # builds `keepsake` in release mode (the first build takes minutes; it is not counted in the
 # run). Everything it starts is stopped on exit, interrupt included.
@@ -15,6 +19,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SECS=${1:-10}
 CLIENTS=${BENCH_CLIENTS:-64}
+CONNS=${BENCH_CONNECTIONS:-8}
 BENCH_DIR=${BENCH_DIR:-$ROOT/target/bench}
 PGBIN=/usr/lib/postgresql/15/bin
 
@@ -64,8 +69,10 @@ bench() { # NAME TARGET [ARGS…]: one run, its JSON kept under results/
 }
 workloads() { # PREFIX [ARGS…]: the three workloads against one system
   local p=$1; shift
-  bench "$p-write" "$@" --mix write --clients "$CLIENTS"
-  bench "$p-90-10" "$@" --mix 90/10 --clients "$CLIENTS"
+  local shared=()
+  [ "$p" = postgres ] || shared=(--connections "$CONNS")
+  bench "$p-write" "$@" --mix write --clients "$CLIENTS" "${shared[@]}"
+  bench "$p-90-10" "$@" --mix 90/10 --clients "$CLIENTS" "${shared[@]}"
   bench "$p-write-1" "$@" --mix write --clients 1
 }
 wait_port() { # PORT: until something listens on 127.0.0.1:PORT (30 s)
@@ -180,21 +187,24 @@ ks() { # NAME [ARGS…]: a fresh 3-node cluster per run
   bench "$name" --target keepsake --start-cluster --cluster-dir "$RUN/keepsake/$name" --cluster-port 27001 "$@"
 }
 # The S3 test server's CPU counts as Keepsake's, as pgBackRest's counts as PostgreSQL's.
-ks keepsake-write --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix write --clients "$CLIENTS"
-ks keepsake-90-10 --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix 90/10 --clients "$CLIENTS"
+ks keepsake-write --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix write --clients "$CLIENTS" --connections "$CONNS"
+ks keepsake-90-10 --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix 90/10 --clients "$CLIENTS" --connections "$CONNS"
 ks keepsake-write-1 --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix write --clients 1
-# For reference: archiving to a directory on the same disk (as pgBackRest's repository is).
-ks keepsake-local-write --mix write --clients "$CLIENTS"
+# For reference: one connection per client, as PostgreSQL has…
+ks keepsake-1conn-write --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix write --clients "$CLIENTS"
+# …and archiving to a directory on the same disk (as pgBackRest's repository is).
+ks keepsake-local-write --mix write --clients "$CLIENTS" --connections "$CONNS"
 
 # ---- the table ---------------------------------------------------------------------------------
 python3 - "$RUN/results" <<'EOF'
 import json, os, sys
 d = sys.argv[1]
 r = {f[:-5]: json.load(open(os.path.join(d, f))) for f in os.listdir(d) if f.endswith(".json")}
-systems = ["etcd", "postgres", "keepsake", "keepsake-local"]
-loads = [("write", "write, 64 clients"), ("90-10", "90/10, 64 clients"), ("write-1", "write, 1 client")]
+systems = ["etcd", "postgres", "keepsake", "keepsake-1conn", "keepsake-local"]
+n = r.get("postgres-write", {}).get("clients", 64)
+loads = [("write", f"write, {n} clients"), ("90-10", f"90/10, {n} clients"), ("write-1", "write, 1 client")]
 ms = lambda us: f"{us / 1000:.2f}"
-print(f"\n{'workload':<20} {'system':<14} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU s':>7} {'max RSS MiB':>11}")
+print(f"\n{'workload':<20} {'system':<14} {'conns':>5} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU s':>7} {'max RSS MiB':>11}")
 for key, label in loads:
     for s in systems:
         x = r.get(f"{s}-{key}")
@@ -202,19 +212,19 @@ for key, label in loads:
             continue
         cpu = sum(p["cpu_seconds"] for p in x["servers"])
         rss = max((p["peak_rss_bytes"] for p in x["servers"]), default=0) / 2**20
-        print(f"{label:<20} {s:<14} {x['ops_per_second']:>9.0f} {ms(x['latency']['p50_us']):>8} {ms(x['latency']['p99_us']):>8} "
+        print(f"{label:<20} {s:<14} {x.get('connections', x['clients']):>5} {x['ops_per_second']:>9.0f} {ms(x['latency']['p50_us']):>8} {ms(x['latency']['p99_us']):>8} "
               f"{sum(x['errors'].values()):>7} {cpu:>7.1f} {rss:>11.0f}")
-print(f"\n{'ratio keepsake / …':<20} {'':<14} {'ops/s':>9} {'p50':>8} {'p99':>8}")
+print(f"\n{'ratio keepsake / …':<20} {'':<14} {'':>5} {'ops/s':>9} {'p50':>8} {'p99':>8}")
 for key, label in loads:
     k = r.get(f"keepsake-{key}")
     for s in ["etcd", "postgres"]:
         x = r.get(f"{s}-{key}")
         if not (k and x):
             continue
-        print(f"{label:<20} {s:<14} {k['ops_per_second'] / x['ops_per_second']:>9.2f} "
+        print(f"{label:<20} {s:<14} {'':>5} {k['ops_per_second'] / x['ops_per_second']:>9.2f} "
               f"{k['latency']['p50_us'] / x['latency']['p50_us']:>8.2f} {k['latency']['p99_us'] / x['latency']['p99_us']:>8.2f}")
 print()
-for name, where in [("keepsake-write", "S3 test server"), ("keepsake-local-write", "local directory")]:
+for name, where in [("keepsake-write", "S3 test server"), ("keepsake-1conn-write", "S3 test server, a connection per client"), ("keepsake-local-write", "local directory")]:
     a = (r.get(name) or {}).get("archive_lag")
     if a:
         print(f"keepsake archive lag, 64-client write run, archive in the {where}: "

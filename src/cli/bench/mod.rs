@@ -380,8 +380,11 @@ async fn sample_archive_lag(leader: Option<String>, shared: Arc<Shared>, timeout
     while !shared.stop.load(Ordering::SeqCst) {
         let mut req = tonic::Request::new(BackupStatusRequest {});
         req.set_timeout(timeout);
-        if let Ok(s) = admin.backup_status(req).await {
-            let _ = h.record((s.into_inner().lag_seconds * 1e6) as u64);
+        // Only the uploader knows the lag: a node that lost the leadership reports none.
+        if let Ok(s) = admin.backup_status(req).await.map(|r| r.into_inner()) {
+            if s.uploading {
+                let _ = h.record((s.lag_seconds * 1e6) as u64);
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
