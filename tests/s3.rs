@@ -224,3 +224,44 @@ async fn sustained_writes_are_not_paused_by_an_archive_that_keeps_up() {
     assert!(total > 100, "the writers kept writing: {total} writes");
     assert!(max_lag < 2.0, "the archive lag stays under the upload cycle, not the run's length: {max_lag} s");
 }
+
+/// A second cluster started with the same id and the same archive url as one that archived
+/// there before (its disks lost, say, and bootstrapped again instead of restored) must not
+/// upload into the first one's history, nor quietly wait until its own index passes the
+/// archive's: the leader says what is wrong and archives nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_cluster_with_the_same_id_does_not_archive_into_the_first_ones_history() {
+    let s3 = S3Server::start();
+    let first = Cluster::builder().cluster_id("twin").archive_s3(&s3, "shared").start().await;
+    let leader = first.wait_for_leader(LEADER_TIMEOUT).await;
+    let clients = first.stores(&first.ids());
+    write_items(&clients, "s3user", "first", 0..300, 16).await;
+    let mut client = first.store(leader);
+    put_durable(&mut client, "last-of-first", Durability::Archived, Duration::from_secs(10))
+        .await
+        .expect("ARCHIVED put on the first cluster");
+    for id in first.ids() {
+        first.kill(id);
+    }
+    let archived = list_segments(&first);
+
+    let second = Cluster::builder().cluster_id("twin").archive_s3(&s3, "shared").start().await;
+    let leader = second.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut client = second.store(leader);
+    for i in 0..5 {
+        put_durable(&mut client, &format!("second-{i}"), Durability::Quorum, Duration::from_secs(5))
+            .await
+            .expect("QUORUM writes go on");
+    }
+    let status = eventually(Duration::from_secs(15), || async {
+        backup_status(&second, leader).await.filter(|s| s.last_error.contains("another cluster"))
+    })
+    .await
+    .expect("the leader reports that the archive holds another cluster's history");
+    assert!(status.last_error.contains("twin"), "the error names the cluster id: {}", status.last_error);
+    let e = put_durable(&mut client, "second-archived", Durability::Archived, Duration::from_millis(1500))
+        .await
+        .expect_err("an ARCHIVED write cannot be acknowledged into another cluster's archive");
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{}", e.message());
+    assert_eq!(list_segments(&second), archived, "nothing was uploaded into the first cluster's history");
+}

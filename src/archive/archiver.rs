@@ -132,6 +132,22 @@ impl Archiver {
         }
     }
 
+    /// Why an archive that claims to hold `archived` cannot be this cluster's: the archive only
+    /// ever holds committed entries, and every node that can lead holds every committed entry,
+    /// so an archive past the leader's last log index holds another history — a second cluster
+    /// started with the same id and archive url. Only the leader can tell: a follower may lag.
+    fn foreign(&self, archived: u64) -> Option<String> {
+        let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        (archived > last).then(|| {
+            format!(
+                "the archive {} already holds index {archived}, past this node's last log index {last}: another \
+                 cluster with id {:?} archives there (or did). Nothing is uploaded into a history that is not this \
+                 cluster's: give this cluster its own archive url or cluster id, or restore from that archive",
+                self.archive.url, self.cluster_id
+            )
+        })
+    }
+
     /// The last index the archive holds, from the listing alone: the newest segment's last
     /// entry, or the newest snapshot's index if that is further (retention may have left no
     /// segment after it).
@@ -146,10 +162,13 @@ impl Archiver {
 
     /// As leader: upload segments until leadership moves.
     async fn lead(&self) {
-        // Until the archive's last index is known, the whole wait counts as archive lag.
+        // Until the archive's last index is known, the whole wait counts as archive lag, and
+        // nothing counts as archived: what this node read from `head` as a follower is not
+        // proof enough for an ARCHIVED write's answer.
         self.update(|s| {
             s.uploading = true;
             s.pending_since_us = now_us();
+            s.archived_index = None;
         });
         let archived = loop {
             if !self.is_leader() {
@@ -163,6 +182,12 @@ impl Archiver {
                 }
             }
         };
+        if let Some(problem) = archived.and_then(|a| self.foreign(a)) {
+            // Never upload into another history, and never let the log be purged on its say.
+            self.fail("archiving", problem);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return;
+        }
         tracing::info!(archived = ?archived, "archiving as leader");
         if let Some(a) = archived {
             self.gate.set_limit(a);

@@ -38,6 +38,9 @@ impl LocalCluster {
         let peer = |i: u16| format!("127.0.0.1:{}", base_port + 100 + i);
         let members: Vec<String> = (0..3).map(|i| format!("{}={}/{}", i + 1, client(i), peer(i))).collect();
         let exe = std::env::current_exe().context("find the keepsake executable")?;
+        // Each run is its own cluster, so runs sharing an archive (one bucket) do not share a
+        // history: the archive keeps each cluster's objects under its id.
+        let cluster_id = format!("keepsake-bench-{}-{}", crate::proposer::now_us() / 1_000_000, std::process::id());
         let mut cluster = LocalCluster {
             dir: dir.to_path_buf(),
             client_addrs: (0..3).map(client).collect(),
@@ -50,7 +53,7 @@ impl LocalCluster {
             cmd.arg("serve")
                 .arg("--config")
                 .arg(&config)
-                .args(["--node-id", &(i + 1).to_string(), "--cluster-id", "keepsake-bench"])
+                .args(["--node-id", &(i + 1).to_string(), "--cluster-id", &cluster_id])
                 .arg("--data-dir")
                 .arg(dir.join(format!("node{}", i + 1)))
                 .args(["--client-addr", &client(i), "--peer-addr", &peer(i)])
