@@ -183,7 +183,9 @@ impl Archiver {
             }
         };
         if let Some(problem) = archived.and_then(|a| self.foreign(a)) {
-            // Never upload into another history, and never let the log be purged on its say.
+            // Never upload into another history, and never let the log be purged on its say
+            // (as a follower this node may have opened the gate to that history's `head`).
+            self.gate.set_limit(0);
             self.fail("archiving", problem);
             tokio::time::sleep(Duration::from_secs(5)).await;
             return;
