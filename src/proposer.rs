@@ -3,9 +3,9 @@
 //! many writes.
 //!
 //! One entry is in flight at a time. On the 2-core development machine that beat four in
-//! flight at 64 clients (7,674 against 6,577 writes/s over five runs each, and a fifth less CPU
-//! per write) and at 8 clients: every entry costs a Raft round, an fsync and an apply call on
-//! each node, so fewer, larger entries are cheaper than more, smaller ones.
+//! flight in 7 of 8 paired 64-client runs (+12 % writes/s on average, less CPU per write) and
+//! at 8 clients: every entry costs a Raft round, an fsync and an apply call on each node, so
+//! fewer, larger entries are cheaper than more, smaller ones.
 //!
 //! The queue is bounded (`limits.max_pending_writes`): when it is full a write is refused with
 //! RESOURCE_EXHAUSTED rather than buffered without end. Every waiting client gets exactly one
