@@ -183,7 +183,7 @@ async fn an_object_store_outage_holds_archived_writes_then_refuses_writes_and_ca
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sustained_writes_are_not_paused_by_an_archive_that_keeps_up() {
     let s3 = S3Server::start();
-    let slow = proxy::Proxy::start("127.0.0.1:0", s3.endpoint.trim_start_matches("http://")).await;
+    let slow = proxy::Proxy::start("127.0.0.1:0", &s3.addr).await;
     slow.handle().set_default(proxy::Mode::Delay(Duration::from_millis(30)));
     let cluster = Cluster::builder()
         .archive_s3_via(&s3, "steady", &format!("http://{}", slow.listen))

@@ -187,11 +187,12 @@ ks() { # NAME [ARGS…]: a fresh 3-node cluster per run
   bench "$name" --target keepsake --start-cluster --cluster-dir "$RUN/keepsake/$name" --cluster-port 27001 "$@"
 }
 # The S3 test server's CPU counts as Keepsake's, as pgBackRest's counts as PostgreSQL's.
-ks keepsake-write --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix write --clients "$CLIENTS" --connections "$CONNS"
-ks keepsake-90-10 --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix 90/10 --clients "$CLIENTS" --connections "$CONNS"
-ks keepsake-write-1 --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix write --clients 1
+S3_ARCHIVE=(--node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID")
+ks keepsake-write "${S3_ARCHIVE[@]}" --mix write --clients "$CLIENTS" --connections "$CONNS"
+ks keepsake-90-10 "${S3_ARCHIVE[@]}" --mix 90/10 --clients "$CLIENTS" --connections "$CONNS"
+ks keepsake-write-1 "${S3_ARCHIVE[@]}" --mix write --clients 1
 # For reference: one connection per client, as PostgreSQL has…
-ks keepsake-1conn-write --node-config "$RUN/keepsake/node.toml" --watch-pid "$MOTO_PID" --mix write --clients "$CLIENTS"
+ks keepsake-1conn-write "${S3_ARCHIVE[@]}" --mix write --clients "$CLIENTS"
 # …and archiving to a directory on the same disk (as pgBackRest's repository is).
 ks keepsake-local-write --mix write --clients "$CLIENTS" --connections "$CONNS"
 

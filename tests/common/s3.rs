@@ -19,7 +19,8 @@ pub struct S3Server {
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
     pub bucket: String,
-    addr: String,
+    /// `127.0.0.1:PORT`, for a proxy in front of it.
+    pub addr: String,
 }
 
 fn server_program() -> PathBuf {

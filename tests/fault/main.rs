@@ -178,8 +178,7 @@ fn assert_clean(s: &Summary) {
 async fn run(plan: &Plan) -> Summary {
     eprintln!("fault run: seed {} (replay the schedule with KEEPSAKE_FAULT_SEED={})", plan.seed, plan.seed);
     let s3 = S3Server::start();
-    let s3_addr = s3.endpoint.trim_start_matches("http://").to_owned();
-    let object_store = Proxy::start("127.0.0.1:0", &s3_addr).await;
+    let object_store = Proxy::start("127.0.0.1:0", &s3.addr).await;
     let small_disks = is_root();
     if !small_disks {
         eprintln!("fault run: not root, so no tmpfs data directories: the full-disk fault is skipped");

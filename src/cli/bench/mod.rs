@@ -220,9 +220,10 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     Driver::prepare_target(&connect).await?;
     let mut drivers: Vec<Driver> = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        let driver = match drivers.get(i % connections) {
-            Some(d) if i >= connections => d.share().expect("only gRPC targets share connections"),
-            _ => Driver::connect(&connect, i).await?,
+        let driver = if i < connections {
+            Driver::connect(&connect, i).await?
+        } else {
+            drivers[i % connections].share().expect("only gRPC targets share connections")
         };
         drivers.push(driver);
     }
