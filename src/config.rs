@@ -151,6 +151,10 @@ pub struct RaftConfig {
     pub keep_entries_after_snapshot: u64,
     /// How long a follower waits for one snapshot chunk.
     pub install_snapshot_timeout_ms: u64,
+    /// The leader answers linearizable reads from its lease (replication acknowledgements no
+    /// older than `election_timeout_min_ms`) instead of a heartbeat round per batch of reads.
+    /// Needs the nodes' clocks to run at about the same rate (see `lease.rs`).
+    pub lease_reads: bool,
 }
 
 impl Default for NodeConfig {
@@ -180,6 +184,7 @@ impl Default for RaftConfig {
             snapshot_every_entries: 10_000,
             keep_entries_after_snapshot: 5_000,
             install_snapshot_timeout_ms: 30_000,
+            lease_reads: true,
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod cli;
 pub mod config;
+pub mod lease;
 pub mod limits;
 pub mod node;
 pub mod peer;

@@ -601,6 +601,10 @@ async fn requests_fail_within_their_deadline_when_two_nodes_are_down() {
         for id in cluster.ids().into_iter().filter(|&id| id != leader) {
             cluster.kill(id);
         }
+        // Within its lease (src/lease.rs) the leader may still answer reads, rightly: no other
+        // leader can exist yet. Past the followers' lease (election_timeout_max_ms, 450 ms in
+        // tests) it must not.
+        tokio::time::sleep(Duration::from_millis(500)).await;
 
         let get_req = GetRequest { key: Some(key("deadline", "items", "x")), consistency: 0 };
         let started = Instant::now();

@@ -16,6 +16,7 @@ use openraft::raft::{
 use tonic::transport::{Channel, Endpoint};
 
 use super::{decode, encode};
+use crate::lease::Acks;
 use crate::proto::raft::raft_transport_client::RaftTransportClient;
 use crate::proto::raft::{ProposeRequest, RaftMessage, ReadIndexRequest, TimeoutNowRequest};
 
@@ -23,6 +24,8 @@ use crate::proto::raft::{ProposeRequest, RaftMessage, ReadIndexRequest, TimeoutN
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Which AppendEntries each peer accepted, and when they were sent: the leader's lease.
+    pub acks: Arc<Acks>,
     max_message_bytes: usize,
     /// Where outgoing connections come from; None: the OS chooses.
     source_ip: Option<IpAddr>,
@@ -30,7 +33,7 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(max_message_bytes: usize, source_ip: Option<IpAddr>) -> Self {
-        Peers { channels: Arc::default(), max_message_bytes, source_ip }
+        Peers { channels: Arc::default(), acks: Arc::default(), max_message_bytes, source_ip }
     }
 
     pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, tonic::Status> {
@@ -76,9 +79,15 @@ impl Peers {
         Ok(self.client(leader_addr)?.read_index(req).await?.into_inner().index)
     }
 
-    /// Tells a peer to start an election now (leader transfer).
-    pub async fn timeout_now(&self, addr: &str, from: NodeId, timeout: Duration) -> Result<(), tonic::Status> {
-        let mut req = tonic::Request::new(TimeoutNowRequest { from_node_id: from });
+    /// Tells a peer to start an election now (leader transfer by the leader `from` of `term`).
+    pub async fn timeout_now(
+        &self,
+        addr: &str,
+        from: NodeId,
+        term: u64,
+        timeout: Duration,
+    ) -> Result<(), tonic::Status> {
+        let mut req = tonic::Request::new(TimeoutNowRequest { from_node_id: from, term });
         req.set_timeout(timeout);
         self.client(addr)?.timeout_now(req).await.map(|_| ())
     }
@@ -144,7 +153,12 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.call("append", &rpc, &option).await
+        let (vote, sent) = (rpc.vote, std::time::Instant::now());
+        let resp = self.call("append", &rpc, &option).await;
+        if matches!(resp, Ok(ref r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.peers.acks.record(self.target, vote, sent);
+        }
+        resp
     }
 
     async fn install_snapshot(

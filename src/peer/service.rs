@@ -46,8 +46,22 @@ impl RaftTransport for PeerService {
     }
 
     async fn timeout_now(&self, request: Request<TimeoutNowRequest>) -> Result<Response<TimeoutNowResponse>, Status> {
-        tracing::info!(from = request.get_ref().from_node_id, "leader transfer: starting an election");
-        self.replica.raft.trigger().elect().await.map_err(|e| Status::unavailable(format!("raft stopped: {e}")))?;
+        let TimeoutNowRequest { from_node_id: from, term } = request.into_inner();
+        let raft = &self.replica.raft;
+        let follows = raft
+            .with_raft_state(move |st| {
+                let vote = st.vote_ref();
+                vote.is_committed() && vote.leader_id().get_term() == term && vote.leader_id().voted_for() == Some(from)
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("raft stopped: {e}")))?;
+        if !follows {
+            return Err(Status::failed_precondition(format!(
+                "this node no longer follows node {from} in term {term}; not standing for election"
+            )));
+        }
+        tracing::info!(from, term, "leader transfer: starting an election");
+        raft.trigger().elect().await.map_err(|e| Status::unavailable(format!("raft stopped: {e}")))?;
         Ok(Response::new(TimeoutNowResponse {}))
     }
 

@@ -66,6 +66,20 @@ async fn metrics(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
         "Index of the newest Raft snapshot.",
         m.snapshot.map_or(0, |l| l.index) as f64,
     );
+    let c = |out: &mut String, name: &str, help: &str, v: f64| metric(out, name, "counter", help, v);
+    let (lease, rounds) = (&replica.read_index.lease.answered, &replica.read_index.rounds);
+    c(
+        &mut out,
+        "keepsake_read_index_lease_total",
+        "Read-index confirmations this leader answered from its lease.",
+        lease.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    c(
+        &mut out,
+        "keepsake_read_index_rounds_total",
+        "Read-index confirmations this leader ran as a heartbeat round to a quorum.",
+        rounds.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
     let point = replica.reader.applied();
     g(&mut out, "keepsake_items", "Live items in the applied state.", point.items as f64);
     g(&mut out, "keepsake_revision", "Highest revision handed out.", point.revision as f64);
@@ -94,7 +108,6 @@ async fn metrics(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
         "Unix time the newest archive snapshot was written (0: none).",
         b.newest_snapshot_unix_us as f64 / 1e6,
     );
-    let c = |out: &mut String, name: &str, help: &str, v: f64| metric(out, name, "counter", help, v);
     c(&mut out, "keepsake_archive_uploaded_segments_total", "Segments this node uploaded.", b.segments_uploaded as f64);
     c(&mut out, "keepsake_archive_uploaded_bytes_total", "Segment bytes this node uploaded.", b.bytes_uploaded as f64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

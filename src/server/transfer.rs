@@ -3,6 +3,8 @@
 //! The leader checks the target is a voter that has every entry, stops heartbeats so the
 //! followers' leader lease runs out, then tells the target to start an election (TimeoutNow).
 //! Heartbeats resume whatever happens, so a failed transfer leaves the old leader in place.
+//! From the TimeoutNow on, this node answers no read from its own lease (`lease.rs`) in the
+//! term the transfer ran in.
 
 use std::time::Duration;
 
@@ -32,7 +34,10 @@ pub async fn run(replica: &Replica, to: NodeId, deadline: Instant) -> Result<Tra
     raft.runtime_config().heartbeat(false);
     let result = async {
         tokio::time::sleep(lease + Duration::from_millis(50)).await;
-        replica.peers.timeout_now(&target.peer_addr, replica.id, Duration::from_secs(2)).await.map_err(|e| {
+        // The target will not wait for this leader's lease to run out: stop trusting it first.
+        replica.read_index.lease.give_up();
+        let term = metrics.current_term;
+        replica.peers.timeout_now(&target.peer_addr, replica.id, term, Duration::from_secs(2)).await.map_err(|e| {
             Status::unavailable(format!("node {to} did not take the election request: {}", e.message()))
         })?;
         let mut m = raft.metrics();
@@ -50,6 +55,7 @@ pub async fn run(replica: &Replica, to: NodeId, deadline: Instant) -> Result<Tra
     }
     .await;
     raft.runtime_config().heartbeat(true);
+    replica.read_index.lease.given_up_through(raft.metrics().borrow().current_term);
     result
 }
 

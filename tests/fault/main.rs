@@ -150,6 +150,64 @@ async fn a_node_on_a_full_disk_exits_and_catches_up_once_space_is_freed() {
     assert!(missing.is_empty(), "acknowledged writes missing after the full disk: {missing:?}");
 }
 
+/// The leader's lease (`src/lease.rs`) must run out before another node can lead. A leader
+/// cut off from both peers goes on believing it leads; once the other two have elected a new
+/// leader and acknowledged a newer value, the old one must never answer a linearizable read
+/// with the value that was replaced. While the cluster is whole, its reads come from the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_never_answers_a_read_with_a_value_a_new_leader_replaced() {
+    let cluster = Arc::new(Cluster::builder().peer_proxies().prepare());
+    let mut peers = HashMap::new();
+    for id in cluster.ids() {
+        peers.insert(id, Proxy::start(&cluster.peer_addr(id), &cluster.peer_listen_addr(id)).await);
+    }
+    cluster.launch(3).await;
+    let old = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let mut on_old = cluster.store(old);
+    common::put(&mut on_old, "u", "c", "k", "before").await.expect("put on the whole cluster");
+    let lease_reads = || common::metric(&cluster, old, "keepsake_read_index_lease_total");
+    let before = lease_reads();
+    for _ in 0..20 {
+        let item = common::get(&mut on_old, "u", "c", "k").await.expect("read on the whole cluster");
+        assert_eq!(item.value, b"before");
+    }
+    assert!(lease_reads() > before, "no read on the whole cluster came from the leader's lease");
+
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+    for &other in &others {
+        peers[&other].handle().set_source(common::peer_source_ip(old).into(), proxy::Mode::Stall);
+        peers[&old].handle().set_source(common::peer_source_ip(other).into(), proxy::Mode::Stall);
+    }
+    let new = common::eventually(Duration::from_secs(20), || async {
+        for &id in &others {
+            if cluster.get_node_status(id).await.is_ok_and(|s| s.role == "leader") {
+                return Some(id);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the two connected nodes elect a leader");
+    common::put(&mut cluster.store(new), "u", "c", "k", "after").await.expect("the majority takes the write");
+
+    let started = Instant::now();
+    let mut refused = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let message = GetRequest { key: Some(key("u", "c", "k")), consistency: Consistency::Linearizable as i32 };
+        match bounded_for(Duration::from_millis(600), on_old.get(request(message, Duration::from_millis(500)))).await {
+            Ok(resp) => {
+                let value = resp.item.map(|i| i.value).unwrap_or_default();
+                assert_ne!(value, b"before", "node {old}, cut off, answered a read with a value node {new} replaced");
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(refused > 0, "the cut-off leader answered every read");
+    for proxy in peers.values() {
+        proxy.handle().heal();
+    }
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
 }

@@ -1,0 +1,194 @@
+//! The leader's lease: when a linearizable read needs no quorum round of its own.
+//!
+//! openraft 0.9's followers refuse to vote for another candidate for `election_timeout_max`
+//! after they last accepted the leader's AppendEntries (openraft's `leader_lease`), and a
+//! follower stands for election itself only after that plus an election timeout. So once a
+//! quorum of voters has accepted AppendEntries the leader *sent* at time `t`, no other leader can
+//! be elected before `t + election_timeout_max` without this leader's own vote — and a leader
+//! that grants a vote has stepped down in its Raft core. The leader trusts the lease only until
+//! `t + election_timeout_min`; the difference is the margin for the nodes' clocks running at
+//! different rates.
+//!
+//! `Acks` learns `t` from the replication traffic itself: the peer transport records, per peer,
+//! the send time of the newest AppendEntries it accepted (any answer but `HigherVote` means the
+//! peer took the vote). Heartbeats and writes both renew it, so the lease costs no messages.
+//!
+//! Invariant: `Lease::read_index` answers only when (1) Raft's core, at a moment after the call
+//! began and in its own order with the vote requests it handles, says this node leads and has
+//! committed an entry of its own term, and (2) a quorum of voters accepted, under the same vote,
+//! AppendEntries sent at most `election_timeout_min` before the core's answer came back. It then
+//! answers the core's commit index, which covers every write acknowledged before the call.
+//! Anything else (a joint membership, a leader transfer under way, a new leader's first moments,
+//! `raft.lease_reads = false`) gives no answer and the caller runs a quorum round.
+//!
+//! Assumed: the nodes' monotonic clocks advance at rates within that margin of each other. A VM
+//! whose clock stops while the VM is paused breaks this; run such nodes with lease reads off.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use keepsake_raft::{NodeId, Raft};
+use openraft::{ServerState, Vote};
+
+/// Per peer: the vote and send time of the newest AppendEntries it accepted.
+#[derive(Default)]
+pub struct Acks(Mutex<HashMap<NodeId, (Vote<NodeId>, Instant)>>);
+
+impl Acks {
+    /// `peer` accepted AppendEntries carrying `vote`, sent at `sent`. An answer under an older
+    /// term than the one already recorded is ignored (answers can overtake each other).
+    pub fn record(&self, peer: NodeId, vote: Vote<NodeId>, sent: Instant) {
+        let mut acks = self.0.lock().expect("the ack map is never poisoned");
+        let term = vote.leader_id().get_term();
+        match acks.get_mut(&peer) {
+            Some((v, t)) if *v == vote => *t = (*t).max(sent),
+            Some((v, _)) if v.leader_id().get_term() > term => {}
+            _ => {
+                acks.insert(peer, (vote, sent));
+            }
+        }
+    }
+
+    /// The latest time `t` such that a majority of `voters` accepted AppendEntries sent at or
+    /// after `t` under `vote`; `me` counts as accepting at `now`. None without such a majority.
+    pub fn quorum_acked(&self, vote: &Vote<NodeId>, me: NodeId, voters: &[NodeId], now: Instant) -> Option<Instant> {
+        let acks = self.0.lock().expect("the ack map is never poisoned");
+        let mut times: Vec<Instant> = voters
+            .iter()
+            .filter_map(|v| match acks.get(v) {
+                _ if *v == me => Some(now),
+                Some((acked, t)) if acked == vote => Some(*t),
+                _ => None,
+            })
+            .collect();
+        let quorum = voters.len() / 2 + 1;
+        if voters.is_empty() || times.len() < quorum {
+            return None;
+        }
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        Some(times[quorum - 1])
+    }
+}
+
+pub struct Lease {
+    raft: Raft,
+    me: NodeId,
+    acks: std::sync::Arc<Acks>,
+    /// How long after a quorum-acknowledged send this leader trusts its lease.
+    trust: Duration,
+    enabled: bool,
+    /// The lease is given up in every term up to this one (u64::MAX: in every term, while a
+    /// leader transfer runs).
+    given_up_through: AtomicU64,
+    /// Read indexes answered from the lease, for `/metrics`.
+    pub answered: AtomicU64,
+}
+
+impl Lease {
+    pub fn new(raft: Raft, me: NodeId, acks: std::sync::Arc<Acks>, trust: Duration, enabled: bool) -> Self {
+        Lease { raft, me, acks, trust, enabled, given_up_through: AtomicU64::new(0), answered: AtomicU64::new(0) }
+    }
+
+    /// The index a linearizable read must see applied, if the lease holds now; see the module doc.
+    pub async fn read_index(&self) -> Option<u64> {
+        if !self.enabled {
+            return None;
+        }
+        let me = self.me;
+        let (vote, index, voters) = self
+            .raft
+            .with_raft_state(move |st| {
+                let vote = *st.vote_ref();
+                let leads = st.server_state == ServerState::Leader
+                    && vote.is_committed()
+                    && vote.leader_id().voted_for() == Some(me);
+                let committed = st.committed?;
+                let own_term = committed.leader_id.term == vote.leader_id().get_term();
+                let configs = st.membership_state.effective().membership().get_joint_config();
+                if !leads || !own_term || configs.len() != 1 {
+                    return None;
+                }
+                Some((vote, committed.index, configs[0].iter().copied().collect::<Vec<_>>()))
+            })
+            .await
+            .ok()??;
+        let checked = Instant::now();
+        if vote.leader_id().get_term() <= self.given_up_through.load(Ordering::SeqCst) {
+            return None;
+        }
+        let acked = self.acks.quorum_acked(&vote, me, &voters, checked)?;
+        if checked >= acked + self.trust {
+            return None;
+        }
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        Some(index)
+    }
+
+    /// Stops lease reads before this leader asks another node to stand for election: that node
+    /// will not wait for the lease to run out.
+    pub fn give_up(&self) {
+        self.given_up_through.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// After a leader transfer: the lease stays given up in every term up to `term` (the one the
+    /// transfer ran in), and comes back if this node is elected again later.
+    pub fn given_up_through(&self, term: u64) {
+        self.given_up_through.store(term, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(base: Instant, ms: u64) -> Instant {
+        base + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_quorum_is_the_leader_and_the_freshest_follower() {
+        let acks = Acks::default();
+        let vote = Vote::new_committed(3, 1);
+        let base = Instant::now();
+        let now = at(base, 100);
+        assert_eq!(acks.quorum_acked(&vote, 1, &[1, 2, 3], now), None, "no follower has answered");
+        acks.record(2, vote, at(base, 10));
+        assert_eq!(acks.quorum_acked(&vote, 1, &[1, 2, 3], now), Some(at(base, 10)));
+        acks.record(3, vote, at(base, 40));
+        assert_eq!(acks.quorum_acked(&vote, 1, &[1, 2, 3], now), Some(at(base, 40)));
+        // An answer that overtook a newer one does not move the time back.
+        acks.record(3, vote, at(base, 20));
+        assert_eq!(acks.quorum_acked(&vote, 1, &[1, 2, 3], now), Some(at(base, 40)));
+        // Five voters need two followers besides the leader.
+        assert_eq!(acks.quorum_acked(&vote, 1, &[1, 2, 3, 4, 5], now), Some(at(base, 10)));
+        // A single voter is its own quorum.
+        assert_eq!(acks.quorum_acked(&vote, 1, &[1], now), Some(now));
+        // Peers that are not voters do not count.
+        assert_eq!(acks.quorum_acked(&vote, 1, &[1, 4, 5], now), None);
+    }
+
+    #[test]
+    fn answers_under_another_vote_do_not_count() {
+        let acks = Acks::default();
+        let base = Instant::now();
+        let old = Vote::new_committed(3, 1);
+        let new = Vote::new_committed(5, 1);
+        acks.record(2, old, at(base, 50));
+        assert_eq!(
+            acks.quorum_acked(&new, 1, &[1, 2, 3], at(base, 60)),
+            None,
+            "an ack from term 3 is no lease in term 5"
+        );
+        acks.record(2, new, at(base, 10));
+        acks.record(2, old, at(base, 90));
+        assert_eq!(
+            acks.quorum_acked(&new, 1, &[1, 2, 3], at(base, 100)),
+            Some(at(base, 10)),
+            "a late answer from an older term neither replaces nor extends the newer one"
+        );
+        let other_leader = Vote::new_committed(5, 2);
+        assert_eq!(acks.quorum_acked(&other_leader, 1, &[1, 2, 3], at(base, 100)), None);
+    }
+}
