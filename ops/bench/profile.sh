@@ -32,10 +32,10 @@ wait $BENCH || true
 {
   echo "== bench"; cat "$OUT/bench.txt"
   echo; echo "== CPU samples by process and thread"
-  perf report -i "$OUT/perf.data" --no-children --sort pid,comm --stdio -g none 2>/dev/null | grep -v '^#' | grep . | head -20
+  perf report -i "$OUT/perf.data" --no-children --sort pid,comm --stdio -g none 2>/dev/null | grep -v '^#' | grep . | head -20 || true
   echo; echo "== inclusive (children), top functions"
-  perf report -i "$OUT/perf.data" --children --sort symbol --stdio -g none --percent-limit 3 2>/dev/null | grep -v '^#' | grep . | cut -c1-150 | head -60
+  perf report -i "$OUT/perf.data" --children --sort symbol --stdio -g none --percent-limit 3 2>/dev/null | grep -v '^#' | grep . | cut -c1-150 | head -60 || true
   echo; echo "== self time, top functions"
-  perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio -g none --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep . | cut -c1-150 | head -40
+  perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio -g none --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep . | cut -c1-150 | head -40 || true
 } | tee "$OUT/summary.txt"
 echo "profile: $OUT/summary.txt (perf.data kept for perf report)" >&2
