@@ -13,16 +13,25 @@
 //! the send time of the newest AppendEntries it accepted (any answer but `HigherVote` means the
 //! peer took the vote). Heartbeats and writes both renew it, so the lease costs no messages.
 //!
-//! Invariant: `Lease::read_index` answers only when (1) Raft's core, at a moment after the call
-//! began and in its own order with the vote requests it handles, says this node leads and has
-//! committed an entry of its own term, and (2) a quorum of voters accepted, under the same vote,
-//! AppendEntries sent at most `election_timeout_min` before the core's answer came back. It then
-//! answers the core's commit index, which covers every write acknowledged before the call.
-//! Anything else (a joint membership, a leader transfer under way, a new leader's first moments,
-//! `raft.lease_reads = false`) gives no answer and the caller runs a quorum round.
+//! Invariant: `Lease::confirm` answers only when (1) Raft's core (`leading`), at a moment after
+//! the read arrived and in its own order with the vote requests it handles, said this node leads
+//! and has committed an entry of its own term, and (2) a quorum of voters accepted, under the
+//! same vote, AppendEntries sent at most `election_timeout_min` before `confirm` ran. It answers
+//! the core's commit index; `read_index.rs` raises it to the leader's floor. Anything else — a
+//! joint membership, a leader transfer under way, the term the process started in, a new
+//! leader's first moments, `raft.lease_reads = false` — gives no answer, and the caller runs a
+//! quorum round.
 //!
-//! Assumed: the nodes' monotonic clocks advance at rates within that margin of each other. A VM
-//! whose clock stops while the VM is paused breaks this; run such nodes with lease reads off.
+//! Assumed, and documented for operators:
+//! - The nodes' monotonic clocks advance at rates within that margin of each other. A VM whose
+//!   clock stops while the VM is paused breaks this; run such nodes with lease reads off.
+//! - Every node's `election_timeout_max_ms` is at least every node's `election_timeout_min_ms`.
+//!   A rolling change that lowers the timeouts must turn lease reads off until it is done.
+//! - A node whose data directory is wiped has forgotten its vote, as Raft itself assumes not.
+//!
+//! Left open: the follower handling TimeoutNow (`peer/service.rs`) checks that it still follows
+//! the sender and then starts its election in two messages to its core; a newer leader whose
+//! AppendEntries the follower accepts in between (microseconds) would see its lease skipped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,58 +81,71 @@ impl Acks {
     }
 }
 
+/// What Raft's core said of this node's leadership at one moment.
+pub struct Leading {
+    pub vote: Vote<NodeId>,
+    /// The commit index, when an entry of this leader's own term is committed.
+    pub committed_in_term: Option<u64>,
+    /// The voters, unless the membership is joint.
+    pub voters: Option<Vec<NodeId>>,
+}
+
+/// Asks Raft's core, in its own order with the vote requests it handles, whether `me` leads:
+/// `Ok(None)` when it does not, `Err` when Raft has stopped.
+pub async fn leading(raft: &Raft, me: NodeId) -> Result<Option<Leading>, String> {
+    raft.with_raft_state(move |st| {
+        let vote = *st.vote_ref();
+        let leads =
+            st.server_state == ServerState::Leader && vote.is_committed() && vote.leader_id().voted_for() == Some(me);
+        let term = vote.leader_id().get_term();
+        let configs = st.membership_state.effective().membership().get_joint_config();
+        leads.then(|| Leading {
+            vote,
+            committed_in_term: st.committed.filter(|c| c.leader_id.term == term).map(|c| c.index),
+            voters: (configs.len() == 1).then(|| configs[0].iter().copied().collect()),
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
 pub struct Lease {
-    raft: Raft,
     me: NodeId,
     acks: std::sync::Arc<Acks>,
     /// How long after a quorum-acknowledged send this leader trusts its lease.
     trust: Duration,
     enabled: bool,
-    /// The lease is given up in every term up to this one (u64::MAX: in every term, while a
-    /// leader transfer runs).
+    /// The lease is given up in every term up to this one: the term the node started in (a
+    /// TimeoutNow sent before a restart may still be on its way), or the term of a leader
+    /// transfer; u64::MAX while a transfer runs.
     given_up_through: AtomicU64,
     /// Read indexes answered from the lease, for `/metrics`.
     pub answered: AtomicU64,
 }
 
 impl Lease {
-    pub fn new(raft: Raft, me: NodeId, acks: std::sync::Arc<Acks>, trust: Duration, enabled: bool) -> Self {
-        Lease { raft, me, acks, trust, enabled, given_up_through: AtomicU64::new(0), answered: AtomicU64::new(0) }
+    /// `start_term`: the Raft term this process started in; no lease in it.
+    pub fn new(me: NodeId, acks: std::sync::Arc<Acks>, trust: Duration, enabled: bool, start_term: u64) -> Self {
+        Lease { me, acks, trust, enabled, given_up_through: AtomicU64::new(start_term), answered: AtomicU64::new(0) }
     }
 
-    /// The index a linearizable read must see applied, if the lease holds now; see the module doc.
-    pub async fn read_index(&self) -> Option<u64> {
+    /// The commit index, if the lease holds now for what the core has just said (`leading`,
+    /// called immediately before); see the module doc.
+    pub fn confirm(&self, now: &Leading) -> Option<u64> {
         if !self.enabled {
             return None;
         }
-        let me = self.me;
-        let (vote, index, voters) = self
-            .raft
-            .with_raft_state(move |st| {
-                let vote = *st.vote_ref();
-                let leads = st.server_state == ServerState::Leader
-                    && vote.is_committed()
-                    && vote.leader_id().voted_for() == Some(me);
-                let committed = st.committed?;
-                let own_term = committed.leader_id.term == vote.leader_id().get_term();
-                let configs = st.membership_state.effective().membership().get_joint_config();
-                if !leads || !own_term || configs.len() != 1 {
-                    return None;
-                }
-                Some((vote, committed.index, configs[0].iter().copied().collect::<Vec<_>>()))
-            })
-            .await
-            .ok()??;
         let checked = Instant::now();
-        if vote.leader_id().get_term() <= self.given_up_through.load(Ordering::SeqCst) {
+        if now.vote.leader_id().get_term() <= self.given_up_through.load(Ordering::SeqCst) {
             return None;
         }
-        let acked = self.acks.quorum_acked(&vote, me, &voters, checked)?;
+        let committed = now.committed_in_term?;
+        let acked = self.acks.quorum_acked(&now.vote, self.me, now.voters.as_ref()?, checked)?;
         if checked >= acked + self.trust {
             return None;
         }
         self.answered.fetch_add(1, Ordering::Relaxed);
-        Some(index)
+        Some(committed)
     }
 
     /// Stops lease reads before this leader asks another node to stand for election: that node
@@ -132,10 +154,10 @@ impl Lease {
         self.given_up_through.store(u64::MAX, Ordering::SeqCst);
     }
 
-    /// After a leader transfer: the lease stays given up in every term up to `term` (the one the
-    /// transfer ran in), and comes back if this node is elected again later.
+    /// After a leader transfer that gave the lease up: it stays given up in every term up to
+    /// `term` (the one the transfer ran in), and comes back if this node is elected again later.
     pub fn given_up_through(&self, term: u64) {
-        self.given_up_through.store(term, Ordering::SeqCst);
+        let _ = self.given_up_through.compare_exchange(u64::MAX, term, Ordering::SeqCst, Ordering::SeqCst);
     }
 }
 

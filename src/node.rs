@@ -62,14 +62,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
             .await
             .context("cannot start raft")?;
     let proposer = Proposer::start(raft.clone(), config.limits.max_pending_writes);
+    // No lease in the term this process starts in (`lease.rs`): a leader transfer started
+    // before a restart may still reach its target.
+    let start_term =
+        raft.with_raft_state(|st| st.vote_ref().leader_id().get_term()).await.context("raft stopped while starting")?;
     let lease = crate::lease::Lease::new(
-        raft.clone(),
         config.node_id,
         peers.acks.clone(),
         Duration::from_millis(config.raft.election_timeout_min_ms),
         config.raft.lease_reads,
+        start_term,
     );
-    let read_index = crate::read_index::ReadIndex::start(raft.clone(), lease);
+    let read_index = crate::read_index::ReadIndex::start(raft.clone(), config.node_id, store.log.clone(), lease);
     let archive = Archive::open(&config.archive, &config.data_dir.join("archive"), &config.cluster_id)?;
     let (status_tx, status_rx) = watch::channel(ArchiveStatus::default());
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));

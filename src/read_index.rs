@@ -4,19 +4,24 @@
 //! (openraft's `get_read_log_id`).
 //!
 //! Invariant: a read is answered only by a confirmation that *started after the read arrived*,
-//! so the index it gets is at least the commit index at its arrival, confirmed after it — what
-//! linearizability needs. Reads arriving during a confirmation wait for the next one.
+//! and the index it gets covers every write acknowledged before it arrived: the commit index
+//! then, and at least the leader's floor — the last index in its log when it first confirmed a
+//! read under its current vote. The floor matters to a leader that restarted and took up its
+//! term again: openraft writes no new entry then, and its commit index, not saved with fsync,
+//! may come back lower than writes it had acknowledged before the restart. Reads arriving
+//! during a confirmation wait for the next one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use keepsake_raft::Raft;
+use keepsake_raft::{LogStore, NodeId, Raft};
 use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::Vote;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::lease::Lease;
+use crate::lease::{leading, Lease};
 
-/// Why a confirmation round gave no read index.
+/// Why a confirmation gave no read index.
 #[derive(Debug, Clone)]
 pub enum RoundError {
     /// A quorum did not answer this round in time; a later round may succeed.
@@ -37,15 +42,27 @@ pub struct ReadIndex {
     pub rounds: Arc<AtomicU64>,
 }
 
+/// What confirms reads: Raft, its log (for the floor) and the lease.
+struct Confirmer {
+    raft: Raft,
+    me: NodeId,
+    log: LogStore,
+    lease: Arc<Lease>,
+    rounds: Arc<AtomicU64>,
+    /// The floor under the vote it was taken in.
+    floor: Option<(Vote<NodeId>, u64)>,
+}
+
 impl ReadIndex {
-    pub fn start(raft: Raft, lease: Lease) -> Self {
+    pub fn start(raft: Raft, me: NodeId, log: LogStore, lease: Lease) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (lease, rounds) = (Arc::new(lease), Arc::new(AtomicU64::new(0)));
-        tokio::spawn(run(raft, lease.clone(), rounds.clone(), rx));
+        let confirmer = Confirmer { raft, me, log, lease: lease.clone(), rounds: rounds.clone(), floor: None };
+        tokio::spawn(run(confirmer, rx));
         ReadIndex { tx, lease, rounds }
     }
 
-    /// The index a linearizable read must see applied, from the next confirmation round.
+    /// The index a linearizable read must see applied, from the next confirmation.
     pub async fn next_round(&self) -> Result<u64, RoundError> {
         let (done, rx) = oneshot::channel();
         self.tx.send(done).map_err(|_| RoundError::Fatal("the read-index task has stopped".into()))?;
@@ -54,23 +71,42 @@ impl ReadIndex {
 }
 
 /// The queue is unbounded but cannot grow without bound: every waiter is a request that the
-/// server's concurrency limit and deadlines already bound, and each round drains all of them.
-async fn run(raft: Raft, lease: Arc<Lease>, rounds: Arc<AtomicU64>, mut rx: mpsc::UnboundedReceiver<Waiter>) {
+/// server's concurrency limit and deadlines already bound, and each confirmation drains all of
+/// them.
+async fn run(mut confirmer: Confirmer, mut rx: mpsc::UnboundedReceiver<Waiter>) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let result = match lease.read_index().await {
-            Some(index) => Ok(index),
-            None => {
-                rounds.fetch_add(1, Ordering::Relaxed);
-                round(&raft).await
-            }
-        };
+        let result = confirmer.confirm().await;
         for w in waiters {
             let _ = w.send(result.clone());
         }
+    }
+}
+
+impl Confirmer {
+    async fn confirm(&mut self) -> Result<u64, RoundError> {
+        let now = leading(&self.raft, self.me).await.map_err(RoundError::Fatal)?.ok_or(RoundError::NotLeader)?;
+        let floor = match self.floor {
+            Some((vote, floor)) if vote == now.vote => floor,
+            _ => {
+                // Taken after the core said this node leads: the log holds at least what it held
+                // when the leadership began, and a leader's log only grows.
+                let floor = self.log.last_index();
+                self.floor = Some((now.vote, floor));
+                floor
+            }
+        };
+        let index = match self.lease.confirm(&now) {
+            Some(index) => index,
+            None => {
+                self.rounds.fetch_add(1, Ordering::Relaxed);
+                round(&self.raft).await?
+            }
+        };
+        Ok(index.max(floor))
     }
 }
 

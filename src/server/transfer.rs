@@ -32,7 +32,9 @@ pub async fn run(replica: &Replica, to: NodeId, deadline: Instant) -> Result<Tra
 
     let lease = replica.config.raft.election_timeout_max();
     raft.runtime_config().heartbeat(false);
-    let result = async {
+    // Also when the caller goes away mid-transfer and this future is dropped.
+    let _resume = Resume(replica);
+    async {
         tokio::time::sleep(lease + Duration::from_millis(50)).await;
         // The target will not wait for this leader's lease to run out: stop trusting it first.
         replica.read_index.lease.give_up();
@@ -53,10 +55,19 @@ pub async fn run(replica: &Replica, to: NodeId, deadline: Instant) -> Result<Tra
             }
         }
     }
-    .await;
-    raft.runtime_config().heartbeat(true);
-    replica.read_index.lease.given_up_through(raft.metrics().borrow().current_term);
-    result
+    .await
+}
+
+/// Ends a transfer, however it ends: heartbeats resume, and a lease given up stays given up in
+/// the term the transfer ran in.
+struct Resume<'a>(&'a Replica);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let raft = &self.0.raft;
+        raft.runtime_config().heartbeat(true);
+        self.0.read_index.lease.given_up_through(raft.metrics().borrow().current_term);
+    }
 }
 
 /// Waits until the target has matched the leader's last log entry.

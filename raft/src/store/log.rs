@@ -131,6 +131,11 @@ impl LogStore {
         sizes.through(through).saturating_sub(base)
     }
 
+    /// The last index in the log (0 when it holds no entries).
+    pub fn last_index(&self) -> u64 {
+        self.sizes.lock().unwrap_or_else(|e| e.into_inner()).0.keys().next_back().copied().unwrap_or(0)
+    }
+
     /// The committed index as last saved by openraft: what the archiver may read up to.
     pub fn committed_index(&self) -> u64 {
         self.committed.load(Ordering::SeqCst)
