@@ -301,6 +301,10 @@ async fn run(plan: &Plan) -> Summary {
             tokio::time::sleep(hold).await;
             nemesis.heal(active).await;
             let recovery = recover(&cluster).await.unwrap_or_else(|| {
+                // The cluster outlives this panic (the clients hold it), so its logs go here.
+                for id in cluster.ids() {
+                    eprintln!("----- node {id}: last 60 lines of its log -----\n{}", cluster.log_tail(id, 60));
+                }
                 panic!(
                     "the cluster did not take writes within {RECOVERY_LIMIT:?} after healing {kind:?} (seed {})",
                     plan.seed
