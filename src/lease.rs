@@ -90,13 +90,17 @@ pub struct Leading {
     pub voters: Option<Vec<NodeId>>,
 }
 
+/// Whether `vote` is a committed vote for `node`: the node it names has been elected leader.
+pub fn elected(vote: &Vote<NodeId>, node: NodeId) -> bool {
+    vote.is_committed() && vote.leader_id().voted_for() == Some(node)
+}
+
 /// Asks Raft's core, in its own order with the vote requests it handles, whether `me` leads:
 /// `Ok(None)` when it does not, `Err` when Raft has stopped.
 pub async fn leading(raft: &Raft, me: NodeId) -> Result<Option<Leading>, String> {
     raft.with_raft_state(move |st| {
         let vote = *st.vote_ref();
-        let leads =
-            st.server_state == ServerState::Leader && vote.is_committed() && vote.leader_id().voted_for() == Some(me);
+        let leads = st.server_state == ServerState::Leader && elected(&vote, me);
         let term = vote.leader_id().get_term();
         let configs = st.membership_state.effective().membership().get_joint_config();
         leads.then(|| Leading {

@@ -56,16 +56,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         addr => Some(crate::server::bind(addr).await?),
     };
 
+    // No lease in the term this process starts in (`lease.rs`): a leader transfer started
+    // before a restart may still reach its target. Read before Raft starts, as its core will.
+    let start_term = {
+        use openraft::storage::RaftLogStorage;
+        let vote = store.log.clone().read_vote().await.context("cannot read the saved vote")?;
+        vote.map_or(0, |v| v.leader_id().get_term())
+    };
     let peers = Peers::new(config.limits.max_message_bytes(), config.peer_source_ip.parse().ok());
     let raft =
         Raft::new(config.node_id, Arc::new(raft_config(&config)?), peers.clone(), store.log.clone(), store.machine)
             .await
             .context("cannot start raft")?;
     let proposer = Proposer::start(raft.clone(), config.limits.max_pending_writes);
-    // No lease in the term this process starts in (`lease.rs`): a leader transfer started
-    // before a restart may still reach its target.
-    let start_term =
-        raft.with_raft_state(|st| st.vote_ref().leader_id().get_term()).await.context("raft stopped while starting")?;
     let lease = crate::lease::Lease::new(
         config.node_id,
         peers.acks.clone(),

@@ -51,7 +51,7 @@ impl RaftTransport for PeerService {
         let follows = raft
             .with_raft_state(move |st| {
                 let vote = st.vote_ref();
-                vote.is_committed() && vote.leader_id().get_term() == term && vote.leader_id().voted_for() == Some(from)
+                crate::lease::elected(vote, from) && vote.leader_id().get_term() == term
             })
             .await
             .map_err(|e| Status::unavailable(format!("raft stopped: {e}")))?;
