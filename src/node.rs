@@ -68,7 +68,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         Raft::new(config.node_id, Arc::new(raft_config(&config)?), peers.clone(), store.log.clone(), store.machine)
             .await
             .context("cannot start raft")?;
-    let proposer = Proposer::start(raft.clone(), config.limits.max_pending_writes);
+    // An entry left unanswered across a term change gives way after two election timeouts.
+    let grace = Duration::from_millis(2 * config.raft.election_timeout_max_ms);
+    let proposer = Proposer::start(raft.clone(), config.limits.max_pending_writes, grace);
     let lease = crate::lease::Lease::new(
         config.node_id,
         peers.acks.clone(),

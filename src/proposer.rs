@@ -10,6 +10,15 @@
 //! The queue is bounded (`limits.max_pending_writes`): when it is full a write is refused with
 //! RESOURCE_EXHAUSTED rather than buffered without end. Every waiting client gets exactly one
 //! answer: the outcome of its write or the error that stopped its entry.
+//!
+//! Invariant: an entry never holds up the ones behind it for longer than a term change plus
+//! `grace`. openraft 0.9 answers a proposal only when the node applies its entry or deletes it
+//! as a conflict; a deposed leader that catches up by installing a snapshot does neither, and
+//! would otherwise never answer (so this node could never write again when it next leads).
+//! After a term change and `grace`, an unanswered entry's writers are told its outcome is
+//! unknown, which is true: the entry may yet commit under the new leader.
+
+use std::time::Duration;
 
 use keepsake_raft::{Command, Raft, Write, WriteOutcome};
 use openraft::error::{ClientWriteError, RaftError};
@@ -41,9 +50,10 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn start(raft: Raft, capacity: usize) -> Self {
+    /// `grace`: how long an entry may stay unanswered after the term changes (see the module doc).
+    pub fn start(raft: Raft, capacity: usize, grace: Duration) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, rx, grace));
         Proposer { tx }
     }
 
@@ -69,21 +79,25 @@ fn write_bytes(w: &Write) -> usize {
         .sum()
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, grace: Duration) {
     while let Some(first) = rx.recv().await {
-        // Whatever queued while the previous entry committed joins this one.
-        let mut bytes = write_bytes(&first.write);
-        let mut batch = vec![first];
-        while batch.len() < MAX_WRITES_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += write_bytes(&p.write);
-                    batch.push(p);
-                }
-                Err(_) => break,
+        // Whatever queued while the previous entry committed joins this one, except writes
+        // whose caller has already given up (it was told the outcome is unknown).
+        let mut bytes = 0;
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            if !p.done.is_closed() {
+                bytes += write_bytes(&p.write);
+                batch.push(p);
+            }
+            if batch.len() < MAX_WRITES_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
+                next = rx.try_recv().ok();
             }
         }
-        submit(&raft, batch).await;
+        if !batch.is_empty() {
+            submit(&raft, batch, grace).await;
+        }
     }
 }
 
@@ -91,10 +105,36 @@ pub fn now_us() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
-async fn submit(raft: &Raft, batch: Vec<Pending>) {
+/// Resolves `grace` after this node's term moves past `term`; never if Raft has stopped (its
+/// proposals then fail on their own).
+async fn term_changed(raft: &Raft, term: u64, grace: Duration) {
+    let mut metrics = raft.metrics();
+    if metrics.wait_for(|m| m.current_term > term).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(grace).await;
+}
+
+async fn submit(raft: &Raft, batch: Vec<Pending>, grace: Duration) {
     let proposed_at_us = now_us();
     let (writes, waiters): (Vec<Write>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.done)).unzip();
-    match raft.client_write(Command { proposed_at_us, writes }).await {
+    let term = raft.metrics().borrow().current_term;
+    let answer = tokio::select! {
+        answer = raft.client_write(Command { proposed_at_us, writes }) => answer,
+        () = term_changed(raft, term, grace) => {
+            tracing::warn!(term, "an entry proposed in an earlier term was not answered; its writes' outcome is unknown");
+            let err = ReplicaError::Timeout(
+                "leadership changed while the write was being committed; it may still be applied: retry with \
+                 if_revision to be safe"
+                    .into(),
+            );
+            for done in waiters {
+                let _ = done.send(Err(err.clone()));
+            }
+            return;
+        }
+    };
+    match answer {
         Ok(resp) => {
             let log_index = resp.data.log_index;
             for (outcome, done) in resp.data.outcomes.into_iter().zip(waiters) {

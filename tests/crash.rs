@@ -49,21 +49,6 @@ async fn same_state_everywhere(cluster: &Cluster) -> DigestResponse {
     on_leader
 }
 
-/// Makes `id` the leader (it must be caught up enough to win), retrying while elections settle.
-async fn make_leader(cluster: &Cluster, id: u64) {
-    let done = eventually(Duration::from_secs(60), || async {
-        let leader = cluster.leader_id().await?;
-        if leader == id {
-            return Some(());
-        }
-        let to = TransferLeaderRequest { to_node_id: id };
-        let _ = cluster.admin(leader).transfer_leader(request(to, Duration::from_secs(10))).await;
-        (cluster.leader_id().await == Some(id)).then_some(())
-    })
-    .await;
-    assert!(done.is_some(), "node {id} did not become the leader");
-}
-
 fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -143,7 +128,7 @@ async fn an_archive_upload_killed_midway_loses_nothing() {
     // The leader dies right after a segment's upload returned, before it recorded it anywhere.
     cluster.kill(uploader);
     cluster.restart_crashing_at(uploader, "segment-uploaded:2");
-    make_leader(&cluster, uploader).await;
+    cluster.make_leader(uploader).await;
     let writing = {
         let clients = clients.clone();
         tokio::spawn(async move { write_acked(&clients, "during", 0..200).await })
@@ -153,7 +138,7 @@ async fn an_archive_upload_killed_midway_loses_nothing() {
 
     // The next leader dies with a snapshot's chunks uploaded and its manifest not.
     cluster.restart_crashing_at(uploader, "archive-chunks-uploaded");
-    make_leader(&cluster, uploader).await;
+    cluster.make_leader(uploader).await;
     let (code, text) = cluster_cli(&cluster, &["backup", "snapshot", "--timeout", "20s"]);
     assert_ne!(code, 0, "the snapshot whose leader died is not reported as taken: {text}");
     cluster.wait_for_crash(uploader, "archive-chunks-uploaded", CRASH_TIMEOUT).await;
@@ -247,7 +232,7 @@ async fn a_membership_change_killed_midway_completes_when_run_again() {
     let replaced = cluster.other(&[changer, 4]);
     cluster.kill(changer);
     cluster.restart_crashing_at(changer, "joint-membership-applied");
-    make_leader(&cluster, changer).await;
+    cluster.make_leader(changer).await;
     let voters: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != replaced).collect();
     let change = ChangeMembershipRequest { voters: voters.clone() };
     let answer = cluster.admin(changer).change_membership(request(change.clone(), Duration::from_secs(20))).await;

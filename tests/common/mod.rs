@@ -30,7 +30,8 @@ use keepsake::proto::v1::admin_client::AdminClient;
 use keepsake::proto::v1::store_client::StoreClient;
 use keepsake::proto::v1::{
     Consistency, DeleteRequest, DeleteResponse, DigestRequest, DigestResponse, GetRequest, Item, ItemKey, ListRequest,
-    NodeStatus, NodeStatusRequest, PutRequest, PutResponse, TriggerSnapshotRequest, TriggerSnapshotResponse,
+    NodeStatus, NodeStatusRequest, PutRequest, PutResponse, TransferLeaderRequest, TriggerSnapshotRequest,
+    TriggerSnapshotResponse,
 };
 use tempfile::TempDir;
 use tokio::time::Instant;
@@ -552,6 +553,22 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Makes `id` the leader (it must be caught up enough to win), retrying leader transfers
+    /// while elections settle; panics after 60 s.
+    pub async fn make_leader(&self, id: u64) {
+        let done = eventually(Duration::from_secs(60), || async {
+            let leader = self.leader_id().await?;
+            if leader == id {
+                return Some(());
+            }
+            let to = TransferLeaderRequest { to_node_id: id };
+            let _ = self.admin(leader).transfer_leader(request(to, Duration::from_secs(10))).await;
+            (self.leader_id().await == Some(id)).then_some(())
+        })
+        .await;
+        assert!(done.is_some(), "node {id} did not become the leader");
     }
 
     /// Polls NodeStatus until the node's applied index is at least `index`.

@@ -208,6 +208,76 @@ async fn an_isolated_leader_never_answers_a_read_with_a_value_a_new_leader_repla
     }
 }
 
+/// A leader cut off with a write in flight has proposed it into its own log only. When the
+/// majority then moves so far ahead that the old leader catches up by installing a snapshot,
+/// openraft 0.9 never answers that proposal: its entry is neither applied there nor deleted as
+/// a conflict. The node must still take writes when it leads again (`src/proposer.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_that_catches_up_by_snapshot_takes_writes_when_it_leads_again() {
+    let cluster = Arc::new(Cluster::builder().peer_proxies().snapshot_every(100).keep_after_snapshot(0).prepare());
+    let mut peers = HashMap::new();
+    for id in cluster.ids() {
+        peers.insert(id, Proxy::start(&cluster.peer_addr(id), &cluster.peer_listen_addr(id)).await);
+    }
+    cluster.launch(3).await;
+    let old = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let mut on_old = cluster.store(old);
+    common::put(&mut on_old, "u", "c", "before", "x").await.expect("put on the whole cluster");
+    let last_before = cluster.get_node_status(old).await.expect("the leader's status").last_log_index;
+
+    // Refused, not stalled: a stalled link would deliver the new leader's first AppendEntries
+    // on healing, and their conflict would delete the stranded entry (and answer it).
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+    for &other in &others {
+        peers[&other].handle().set_source(common::peer_source_ip(old).into(), proxy::Mode::Refuse);
+        peers[&old].handle().set_source(common::peer_source_ip(other).into(), proxy::Mode::Refuse);
+    }
+    // Proposed at once, before the cut-off leader notices it has lost its quorum.
+    let message = PutRequest { key: Some(key("u", "c", "stranded")), value: b"x".to_vec(), ..Default::default() };
+    let stranded = bounded_for(Duration::from_secs(2), on_old.put(request(message, Duration::from_secs(1)))).await;
+    assert!(stranded.is_err(), "a leader cut off from both peers acknowledged a write");
+    let last_cut = cluster.get_node_status(old).await.expect("the old leader's status").last_log_index;
+    assert!(last_cut > last_before, "the write was not proposed into the cut-off leader's log");
+
+    let new = common::eventually(Duration::from_secs(20), || async {
+        for &id in &others {
+            if cluster.get_node_status(id).await.is_ok_and(|s| s.role == "leader") {
+                return Some(id);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the two connected nodes elect a leader");
+    common::write_items(&cluster.stores(&[new]), "u", "after", 0..300, 1).await;
+    let snapshot = cluster.trigger_snapshot(new).await.snapshot_index;
+    assert!(snapshot > last_cut);
+    let c = &cluster;
+    common::eventually(Duration::from_secs(30), || async move {
+        let s = c.get_node_status(new).await.ok()?;
+        (s.purged_index > last_cut).then_some(())
+    })
+    .await
+    .expect("the new leader purges what the old one lacks: it must send a snapshot");
+
+    for proxy in peers.values() {
+        proxy.handle().heal();
+    }
+    common::eventually(Duration::from_secs(30), || async move {
+        let s = c.get_node_status(old).await.ok()?;
+        (s.snapshot_index >= snapshot).then_some(())
+    })
+    .await
+    .expect("the old leader catches up by installing the new leader's snapshot");
+    cluster.make_leader(old).await;
+    let took = common::eventually(Duration::from_secs(10), || async {
+        common::put(&mut cluster.store(old), "u", "c", "again", "y").await.ok()
+    })
+    .await;
+    assert!(took.is_some(), "node {old} leads again but takes no write");
+    assert!(common::check_items(&cluster.store(old), "u", "after", 0..300, 8).await.is_empty());
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
 }
@@ -303,7 +373,7 @@ async fn run(plan: &Plan) -> Summary {
             let recovery = recover(&cluster).await.unwrap_or_else(|| {
                 // The cluster outlives this panic (the clients hold it), so its logs go here.
                 for id in cluster.ids() {
-                    eprintln!("----- node {id}: last 60 lines of its log -----\n{}", cluster.log_tail(id, 60));
+                    eprintln!("----- node {id}: last 400 lines of its log -----\n{}", cluster.log_tail(id, 400));
                 }
                 panic!(
                     "the cluster did not take writes within {RECOVERY_LIMIT:?} after healing {kind:?} (seed {})",
