@@ -111,6 +111,39 @@ async fn a_snapshot_install_killed_midway_is_redone_on_restart() {
     assert!(check_items(&store, "u", "after", 0..20, 8).await.is_empty());
 }
 
+/// openraft 0.9 purges a follower's log up to a received snapshot as soon as it hands the
+/// snapshot to the state machine. Killed before the install was durable, the follower came back
+/// with its log purged past its state and could not start again; the purge now waits for the
+/// install's marker (`raft/src/store/install.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_install_killed_before_it_is_durable_leaves_a_node_that_starts_again() {
+    let cluster = Cluster::builder().snapshot_every(100).keep_after_snapshot(0).start().await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let follower = cluster.other(&[leader]);
+    let survivor = cluster.other(&[leader, follower]);
+    cluster.kill(follower);
+    let follower_last = cluster.get_node_status(leader).await.expect("the leader's status").last_log_index;
+    write_items(&cluster.stores(&[leader, survivor]), "u", "items", 0..600, 8).await;
+    assert!(cluster.trigger_snapshot(leader).await.snapshot_index > follower_last);
+    let c = &cluster;
+    let purged = eventually(Duration::from_secs(30), || async move {
+        let s = c.get_node_status(leader).await.ok()?;
+        (s.purged_index > follower_last).then_some(s.purged_index)
+    })
+    .await
+    .expect("the leader purges the entries the follower misses: it must send a snapshot");
+
+    cluster.restart_crashing_at(follower, "snapshot-install-before-marker");
+    cluster.wait_for_crash(follower, "snapshot-install-before-marker", CRASH_TIMEOUT).await;
+    cluster.restart(follower);
+    let target = cluster.get_node_status(leader).await.expect("the leader's status").applied_index;
+    let status = cluster.wait_for_applied(follower, target, Duration::from_secs(60)).await;
+    assert!(status.snapshot_index >= purged, "the follower holds the snapshot ({} < {purged})", status.snapshot_index);
+    same_state_everywhere(&cluster).await;
+    let store = cluster.store(follower);
+    assert!(check_items(&store, "u", "items", 0..600, 16).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_archive_upload_killed_midway_loses_nothing() {
     let s3 = S3Server::start();

@@ -15,6 +15,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("blocking task failed: {0}")]
     Join(String),
+    #[error("log purge held back: {0}")]
+    PurgeHeld(String),
 }
 
 impl StoreError {

@@ -5,8 +5,9 @@
 //! returns, and openraft is told it is flushed only once the WAL holding it is fsynced. The
 //! fsyncs are group commits: one thread (`Syncer`) syncs the WAL for every append that queued
 //! while the previous sync ran, so Raft keeps replicating while the disk works. The vote is
-//! fsynced before `save_vote` returns. Purge and truncate leave no holes, and purge never goes
-//! past the purge gate.
+//! fsynced before `save_vote` returns. Purge and truncate leave no holes, purge never goes
+//! past the purge gate, and never past the applied state before the snapshot install that
+//! covers it is durable (`install.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -21,6 +22,8 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use super::db::{self, cf, CF_LOG, CF_RAFT};
 use super::error::{blocking, to_raft, StoreError};
 use super::gate::PurgeGate;
+use super::install::Installs;
+use super::records::DigestPoint;
 use crate::keys::{decode_index_key, index_key};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -38,6 +41,9 @@ pub struct LogStore {
     committed: Arc<AtomicU64>,
     sizes: Arc<Mutex<Sizes>>,
     syncer: Syncer,
+    /// A purge past the state machine's applied index waits for the install that covers it.
+    installs: Installs,
+    applied: tokio::sync::watch::Receiver<DigestPoint>,
 }
 
 /// The log's group commit: appends queue their flush callbacks here; one thread fsyncs the WAL
@@ -105,7 +111,12 @@ impl Sizes {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>, gate: PurgeGate) -> Result<Self, StoreError> {
+    pub(crate) fn new(
+        db: Arc<DB>,
+        gate: PurgeGate,
+        installs: Installs,
+        applied: tokio::sync::watch::Receiver<DigestPoint>,
+    ) -> Result<Self, StoreError> {
         let committed: Option<LogId> = db::get(&db, CF_RAFT, KEY_COMMITTED)?;
         let committed = Arc::new(AtomicU64::new(committed.map_or(0, |c| c.index)));
         let mut sizes = Sizes::default();
@@ -115,7 +126,7 @@ impl LogStore {
             sizes.push(index, value.len() as u64);
         }
         let syncer = Syncer::start(db.clone())?;
-        Ok(LogStore { db, gate, committed, sizes: Arc::new(Mutex::new(sizes)), syncer })
+        Ok(LogStore { db, gate, committed, sizes: Arc::new(Mutex::new(sizes)), syncer, installs, applied })
     }
 
     /// The last index in `[from, to]` such that the entries after `after` through it hold at
@@ -320,6 +331,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let applied = self.applied.borrow().index;
+        self.installs.purgeable(log_id.index, applied).await.map_err(to_raft(StorageIOError::write_logs))?;
         let limit = self.gate.limit();
         let db = self.db.clone();
         let already = self.last_purged().map_err(to_raft(StorageIOError::read_logs))?;

@@ -4,6 +4,8 @@
 //! same batch as the state changes they describe. A snapshot install is redone from its file on
 //! the next start if a crash interrupts it, so state is never left half installed; a received
 //! file that a crash left unverified is removed, one that a crash left unpublished is published.
+//! The log store learns when an install is durable (its marker written), since only then may
+//! it purge the entries the snapshot replaces.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tokio::sync::watch;
 use super::apply::{Applier, KEY_META};
 use super::db::{self, cf, CF_DIGESTS, CF_META};
 use super::error::{blocking, read_snapshot, to_raft, write_snapshot, StoreError};
+use super::install::Installs;
 use super::loader::StateLoader;
 use super::reader::StateReader;
 use super::records::{DigestPoint, MachineMeta};
@@ -37,10 +40,12 @@ pub struct StateMachine {
     dir: PathBuf,
     meta: MachineMeta,
     applied: watch::Sender<DigestPoint>,
+    /// Tells the log store when an install is durable (see `install.rs`).
+    installs: Installs,
 }
 
 impl StateMachine {
-    pub(crate) fn open(db: Arc<DB>, dir: PathBuf) -> Result<Self, StoreError> {
+    pub(crate) fn open(db: Arc<DB>, dir: PathBuf, installs: Installs) -> Result<Self, StoreError> {
         if db::get::<bool>(&db, CF_META, KEY_INSTALLING)?.is_some() {
             tracing::warn!("finishing a snapshot install that a crash interrupted");
             finish_install(&db, &dir)?;
@@ -49,7 +54,7 @@ impl StateMachine {
         settle_installing(&dir, &meta)?;
         remove_leftovers(&dir)?;
         let (applied, _) = watch::channel(meta.point());
-        Ok(StateMachine { db, dir, meta, applied })
+        Ok(StateMachine { db, dir, meta, applied, installs })
     }
 
     /// Restore only: makes the replayed state the first state of a new cluster — applied at
@@ -113,6 +118,36 @@ impl StateMachine {
     /// The read side, sharing this machine's database and apply notifications.
     pub fn reader(&self) -> StateReader {
         StateReader::new(self.db.clone(), self.applied.subscribe())
+    }
+
+    /// Installs a received snapshot: its bytes become `installing.snap`, fsynced and verified;
+    /// the install marker makes it durable (a restart finishes it), and only then may the log it
+    /// replaces be purged (`install.rs`).
+    async fn install(&mut self, meta: &SnapshotMeta, snapshot: tokio::fs::File) -> Result<(), StoreError> {
+        let installing = self.path(INSTALLING);
+        copy_to(snapshot, &installing).await?;
+        let _ = tokio::fs::remove_file(self.path(INCOMING)).await;
+        let (db, dir, expected) = (self.db.clone(), self.dir.clone(), meta.last_log_id);
+        blocking(move || {
+            let header = snapshot::verify(&installing)?;
+            if header.meta.last_log_id != expected {
+                return Err(StoreError::Corrupt(format!(
+                    "received snapshot is at {:?}, openraft expected {expected:?}",
+                    header.meta.last_log_id
+                )));
+            }
+            sync_dir(&dir)?;
+            crate::crash::point("snapshot-install-before-marker");
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_META), KEY_INSTALLING, db::encode(&true));
+            db::write_synced(&db, batch, "mark snapshot install")
+        })
+        .await?;
+        self.installs.durable(meta.last_log_id.map_or(0, |l| l.index));
+        let (db, dir) = (self.db.clone(), self.dir.clone());
+        self.meta = blocking(move || finish_install(&db, &dir)).await?;
+        self.applied.send_replace(self.meta.point());
+        Ok(())
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -253,6 +288,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        self.installs.receiving();
         let path = self.path(INCOMING);
         // Read and write: install_snapshot reads back what the chunks wrote.
         let file = tokio::fs::OpenOptions::new()
@@ -271,31 +307,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let fail = to_raft(write_snapshot);
-        let installing = self.path(INSTALLING);
-        // Whatever file openraft hands over, its bytes become `installing.snap`, fsynced.
-        copy_to(*snapshot, &installing).await.map_err(&fail)?;
-        let _ = tokio::fs::remove_file(self.path(INCOMING)).await;
-        let (db, dir, meta) = (self.db.clone(), self.dir.clone(), meta.clone());
-        let machine = blocking(move || {
-            let header = snapshot::verify(&installing)?;
-            if header.meta.last_log_id != meta.last_log_id {
-                return Err(StoreError::Corrupt(format!(
-                    "received snapshot is at {:?}, openraft expected {:?}",
-                    header.meta.last_log_id, meta.last_log_id
-                )));
-            }
-            sync_dir(&dir)?;
-            let mut batch = WriteBatch::default();
-            batch.put_cf(cf(&db, CF_META), KEY_INSTALLING, db::encode(&true));
-            db::write_synced(&db, batch, "mark snapshot install")?;
-            finish_install(&db, &dir)
-        })
-        .await
-        .map_err(&fail)?;
-        self.meta = machine;
-        self.applied.send_replace(self.meta.point());
-        Ok(())
+        let installed = self.install(meta, *snapshot).await;
+        if installed.is_err() {
+            self.installs.failed();
+        }
+        installed.map_err(to_raft(write_snapshot))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {

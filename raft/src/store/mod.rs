@@ -8,6 +8,7 @@ mod apply;
 mod db;
 mod error;
 mod gate;
+mod install;
 mod loader;
 mod log;
 mod machine;
@@ -49,8 +50,9 @@ pub fn open(dir: &Path) -> Result<Store, StoreError> {
     let gate = PurgeGate::default();
     let snapshots = dir.join("snapshots");
     std::fs::create_dir_all(&snapshots).map_err(|e| StoreError::io(&snapshots, e))?;
-    let machine = StateMachine::open(db.clone(), snapshots)?;
+    let installs = install::Installs::default();
+    let machine = StateMachine::open(db.clone(), snapshots, installs.clone())?;
     let reader = machine.reader();
-    let log = LogStore::new(db, gate.clone())?;
+    let log = LogStore::new(db, gate.clone(), installs, reader.watch())?;
     Ok(Store { log, machine, reader, gate })
 }
