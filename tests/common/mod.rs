@@ -738,7 +738,7 @@ impl Cluster {
     }
 
     /// Panics, with the node's log, when a node the harness did not stop has exited.
-    fn check_no_node_exited(&self) {
+    pub fn check_no_node_exited(&self) {
         for node in &self.nodes {
             let exited = {
                 let mut guard = lock(&node.child);

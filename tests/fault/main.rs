@@ -410,12 +410,14 @@ fn is_root() -> bool {
 }
 
 /// Writes a probe item through every live node (each forwards to the leader) until each has
-/// taken one: how long until the whole cluster served again.
+/// taken one: how long until the whole cluster served again. A node that exits on its own
+/// meanwhile fails the run at once, with its log.
 async fn recover(cluster: &Cluster) -> Option<Duration> {
     let started = Instant::now();
     let mut n = 0u64;
     for id in cluster.live_ids() {
         loop {
+            cluster.check_no_node_exited();
             if started.elapsed() > RECOVERY_LIMIT {
                 return None;
             }
