@@ -47,6 +47,7 @@ impl Installs {
         });
     }
 
+    /// The state machine failed (openraft stops on it): no install will become durable.
     pub fn failed(&self) {
         self.0.send_modify(|s| {
             s.receiving = false;

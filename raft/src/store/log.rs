@@ -338,7 +338,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let already = self.last_purged().map_err(to_raft(StorageIOError::read_logs))?;
         blocking(move || {
             let mut upto = log_id;
-            if upto.index > limit {
+            // The gate holds back only a purge within the log. A purge to a snapshot installed
+            // past the log's end (or over a conflicting entry) goes through: entries kept below
+            // it would leave a hole before the entries appended after it, which openraft cannot
+            // load at the next start, and this node can no longer archive them anyway.
+            if upto.index > limit
+                && read_entries(&db, upto.index, upto.index + 1)?.first().map(|e| e.log_id) == Some(upto)
+            {
                 // Keep what is not yet archived; openraft reads its state again on restart.
                 tracing::warn!(requested = upto.index, limit, "purge held back by the purge gate");
                 match read_entries(&db, limit, limit.saturating_add(1))?.pop() {

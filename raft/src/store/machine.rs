@@ -262,7 +262,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // A few point reads and one unsynced batch run inline; a long catch-up goes to the
         // blocking pool (see `blocking`).
         let applied = if ops <= INLINE_APPLY_OPS { apply() } else { blocking(apply).await };
-        let (results, meta) = applied.map_err(to_raft(StorageIOError::write_state_machine))?;
+        let (results, meta) = applied.map_err(|e| {
+            // Fatal to openraft, so an install waiting behind this apply never comes.
+            self.installs.failed();
+            to_raft(StorageIOError::write_state_machine)(e)
+        })?;
         self.meta = meta;
         self.applied.send_replace(self.meta.point());
         Ok(results)
@@ -298,7 +302,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .truncate(true)
             .open(&path)
             .await
-            .map_err(|e| to_raft(write_snapshot)(StoreError::io(&path, e)))?;
+            .map_err(|e| {
+            self.installs.failed();
+            to_raft(write_snapshot)(StoreError::io(&path, e))
+        })?;
         Ok(Box::new(file))
     }
 

@@ -184,3 +184,35 @@ async fn changes_hold_each_items_latest_write_in_revision_order() {
     assert!(u2[0].item.is_none(), "u2/a is a tombstone");
     assert_eq!(s.reader.changes("u1", 4, 100).await.unwrap().len(), 1);
 }
+
+/// A follower whose log ends before the snapshot it installs, with its purge gate behind that
+/// snapshot (the archive lags): the log it keeps must load at the next start. Entries kept
+/// below the snapshot would leave a hole before the entries appended after it.
+#[tokio::test]
+async fn a_snapshot_installed_past_the_end_of_the_log_leaves_no_hole_for_the_next_start() {
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt, StorageHelper};
+    use openraft::RaftSnapshotBuilder;
+    let id = |term: u64, index: u64| LogId::new(CommittedLeaderId::new(term, 1), index);
+    let blank = |term: u64, index: u64| Entry::<TypeConfig> { log_id: id(term, index), payload: EntryPayload::Blank };
+
+    // The leader's state through index 20 (term 2), as a snapshot.
+    let leader_dir = TempDir::new().unwrap();
+    let mut leader = open(leader_dir.path()).unwrap();
+    leader.machine.apply((1..=20).map(|i| blank(2, i))).await.unwrap();
+    let snapshot = leader.machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+    // A deposed leader's log (term 1) ends at 10; its archive reaches 3.
+    let dir = TempDir::new().unwrap();
+    {
+        let mut s = open(dir.path()).unwrap();
+        s.log.blocking_append((1..=10).map(|i| blank(1, i))).await.unwrap();
+        s.gate.set_limit(3);
+        s.machine.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+        s.log.purge(id(2, 20)).await.unwrap();
+        s.log.blocking_append((21..=25).map(|i| blank(2, i))).await.unwrap();
+    }
+    let mut s = open(dir.path()).unwrap();
+    StorageHelper::new(&mut s.log, &mut s.machine).get_initial_state().await.expect("openraft loads the log");
+    let log = s.log.get_log_state().await.unwrap();
+    assert_eq!((log.last_purged_log_id, log.last_log_id), (Some(id(2, 20)), Some(id(2, 25))));
+}
