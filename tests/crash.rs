@@ -62,8 +62,17 @@ fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
     found
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_snapshot_install_killed_midway_is_redone_on_restart() {
+/// A killed follower, and a leader that has since taken 600 items, snapshotted and purged the
+/// entries the follower lacks: restarted, the follower must install a snapshot.
+struct Behind {
+    leader: u64,
+    follower: u64,
+    survivor: u64,
+    /// The leader's purged index.
+    purged: u64,
+}
+
+async fn follower_behind_a_purge() -> (Cluster, Behind) {
     let cluster = Cluster::builder().snapshot_every(100).keep_after_snapshot(0).start().await;
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let follower = cluster.other(&[leader]);
@@ -79,6 +88,12 @@ async fn a_snapshot_install_killed_midway_is_redone_on_restart() {
     })
     .await
     .expect("the leader purges the entries the follower misses: it must send a snapshot");
+    (cluster, Behind { leader, follower, survivor, purged })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_install_killed_midway_is_redone_on_restart() {
+    let (cluster, Behind { leader, follower, survivor, purged }) = follower_behind_a_purge().await;
 
     // 1. Killed with the snapshot's items loaded but nothing yet saying which state they are.
     cluster.restart_crashing_at(follower, "state-loaded");
@@ -117,21 +132,7 @@ async fn a_snapshot_install_killed_midway_is_redone_on_restart() {
 /// install's marker (`raft/src/store/install.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_snapshot_install_killed_before_it_is_durable_leaves_a_node_that_starts_again() {
-    let cluster = Cluster::builder().snapshot_every(100).keep_after_snapshot(0).start().await;
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let follower = cluster.other(&[leader]);
-    let survivor = cluster.other(&[leader, follower]);
-    cluster.kill(follower);
-    let follower_last = cluster.get_node_status(leader).await.expect("the leader's status").last_log_index;
-    write_items(&cluster.stores(&[leader, survivor]), "u", "items", 0..600, 8).await;
-    assert!(cluster.trigger_snapshot(leader).await.snapshot_index > follower_last);
-    let c = &cluster;
-    let purged = eventually(Duration::from_secs(30), || async move {
-        let s = c.get_node_status(leader).await.ok()?;
-        (s.purged_index > follower_last).then_some(s.purged_index)
-    })
-    .await
-    .expect("the leader purges the entries the follower misses: it must send a snapshot");
+    let (cluster, Behind { leader, follower, purged, .. }) = follower_behind_a_purge().await;
 
     cluster.restart_crashing_at(follower, "snapshot-install-before-marker");
     cluster.wait_for_crash(follower, "snapshot-install-before-marker", CRASH_TIMEOUT).await;

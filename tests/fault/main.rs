@@ -157,11 +157,7 @@ async fn a_node_on_a_full_disk_exits_and_catches_up_once_space_is_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_never_answers_a_read_with_a_value_a_new_leader_replaced() {
     let cluster = Arc::new(Cluster::builder().peer_proxies().prepare());
-    let mut peers = HashMap::new();
-    for id in cluster.ids() {
-        peers.insert(id, Proxy::start(&cluster.peer_addr(id), &cluster.peer_listen_addr(id)).await);
-    }
-    cluster.launch(3).await;
+    let peers = launch_behind_proxies(&cluster).await;
     let old = cluster.wait_for_leader(Duration::from_secs(20)).await;
     let mut on_old = cluster.store(old);
     common::put(&mut on_old, "u", "c", "k", "before").await.expect("put on the whole cluster");
@@ -173,21 +169,8 @@ async fn an_isolated_leader_never_answers_a_read_with_a_value_a_new_leader_repla
     }
     assert!(lease_reads() > before, "no read on the whole cluster came from the leader's lease");
 
-    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != old).collect();
-    for &other in &others {
-        peers[&other].handle().set_source(common::peer_source_ip(old).into(), proxy::Mode::Stall);
-        peers[&old].handle().set_source(common::peer_source_ip(other).into(), proxy::Mode::Stall);
-    }
-    let new = common::eventually(Duration::from_secs(20), || async {
-        for &id in &others {
-            if cluster.get_node_status(id).await.is_ok_and(|s| s.role == "leader") {
-                return Some(id);
-            }
-        }
-        None
-    })
-    .await
-    .expect("the two connected nodes elect a leader");
+    let others = cut_off(&cluster, &peers, old, proxy::Mode::Stall);
+    let new = leader_among(&cluster, &others).await;
     common::put(&mut cluster.store(new), "u", "c", "k", "after").await.expect("the majority takes the write");
 
     let started = Instant::now();
@@ -215,11 +198,7 @@ async fn an_isolated_leader_never_answers_a_read_with_a_value_a_new_leader_repla
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leader_that_catches_up_by_snapshot_takes_writes_when_it_leads_again() {
     let cluster = Arc::new(Cluster::builder().peer_proxies().snapshot_every(100).keep_after_snapshot(0).prepare());
-    let mut peers = HashMap::new();
-    for id in cluster.ids() {
-        peers.insert(id, Proxy::start(&cluster.peer_addr(id), &cluster.peer_listen_addr(id)).await);
-    }
-    cluster.launch(3).await;
+    let peers = launch_behind_proxies(&cluster).await;
     let old = cluster.wait_for_leader(Duration::from_secs(20)).await;
     let mut on_old = cluster.store(old);
     common::put(&mut on_old, "u", "c", "before", "x").await.expect("put on the whole cluster");
@@ -227,11 +206,7 @@ async fn a_deposed_leader_that_catches_up_by_snapshot_takes_writes_when_it_leads
 
     // Refused, not stalled: a stalled link would deliver the new leader's first AppendEntries
     // on healing, and their conflict would delete the stranded entry (and answer it).
-    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != old).collect();
-    for &other in &others {
-        peers[&other].handle().set_source(common::peer_source_ip(old).into(), proxy::Mode::Refuse);
-        peers[&old].handle().set_source(common::peer_source_ip(other).into(), proxy::Mode::Refuse);
-    }
+    let others = cut_off(&cluster, &peers, old, proxy::Mode::Refuse);
     // Proposed at once, before the cut-off leader notices it has lost its quorum.
     let message = PutRequest { key: Some(key("u", "c", "stranded")), value: b"x".to_vec(), ..Default::default() };
     let stranded = bounded_for(Duration::from_secs(2), on_old.put(request(message, Duration::from_secs(1)))).await;
@@ -239,16 +214,7 @@ async fn a_deposed_leader_that_catches_up_by_snapshot_takes_writes_when_it_leads
     let last_cut = cluster.get_node_status(old).await.expect("the old leader's status").last_log_index;
     assert!(last_cut > last_before, "the write was not proposed into the cut-off leader's log");
 
-    let new = common::eventually(Duration::from_secs(20), || async {
-        for &id in &others {
-            if cluster.get_node_status(id).await.is_ok_and(|s| s.role == "leader") {
-                return Some(id);
-            }
-        }
-        None
-    })
-    .await
-    .expect("the two connected nodes elect a leader");
+    let new = leader_among(&cluster, &others).await;
     common::write_items(&cluster.stores(&[new]), "u", "after", 0..300, 1).await;
     let snapshot = cluster.trigger_snapshot(new).await.snapshot_index;
     assert!(snapshot > last_cut);
@@ -276,6 +242,40 @@ async fn a_deposed_leader_that_catches_up_by_snapshot_takes_writes_when_it_leads
     .await;
     assert!(took.is_some(), "node {old} leads again but takes no write");
     assert!(common::check_items(&cluster.store(old), "u", "after", 0..300, 8).await.is_empty());
+}
+
+/// Puts a fault proxy in front of every node's peer port, then starts the three nodes.
+async fn launch_behind_proxies(cluster: &Cluster) -> HashMap<u64, Proxy> {
+    let mut peers = HashMap::new();
+    for id in cluster.ids() {
+        peers.insert(id, Proxy::start(&cluster.peer_addr(id), &cluster.peer_listen_addr(id)).await);
+    }
+    cluster.launch(3).await;
+    peers
+}
+
+/// Sets every link between `node` and the other nodes, both ways, to `mode`; returns the others.
+fn cut_off(cluster: &Cluster, peers: &HashMap<u64, Proxy>, node: u64, mode: proxy::Mode) -> Vec<u64> {
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != node).collect();
+    for &other in &others {
+        peers[&other].handle().set_source(common::peer_source_ip(node).into(), mode);
+        peers[&node].handle().set_source(common::peer_source_ip(other).into(), mode);
+    }
+    others
+}
+
+/// The node of `ids` that reports itself leader; panics after 20 s.
+async fn leader_among(cluster: &Cluster, ids: &[u64]) -> u64 {
+    common::eventually(Duration::from_secs(20), || async {
+        for &id in ids {
+            if cluster.get_node_status(id).await.is_ok_and(|s| s.role == "leader") {
+                return Some(id);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(|| panic!("none of nodes {ids:?} became the leader"))
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -320,11 +320,7 @@ async fn run(plan: &Plan) -> Summary {
         builder = builder.tmpfs_data(DISK_BYTES);
     }
     let cluster = Arc::new(builder.prepare());
-    let mut peers = HashMap::new();
-    for id in cluster.ids() {
-        peers.insert(id, Proxy::start(&cluster.peer_addr(id), &cluster.peer_listen_addr(id)).await);
-    }
-    cluster.launch(3).await;
+    let peers = launch_behind_proxies(&cluster).await;
     let nemesis = Nemesis::new(cluster.clone(), peers, object_store);
 
     let mut rng = Rng::new(plan.seed);
