@@ -294,6 +294,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         self.installs.receiving();
         let path = self.path(INCOMING);
+        // A new file, never the old one truncated: openraft hands a finished stream's file to
+        // install_snapshot only after it lets go of the stream, so the next leader's first chunk
+        // may come in between, and the finished file must keep its bytes until it is installed.
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                self.installs.failed();
+                return Err(to_raft(write_snapshot)(StoreError::io(&path, e)));
+            }
+            _ => {}
+        }
         // Read and write: install_snapshot reads back what the chunks wrote.
         let file = tokio::fs::OpenOptions::new()
             .read(true)

@@ -185,21 +185,33 @@ async fn changes_hold_each_items_latest_write_in_revision_order() {
     assert_eq!(s.reader.changes("u1", 4, 100).await.unwrap().len(), 1);
 }
 
+fn log_id(term: u64, index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn blank(term: u64, index: u64) -> Entry<TypeConfig> {
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Blank }
+}
+
+/// A leader's state through `index` (term 2), as a snapshot; the directory holds its file.
+async fn leader_snapshot(index: u64) -> (TempDir, openraft::Snapshot<TypeConfig>) {
+    use openraft::RaftSnapshotBuilder;
+    let dir = TempDir::new().unwrap();
+    let mut leader = open(dir.path()).unwrap();
+    leader.machine.apply((1..=index).map(|i| blank(2, i))).await.unwrap();
+    let snapshot = leader.machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    (dir, snapshot)
+}
+
 /// A follower whose log ends before the snapshot it installs, with its purge gate behind that
 /// snapshot (the archive lags): the log it keeps must load at the next start. Entries kept
 /// below the snapshot would leave a hole before the entries appended after it.
 #[tokio::test]
 async fn a_snapshot_installed_past_the_end_of_the_log_leaves_no_hole_for_the_next_start() {
     use openraft::storage::{RaftLogStorage, RaftLogStorageExt, StorageHelper};
-    use openraft::RaftSnapshotBuilder;
-    let id = |term: u64, index: u64| LogId::new(CommittedLeaderId::new(term, 1), index);
-    let blank = |term: u64, index: u64| Entry::<TypeConfig> { log_id: id(term, index), payload: EntryPayload::Blank };
+    let id = log_id;
 
-    // The leader's state through index 20 (term 2), as a snapshot.
-    let leader_dir = TempDir::new().unwrap();
-    let mut leader = open(leader_dir.path()).unwrap();
-    leader.machine.apply((1..=20).map(|i| blank(2, i))).await.unwrap();
-    let snapshot = leader.machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let (_leader, snapshot) = leader_snapshot(20).await;
 
     // A deposed leader's log (term 1) ends at 10; its archive reaches 3.
     let dir = TempDir::new().unwrap();
@@ -215,4 +227,25 @@ async fn a_snapshot_installed_past_the_end_of_the_log_leaves_no_hole_for_the_nex
     StorageHelper::new(&mut s.log, &mut s.machine).get_initial_state().await.expect("openraft loads the log");
     let log = s.log.get_log_state().await.unwrap();
     assert_eq!((log.last_purged_log_id, log.last_log_id), (Some(id(2, 20)), Some(id(2, 25))));
+}
+
+/// openraft lets go of a finished snapshot stream before it hands the stream's file over for
+/// install, so a new leader's first chunk can open the next receive in between. The finished
+/// file must install whole.
+#[tokio::test]
+async fn a_snapshot_waiting_to_install_keeps_its_bytes_when_the_next_one_begins() {
+    use tokio::io::AsyncWriteExt;
+    let (_leader, mut snapshot) = leader_snapshot(20).await;
+    let dir = TempDir::new().unwrap();
+    let mut s = open(dir.path()).unwrap();
+
+    let mut finished = s.machine.begin_receiving_snapshot().await.unwrap();
+    tokio::io::copy(&mut snapshot.snapshot, &mut finished).await.unwrap();
+    finished.flush().await.unwrap();
+    let mut next = s.machine.begin_receiving_snapshot().await.unwrap();
+    next.write_all(b"the next leader's first chunk").await.unwrap();
+    next.flush().await.unwrap();
+
+    s.machine.install_snapshot(&snapshot.meta, finished).await.expect("the finished snapshot installs whole");
+    assert_eq!(s.reader.applied().index, 20);
 }
