@@ -125,3 +125,57 @@ async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_n
     let kept = ChangesRequest { user_id: "u".into(), since_revision: first_restore_revision, ..Default::default() };
     assert!(feed.changes(request(kept, RPC_TIMEOUT)).await.is_ok(), "a cursor at the restored point is fine");
 }
+
+/// Retention runs on the leader, but a deposed leader that does not know it yet (cut off from
+/// its peers, not from the archive) runs it too, and may delete an old snapshot and its chunks
+/// while another node is writing a snapshot that names them. That snapshot's manifest must not
+/// go up naming a chunk that is gone: a restore from it would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_never_names_a_chunk_that_another_nodes_retention_deleted() {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    const POINT: &str = "archive-manifest-next";
+    let s3 = S3Server::start();
+    let live = Cluster::builder()
+        .archive_s3(&s3, "gone-chunks")
+        .archive_option("snapshot_every_entries", "0")
+        .archive_option("snapshot_every_seconds", "0")
+        .start()
+        .await;
+    let leader = live.wait_for_leader(LEADER_TIMEOUT).await;
+    let clients = live.stores(&live.ids());
+    write_items(&clients, "u", "old", 0..300, 16).await;
+    let first = backup_snapshot(&live);
+    write_items(&clients, "v", "new", 0..20, 4).await;
+
+    // The leader's next snapshot stops just before its manifest; meanwhile "another node's
+    // retention" deletes the first snapshot and every chunk, most of which the new one names.
+    live.kill(leader);
+    live.restart_stopping_at(leader, POINT);
+    live.make_leader(leader).await;
+    let archive = live.open_archive();
+    let second = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let snapshot = scope.spawn(|| backup_snapshot(&live));
+            tokio::runtime::Handle::current().block_on(async {
+                live.wait_for_stop(leader, POINT, Duration::from_secs(60)).await;
+                let listed: Vec<_> =
+                    archive.store.list(Some(&archive.path("snapshots"))).try_collect().await.expect("list");
+                assert!(listed.len() > 2, "a manifest and its chunks: {listed:?}");
+                for object in &listed {
+                    live.delete_archive_object(object.location.as_ref()).await;
+                }
+            });
+            live.resume(leader);
+            snapshot.join().expect("backup snapshot answers once the node goes on")
+        })
+    });
+    assert!(second > first);
+    let (code, text) = archive_cli(&live, &["backup", "verify"]);
+    assert_eq!(code, 0, "every chunk the new snapshot names is in the archive: {text}");
+    let restored = Cluster::builder().cluster_id("after-gone-chunks").no_bootstrap().prepare();
+    let (code, text) = restore_cli(&live, &restored, &["--output", "json"]);
+    assert_eq!(code, 0, "restore: {text}");
+    let report: serde_json::Value = json_line(&text);
+    assert_eq!(report["snapshot_index"].as_u64(), Some(second), "{text}");
+}

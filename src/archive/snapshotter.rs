@@ -5,7 +5,8 @@
 //! Invariant: a manifest is written last — after every chunk it names, and after the segments
 //! up to its index, are in the archive — so every listed manifest is a complete starting point
 //! for a restore. Uploads and retention run one at a time (one lock), so retention never deletes
-//! a chunk that a snapshot being written is about to name.
+//! a chunk that a snapshot being written is about to name; and since a node that no longer
+//! leads may not know it yet, the chunks are listed again before the manifest goes up.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -203,40 +204,87 @@ impl Snapshotter {
     /// Uploads the node's current Raft snapshot file: its new chunks, then (once the segments
     /// reach its index, when `after_segments`) the manifest. Its chunks stay pinned against
     /// retention until the manifest that names them is written.
+    ///
+    /// The pins hold only in this process. A deposed leader that does not know it yet (cut off
+    /// from its peers, not from the archive) may still run retention and delete chunks this
+    /// leader's listing has; so the chunks are listed again just before the manifest goes up,
+    /// and if one is gone the upload starts over from a fresh listing, once.
     async fn upload(&self, after_segments: bool) -> Result<Uploaded, String> {
-        let (manifest, mut up) = {
-            let mut known = self.known.lock().await;
-            self.refresh(&mut known).await?;
-            self.upload_chunks(&mut known).await?
-        };
-        let name = manifest_name(manifest.index);
-        keepsake_raft::crash::point("archive-chunks-uploaded");
-        let written = async {
-            if after_segments {
-                self.wait_for_segments(manifest.index).await?;
+        let mut relisted = false;
+        loop {
+            let (manifest, mut up) = {
+                let mut known = self.known.lock().await;
+                self.refresh(&mut known).await?;
+                self.upload_chunks(&mut known).await?
+            };
+            let name = manifest_name(manifest.index);
+            keepsake_raft::crash::point("archive-chunks-uploaded");
+            let written: Result<usize, String> = async {
+                if after_segments {
+                    self.wait_for_segments(manifest.index).await?;
+                }
+                keepsake_raft::crash::point("archive-manifest-next");
+                let gone = self.chunks_gone(&manifest.chunks).await?;
+                if gone > 0 {
+                    return Ok(gone);
+                }
+                self.archive
+                    .store
+                    .put(&self.archive.path(&name), encode_manifest(&manifest).into())
+                    .await
+                    .map_err(|e| format!("uploading {name}: {e}"))?;
+                Ok(0)
             }
-            self.archive
-                .store
-                .put(&self.archive.path(&name), encode_manifest(&manifest).into())
-                .await
-                .map_err(|e| format!("uploading {name}: {e}"))
-        }
-        .await;
-        let mut known = self.known.lock().await;
-        for c in &manifest.chunks {
-            if let Ok(hash) = <[u8; 32]>::try_from(c.hash.as_slice()) {
-                if let Some(n) = known.pinned.get_mut(&hash) {
-                    *n -= 1;
-                    if *n == 0 {
-                        known.pinned.remove(&hash);
+            .await;
+            let mut known = self.known.lock().await;
+            for c in &manifest.chunks {
+                if let Ok(hash) = <[u8; 32]>::try_from(c.hash.as_slice()) {
+                    if let Some(n) = known.pinned.get_mut(&hash) {
+                        *n -= 1;
+                        if *n == 0 {
+                            known.pinned.remove(&hash);
+                        }
                     }
                 }
             }
+            match written? {
+                0 => {
+                    self.set_newest(&mut known, Some((manifest.index, manifest.created_at_us)));
+                    up.index = manifest.index;
+                    return Ok(up);
+                }
+                gone => {
+                    known.listed = false;
+                    let why = format!(
+                        "{gone} chunks snapshot {name} would name were deleted from the archive while it was \
+                         written (retention on a node that no longer leads?)"
+                    );
+                    if relisted {
+                        return Err(format!("{why}; not writing its manifest"));
+                    }
+                    tracing::warn!(archive = %self.archive.url, "{why}; uploading them again");
+                    relisted = true;
+                }
+            }
         }
-        written?;
-        self.set_newest(&mut known, Some((manifest.index, manifest.created_at_us)));
-        up.index = manifest.index;
-        Ok(up)
+    }
+
+    /// How many of `chunks` are not in the archive's listing now.
+    async fn chunks_gone(&self, chunks: &[ChunkRef]) -> Result<usize, String> {
+        let prefix = self.archive.path("snapshots/chunks");
+        let listed: HashSet<[u8; 32]> = self
+            .archive
+            .store
+            .list(Some(&prefix))
+            .map_ok(|o| parse_chunk_name(o.location.as_ref()))
+            .try_filter_map(|hash| futures::future::ready(Ok(hash)))
+            .try_collect()
+            .await
+            .map_err(|e| format!("listing the chunks: {e}"))?;
+        Ok(chunks
+            .iter()
+            .filter(|c| <[u8; 32]>::try_from(c.hash.as_slice()).map_or(true, |h| !listed.contains(&h)))
+            .count())
     }
 
     async fn upload_chunks(&self, known: &mut Known) -> Result<(SnapshotManifest, Uploaded), String> {

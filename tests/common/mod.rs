@@ -50,8 +50,9 @@ const LOG_TAIL_LINES: usize = 40;
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// `KEEPSAKE_*` variables that would override the written config file.
-const OVERRIDING_VARS: [&str; 8] = [
+const OVERRIDING_VARS: [&str; 9] = [
     "KEEPSAKE_CRASH_AT",
+    "KEEPSAKE_STOP_AT",
     "KEEPSAKE_CONFIG",
     "KEEPSAKE_NODE_ID",
     "KEEPSAKE_CLUSTER_ID",
@@ -265,8 +266,8 @@ struct NodeProc {
 }
 
 impl NodeProc {
-    /// Starts `keepsake serve`, with `crash_at` as its `KEEPSAKE_CRASH_AT` when given.
-    fn spawn(&self, crash_at: Option<&str>) -> Child {
+    /// Starts `keepsake serve`, with `armed` (a crash-point variable and its value) when given.
+    fn spawn(&self, armed: Option<(&str, &str)>) -> Child {
         let log =
             OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open the test node's log file");
         let log_err = log.try_clone().expect("duplicate the test node's log file handle");
@@ -281,8 +282,8 @@ impl NodeProc {
             cmd.env_remove(var);
         }
         cmd.envs(S3_ENV);
-        if let Some(point) = crash_at {
-            cmd.env("KEEPSAKE_CRASH_AT", point);
+        if let Some((var, point)) = armed {
+            cmd.env(var, point);
         }
         keepsake::cli::die_with_parent(&mut cmd);
         cmd.spawn().unwrap_or_else(|e| panic!("cannot start `keepsake serve` for node {}: {e}", self.id))
@@ -678,15 +679,21 @@ impl Cluster {
     /// `restart`, with the crash point `point` armed (`KEEPSAKE_CRASH_AT`, see
     /// raft/src/crash.rs): the node SIGKILLs itself when it gets there.
     pub fn restart_crashing_at(&self, id: u64, point: &str) {
-        self.restart_with(id, Some(point));
+        self.restart_with(id, Some(("KEEPSAKE_CRASH_AT", point)));
     }
 
-    fn restart_with(&self, id: u64, crash_at: Option<&str>) {
+    /// `restart`, with the node set to SIGSTOP itself at `point` (`KEEPSAKE_STOP_AT`); see
+    /// `wait_for_stop`, then `resume`.
+    pub fn restart_stopping_at(&self, id: u64, point: &str) {
+        self.restart_with(id, Some(("KEEPSAKE_STOP_AT", point)));
+    }
+
+    fn restart_with(&self, id: u64, armed: Option<(&str, &str)>) {
         let node = self.node(id);
         let mut child = lock(&node.child);
         assert!(child.is_none(), "restart: node {id} is still running; kill or stop it first");
         node.paused.store(false, Ordering::SeqCst);
-        *child = Some(node.spawn(crash_at));
+        *child = Some(node.spawn(armed));
         *lock(&node.channel) = connect(&node.client_addr);
     }
 
@@ -707,6 +714,27 @@ impl Cluster {
         assert_eq!(status.signal(), Some(libc::SIGKILL), "node {id} ended with {status}, not at its crash point");
         let log = std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default();
         assert!(log.contains(&format!("crash point {point}")), "node {id} was killed, but not at {point}");
+    }
+
+    /// Waits for a node armed by `restart_stopping_at` to stop itself at its point; panics if
+    /// it has not within `timeout`.
+    pub async fn wait_for_stop(&self, id: u64, point: &str, timeout: Duration) {
+        let node = self.node(id);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pid = node.pid().unwrap_or_else(|| panic!("node {id} is not running"));
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+            if state == Some('T') && log.contains(&format!("crash point {point}: SIGSTOP")) {
+                node.paused.store(true, Ordering::SeqCst);
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("node {id} did not stop at {point} within {timeout:?}:\n{}", self.log_tail(id, 20));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGSTOP: the process stays alive but answers nothing.
@@ -962,7 +990,12 @@ pub fn keepsake_cli_crashing_at<S: AsRef<std::ffi::OsStr>>(
     crash_at: Option<&str>,
 ) -> (std::process::ExitStatus, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keepsake"));
-    cmd.args(args).envs(S3_ENV).env_remove("KEEPSAKE_ENDPOINTS").env_remove("KEEPSAKE_CRASH_AT").stdin(Stdio::null());
+    cmd.args(args)
+        .envs(S3_ENV)
+        .env_remove("KEEPSAKE_ENDPOINTS")
+        .env_remove("KEEPSAKE_CRASH_AT")
+        .env_remove("KEEPSAKE_STOP_AT")
+        .stdin(Stdio::null());
     if let Some(point) = crash_at {
         cmd.env("KEEPSAKE_CRASH_AT", point);
     }
