@@ -149,12 +149,7 @@ async fn a_snapshot_install_killed_before_it_is_durable_leaves_a_node_that_start
 async fn an_archive_upload_killed_midway_loses_nothing() {
     let s3 = S3Server::start();
     // Archive snapshots only when asked for, so that the crash comes from the one asked for.
-    let cluster = Cluster::builder()
-        .archive_s3(&s3, "crash")
-        .archive_option("snapshot_every_entries", "0")
-        .archive_option("snapshot_every_seconds", "0")
-        .start()
-        .await;
+    let cluster = Cluster::builder().archive_s3(&s3, "crash").archive_snapshots_on_demand().start().await;
     let clients = cluster.stores(&cluster.ids());
     write_acked(&clients, "before", 0..50).await;
     let uploader = cluster.other(&[cluster.wait_for_leader(LEADER_TIMEOUT).await]);
@@ -196,11 +191,7 @@ async fn an_archive_upload_killed_midway_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restore_killed_midway_leaves_no_data_dir_and_runs_again() {
-    let old = Cluster::builder()
-        .archive_option("snapshot_every_entries", "0")
-        .archive_option("snapshot_every_seconds", "0")
-        .start()
-        .await;
+    let old = Cluster::builder().archive_snapshots_on_demand().start().await;
     let clients = old.stores(&old.ids());
     write_items(&clients, "u", "base", 0..200, 8).await;
     let (code, text) = cluster_cli(&old, &["backup", "snapshot", "--timeout", "60s"]);

@@ -68,8 +68,7 @@ async fn archive_lag_and_restore_speed() {
     let total: usize = std::env::var("KEEPSAKE_MEASURE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30);
     let items = total / VALUE_BYTES;
     let s3 = S3Server::start();
-    let mut builder =
-        Cluster::builder().archive_option("snapshot_every_entries", "0").archive_option("snapshot_every_seconds", "0");
+    let mut builder = Cluster::builder().archive_snapshots_on_demand();
     if std::env::var("KEEPSAKE_MEASURE_ARCHIVE").as_deref() != Ok("local") {
         builder = builder.archive_s3(&s3, "measure");
     }

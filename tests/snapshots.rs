@@ -20,6 +20,16 @@ fn backup_snapshot(cluster: &Cluster) -> u64 {
     v["index"].as_u64().expect("the snapshot's index")
 }
 
+/// Starts `builder`'s cluster with archive snapshots on demand, writes 300 items (user `u`,
+/// collection `old`) and takes an archive snapshot of them: (cluster, leader, snapshot index).
+async fn snapshot_of_300_items(builder: ClusterBuilder) -> (Cluster, u64, u64) {
+    let live = builder.archive_snapshots_on_demand().start().await;
+    let leader = live.wait_for_leader(LEADER_TIMEOUT).await;
+    write_items(&live.stores(&live.ids()), "u", "old", 0..300, 16).await;
+    let first = backup_snapshot(&live);
+    (live, leader, first)
+}
+
 fn segment_ranges(cluster: &Cluster) -> Vec<(u64, u64)> {
     let (code, text) = archive_cli(cluster, &["backup", "list", "--output", "json"]);
     assert_eq!(code, 0, "backup list: {text}");
@@ -35,17 +45,9 @@ fn segment_ranges(cluster: &Cluster) -> Vec<(u64, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_no_restore_needs() {
     let s3 = S3Server::start();
-    let live = Cluster::builder()
-        .archive_s3(&s3, "snapshots")
-        .archive_option("snapshot_every_entries", "0")
-        .archive_option("snapshot_every_seconds", "0")
-        .archive_option("retention", "\"2s\"")
-        .start()
-        .await;
-    let leader = live.wait_for_leader(LEADER_TIMEOUT).await;
+    let builder = Cluster::builder().archive_s3(&s3, "snapshots").archive_option("retention", "\"2s\"");
+    let (live, leader, first) = snapshot_of_300_items(builder).await;
     let clients = live.stores(&live.ids());
-    write_items(&clients, "u", "old", 0..300, 16).await;
-    let first = backup_snapshot(&live);
     let early = write_items(&clients, "u", "new", 0..10, 4).await;
     let early_index = early.iter().map(|(_, r)| r.log_index).max().expect("writes");
     write_items(&clients, "u", "new", 10..300, 16).await;
@@ -133,23 +135,16 @@ async fn restores_start_from_archive_snapshots_and_retention_deletes_only_what_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_snapshot_never_names_a_chunk_that_another_nodes_retention_deleted() {
     use futures::TryStreamExt;
-    use object_store::ObjectStore;
+    use object_store::{ObjectStore, ObjectStoreExt};
     const POINT: &str = "archive-manifest-next";
     let s3 = S3Server::start();
-    let live = Cluster::builder()
-        .archive_s3(&s3, "gone-chunks")
-        .archive_option("snapshot_every_entries", "0")
-        .archive_option("snapshot_every_seconds", "0")
-        .start()
-        .await;
-    let leader = live.wait_for_leader(LEADER_TIMEOUT).await;
-    let clients = live.stores(&live.ids());
-    write_items(&clients, "u", "old", 0..300, 16).await;
-    let first = backup_snapshot(&live);
-    write_items(&clients, "v", "new", 0..20, 4).await;
+    let (live, leader, first) = snapshot_of_300_items(Cluster::builder().archive_s3(&s3, "gone-chunks")).await;
+    write_items(&live.stores(&live.ids()), "v", "new", 0..20, 4).await;
 
     // The leader's next snapshot stops just before its manifest; meanwhile "another node's
     // retention" deletes the first snapshot and every chunk, most of which the new one names.
+    // The other nodes are paused while that happens, so that none of them, electing itself
+    // while the leader is stopped, writes a snapshot of its own in the middle of the deletion.
     live.kill(leader);
     live.restart_stopping_at(leader, POINT);
     live.make_leader(leader).await;
@@ -159,12 +154,15 @@ async fn a_snapshot_never_names_a_chunk_that_another_nodes_retention_deleted() {
             let snapshot = scope.spawn(|| backup_snapshot(&live));
             tokio::runtime::Handle::current().block_on(async {
                 live.wait_for_stop(leader, POINT, Duration::from_secs(60)).await;
+                let others: Vec<u64> = live.ids().into_iter().filter(|id| *id != leader).collect();
+                others.iter().for_each(|id| live.pause(*id));
                 let listed: Vec<_> =
                     archive.store.list(Some(&archive.path("snapshots"))).try_collect().await.expect("list");
                 assert!(listed.len() > 2, "a manifest and its chunks: {listed:?}");
                 for object in &listed {
-                    live.delete_archive_object(object.location.as_ref()).await;
+                    archive.store.delete(&object.location).await.expect("delete");
                 }
+                others.iter().for_each(|id| live.resume(*id));
             });
             live.resume(leader);
             snapshot.join().expect("backup snapshot answers once the node goes on")

@@ -46,9 +46,11 @@ pub fn point(name: &str) {
     for (target, verb, signal) in [(crash, "SIGKILL", libc::SIGKILL), (stop, "SIGSTOP", libc::SIGSTOP)] {
         if Target::hit(target, name) {
             eprintln!("crash point {name}: {verb}");
-            // SAFETY: kill(2) on our own pid with a valid signal number.
+            // To this thread, not the process: a process-directed SIGSTOP may be taken by an
+            // idle thread, and until it wakes this one runs on past the point.
+            // SAFETY: raise(3) with a valid signal number.
             unsafe {
-                libc::kill(libc::getpid(), signal);
+                libc::raise(signal);
             }
         }
     }

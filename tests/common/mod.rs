@@ -134,6 +134,11 @@ impl ClusterBuilder {
         self
     }
 
+    /// Archive snapshots only when asked for (`keepsake backup snapshot`), never on schedule.
+    pub fn archive_snapshots_on_demand(self) -> Self {
+        self.archive_option("snapshot_every_entries", "0").archive_option("snapshot_every_seconds", "0")
+    }
+
     /// `raft.keep_entries_after_snapshot` (default 1,000).
     pub fn keep_after_snapshot(mut self, entries: u64) -> Self {
         self.keep_after_snapshot = entries;
@@ -723,10 +728,8 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             let pid = node.pid().unwrap_or_else(|| panic!("node {id} is not running"));
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
             let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
-            if state == Some('T') && log.contains(&format!("crash point {point}: SIGSTOP")) {
+            if all_threads_stopped(pid) && log.contains(&format!("crash point {point}: SIGSTOP")) {
                 node.paused.store(true, Ordering::SeqCst);
                 return;
             }
@@ -737,12 +740,17 @@ impl Cluster {
         }
     }
 
-    /// SIGSTOP: the process stays alive but answers nothing.
+    /// SIGSTOP: the process stays alive but answers nothing (returns once every thread stopped).
     pub fn pause(&self, id: u64) {
         let node = self.node(id);
         let pid = node.pid().unwrap_or_else(|| panic!("pause: node {id} is not running"));
         signal(pid, libc::SIGSTOP);
         node.paused.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(pid) {
+            assert!(Instant::now() < deadline, "pause: node {id}'s threads did not all stop within 5 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT after `pause`.
@@ -1050,6 +1058,22 @@ pub fn metric(cluster: &Cluster, id: u64, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("{name} is not in /metrics: {text}"))
+}
+
+/// Whether every thread of `pid` is stopped: a SIGSTOP stops the threads one by one, and a
+/// thread still running may yet finish a request.
+fn all_threads_stopped(pid: libc::pid_t) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if state != Some('T') {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 fn signal(pid: libc::pid_t, sig: libc::c_int) {
