@@ -177,3 +177,39 @@ async fn a_snapshot_never_names_a_chunk_that_another_nodes_retention_deleted() {
     let report: serde_json::Value = json_line(&text);
     assert_eq!(report["snapshot_index"].as_u64(), Some(second), "{text}");
 }
+
+/// A snapshot naming a chunk that is gone (deleted by a deposed leader's retention in the
+/// window bug 13's check leaves, or lost) does not stop a restore: it starts from the snapshot
+/// before, replays the segments past it to the head, and names the one it passed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_passes_over_a_snapshot_with_a_missing_chunk_and_starts_from_the_one_before() {
+    use futures::TryStreamExt;
+    use object_store::ObjectStore;
+    let s3 = S3Server::start();
+    let (live, _, first) = snapshot_of_300_items(Cluster::builder().archive_s3(&s3, "passed-over")).await;
+    let archive = live.open_archive();
+    let chunks = || async {
+        let listed = archive.store.list(Some(&archive.path("snapshots/chunks")));
+        listed.map_ok(|o| o.location.to_string()).try_collect::<std::collections::BTreeSet<_>>().await.expect("list")
+    };
+    let before = chunks().await;
+    write_items(&live.stores(&live.ids()), "v", "new", 0..50, 8).await;
+    let second = backup_snapshot(&live);
+    let only_second: Vec<String> = chunks().await.difference(&before).cloned().collect();
+    assert!(!only_second.is_empty(), "the second snapshot has chunks of its own");
+    live.delete_archive_object(&only_second[0]).await;
+    let (code, text) = archive_cli(&live, &["backup", "verify"]);
+    assert_eq!(code, 1, "verify names the missing chunk: {text}");
+    assert!(text.contains(&only_second[0]), "{text}");
+
+    let restored = Cluster::builder().cluster_id("after-passed-over").no_bootstrap().prepare();
+    let (code, text) = restore_cli(&live, &restored, &["--output", "json"]);
+    assert_eq!(code, 0, "restore: {text}");
+    let report: serde_json::Value = json_line(&text);
+    assert_eq!(report["snapshot_index"].as_u64(), Some(first), "it starts from the whole snapshot: {text}");
+    assert!(report["index"].as_u64() >= Some(second), "and replays past the broken one: {text}");
+    assert_eq!(report["items"].as_u64(), Some(350), "{text}");
+    let passed_over = report["passed_over"].as_array().expect("passed_over");
+    assert_eq!(passed_over.len(), 1, "{text}");
+    assert!(passed_over[0].as_str().unwrap_or("").contains(&format!("{second:020}.snap")), "{text}");
+}

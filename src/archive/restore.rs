@@ -1,12 +1,14 @@
 //! `keepsake restore`: rebuilds a node's data directory from the archive alone.
 //!
-//! It chains segments from index 0 to the target, checks every checksum and, at every segment
-//! boundary, that the replayed state's digest equals the one the segment recorded. The result
+//! It starts from the newest whole archive snapshot at or before the target (one naming a
+//! missing chunk is passed over, and reported), chains segments from there to the target, and
+//! checks every checksum and, at every segment boundary, that the replayed state's digest
+//! equals the one the segment recorded. The result
 //! is the first state of a new cluster (new cluster id, revisions continuing above anything the
 //! old cluster could have handed out). It works in `<dir>.partial` and renames it into place
 //! only when everything checked out, so a failed restore leaves no data directory behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -65,6 +67,9 @@ pub struct Report {
     pub bytes: u64,
     pub seconds: f64,
     pub digest: String,
+    /// Newer archive snapshots the restore could not start from, a chunk they name being
+    /// missing (`backup verify` names them); it started from an older one or from index 0.
+    pub passed_over: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,15 +101,22 @@ fn chain(listed: &[Listed], from: u64) -> (Vec<Listed>, Option<u64>) {
     (out, None)
 }
 
-/// The newest archive snapshot a restore to `target` can start from (None: start at index 0).
-async fn base_snapshot(archive: &Archive, target: Target) -> Result<Option<(String, SnapshotManifest)>, RestoreError> {
+/// The newest archive snapshot a restore to `target` can start from (None: start at index 0),
+/// and the newer ones passed over because a chunk they name is missing (a deposed leader's
+/// retention can delete one; see `snapshotter::upload`), each with how many are missing.
+async fn base_snapshot(
+    archive: &Archive,
+    target: Target,
+) -> Result<(Option<(String, SnapshotManifest)>, Vec<String>), RestoreError> {
     let prefix = archive.path("snapshots");
     let objects: Vec<object_store::ObjectMeta> = archive.store.list(Some(&prefix)).try_collect().await?;
+    let present: HashSet<&str> = objects.iter().map(|o| o.location.as_ref()).collect();
     let mut manifests: Vec<(u64, String)> = objects
         .iter()
         .filter_map(|o| Some((parse_manifest_name(o.location.as_ref())?, o.location.to_string())))
         .collect();
     manifests.sort();
+    let mut passed_over = Vec::new();
     for (index, name) in manifests.into_iter().rev() {
         if matches!(target, Target::Index(i) if index > i) {
             continue;
@@ -114,9 +126,21 @@ async fn base_snapshot(archive: &Archive, target: Target) -> Result<Option<(Stri
         if matches!(target, Target::Time(t) if m.last_write_us > t) {
             continue;
         }
-        return Ok(Some((name, m)));
+        let missing = m
+            .chunks
+            .iter()
+            .filter(|c| {
+                <[u8; 32]>::try_from(c.hash.as_slice())
+                    .map_or(true, |h| !present.contains(archive.path(&chunk_name(&h)).as_ref()))
+            })
+            .count();
+        if missing > 0 {
+            passed_over.push(format!("{name} ({missing} of its {} chunks missing)", m.chunks.len()));
+            continue;
+        }
+        return Ok((Some((name, m)), passed_over));
     }
-    Ok(None)
+    Ok((None, passed_over))
 }
 
 /// Loads an archive snapshot's chunks into `store`, checking each chunk's hash and, at the end,
@@ -244,19 +268,31 @@ fn publish(partial: &Path, dir: &Path, cluster_id: &str) -> Result<(), RestoreEr
 }
 
 async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &LeaseGuard) -> Result<Report, RestoreError> {
-    let base = base_snapshot(&plan.archive, plan.target).await?;
+    let (base, passed_over) = base_snapshot(&plan.archive, plan.target).await?;
+    for name in &passed_over {
+        tracing::warn!("restore: passing over snapshot {name}; run `keepsake backup verify`");
+        progress(&format!("passing over snapshot {name}"));
+    }
+    // A gap the passed-over snapshots would have bridged is theirs to explain.
+    let passed = |message: String| match passed_over.is_empty() {
+        true => RestoreError::Archive(message),
+        false => RestoreError::Archive(format!(
+            "{message}; passed over the newer snapshot(s) {}, which name missing chunks",
+            passed_over.join(", ")
+        )),
+    };
     let from = base.as_ref().map_or(0, |(_, m)| m.index + 1);
     let listed = list(&plan.archive).await?;
     if listed.is_empty() && base.is_none() {
-        return Err(RestoreError::Archive(format!(
-            "{} holds no snapshot and no segment for this cluster",
+        return Err(passed(format!(
+            "{} holds no snapshot to start from and no segment for this cluster",
             plan.archive.url
         )));
     }
     let holds_from = listed.iter().any(|s| s.first <= from && s.last >= from);
     if let Some(oldest) = listed.iter().filter(|s| s.first > from).min_by_key(|s| s.first) {
         if !holds_from && base.is_none() {
-            return Err(RestoreError::Archive(format!(
+            return Err(passed(format!(
                 "no snapshot is at or before the target, and the oldest segment, {}, starts at index {}: the \
                  entries before it are gone (retention deleted what this target needs, or they are missing)",
                 oldest.name, oldest.first
@@ -265,7 +301,7 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
     }
     let (segments, gap) = chain(&listed, from);
     let mut store = keepsake_raft::open(dir)?;
-    let mut report = Report::default();
+    let mut report = Report { passed_over: passed_over.clone(), ..Report::default() };
     if let Some((name, m)) = &base {
         load_snapshot(&plan.archive, &mut store, name, m, &mut report, progress, lease).await?;
     }
@@ -328,17 +364,14 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
         progress(&format!("segment {}/{}: index {}", n + 1, segments.len(), report.index));
     }
     if let Some(missing) = gap.filter(|_| !done) {
-        return Err(RestoreError::Archive(format!(
+        return Err(passed(format!(
             "no segment holds entry {missing} (after index {}): a segment is missing before the target",
             report.index
         )));
     }
     if let Target::Index(i) = plan.target {
         if report.index < i {
-            return Err(RestoreError::Archive(format!(
-                "the archive ends at index {}, before the target {i}",
-                report.index
-            )));
+            return Err(passed(format!("the archive ends at index {}, before the target {i}", report.index)));
         }
     }
     let point = store.reader.applied();

@@ -81,9 +81,15 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
             "{}",
             json!({"index": r.index, "restored_digest": r.digest, "live_digest": live.digest, "match": matches,
                    "items": r.items, "snapshot_index": r.snapshot_index, "segments": r.segments, "bytes": r.bytes,
-                   "rto_seconds": r.seconds, "rpo_seconds": lag.lag_seconds, "rpo_entries": lag.lag_entries})
+                   "rto_seconds": r.seconds, "rpo_seconds": lag.lag_seconds, "rpo_entries": lag.lag_entries,
+                   "passed_over": r.passed_over})
         ),
         Output::Text => {
+            for name in &r.passed_over {
+                println!(
+                    "warning: passed over snapshot {name}: run `keepsake backup verify`, then take a new snapshot"
+                );
+            }
             let base = r.snapshot_index.map_or("index 0".to_string(), |i| format!("the snapshot at {i}"));
             println!("restored {} items at index {} from {base} and {} segments", r.items, r.index, r.segments);
             println!("restored digest {}", r.digest);

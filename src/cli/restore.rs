@@ -88,7 +88,7 @@ pub async fn run(a: RestoreArgs) -> Result<(), Failure> {
             "{}",
             json!({"index": r.index, "snapshot_index": r.snapshot_index, "last_entry_time_us": r.last_entry_time_us, "items": r.items,
                    "revision": r.revision, "revision_floor": r.revision_floor, "segments": r.segments,
-                   "bytes": r.bytes, "seconds": r.seconds, "digest": r.digest})
+                   "bytes": r.bytes, "seconds": r.seconds, "digest": r.digest, "passed_over": r.passed_over})
         ),
         Output::Text => {
             let when =
@@ -98,6 +98,9 @@ pub async fn run(a: RestoreArgs) -> Result<(), Failure> {
                 "digest {} at revision {}; new writes start above revision {}",
                 r.digest, r.revision, r.revision_floor
             );
+            for name in &r.passed_over {
+                println!("passed over snapshot {name}: run `keepsake backup verify`, then take a new snapshot");
+            }
             let base = r.snapshot_index.map_or("index 0".to_string(), |i| format!("the snapshot at index {i}"));
             println!(
                 "started from {base}; read {} segments, {} bytes in {:.2} s ({mb_per_s:.1} MB/s)",
