@@ -22,7 +22,9 @@ use openraft::{CommittedLeaderId, EntryPayload, Membership};
 use super::entry::to_command;
 use super::retention::{LeaseGuard, LEASE_DURATION};
 use super::segment::Segment;
-use super::snapshot::{chunk_name, decode_manifest, parse_manifest_name, records, Chunk};
+use super::snapshot::{
+    chunk_name, chunks_missing, decode_manifest, parse_chunk_name, parse_manifest_name, records, Chunk,
+};
 use super::store::Archive;
 use super::verify::{list, Listed};
 use crate::proto::archive::{ArchivedEntry, SnapshotManifest};
@@ -110,7 +112,8 @@ async fn base_snapshot(
 ) -> Result<(Option<(String, SnapshotManifest)>, Vec<String>), RestoreError> {
     let prefix = archive.path("snapshots");
     let objects: Vec<object_store::ObjectMeta> = archive.store.list(Some(&prefix)).try_collect().await?;
-    let present: HashSet<&str> = objects.iter().map(|o| o.location.as_ref()).collect();
+    let listed_chunks: HashSet<[u8; 32]> =
+        objects.iter().filter_map(|o| parse_chunk_name(o.location.as_ref())).collect();
     let mut manifests: Vec<(u64, String)> = objects
         .iter()
         .filter_map(|o| Some((parse_manifest_name(o.location.as_ref())?, o.location.to_string())))
@@ -126,14 +129,7 @@ async fn base_snapshot(
         if matches!(target, Target::Time(t) if m.last_write_us > t) {
             continue;
         }
-        let missing = m
-            .chunks
-            .iter()
-            .filter(|c| {
-                <[u8; 32]>::try_from(c.hash.as_slice())
-                    .map_or(true, |h| !present.contains(archive.path(&chunk_name(&h)).as_ref()))
-            })
-            .count();
+        let missing = chunks_missing(&m.chunks, &listed_chunks);
         if missing > 0 {
             passed_over.push(format!("{name} ({missing} of its {} chunks missing)", m.chunks.len()));
             continue;
@@ -270,16 +266,18 @@ fn publish(partial: &Path, dir: &Path, cluster_id: &str) -> Result<(), RestoreEr
 async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &LeaseGuard) -> Result<Report, RestoreError> {
     let (base, passed_over) = base_snapshot(&plan.archive, plan.target).await?;
     for name in &passed_over {
-        tracing::warn!("restore: passing over snapshot {name}; run `keepsake backup verify`");
         progress(&format!("passing over snapshot {name}"));
     }
     // A gap the passed-over snapshots would have bridged is theirs to explain.
-    let passed = |message: String| match passed_over.is_empty() {
-        true => RestoreError::Archive(message),
-        false => RestoreError::Archive(format!(
-            "{message}; passed over the newer snapshot(s) {}, which name missing chunks",
-            passed_over.join(", ")
-        )),
+    let passed = |message: String| {
+        if passed_over.is_empty() {
+            RestoreError::Archive(message)
+        } else {
+            RestoreError::Archive(format!(
+                "{message}; passed over the newer snapshot(s) {}, which name missing chunks",
+                passed_over.join(", ")
+            ))
+        }
     };
     let from = base.as_ref().map_or(0, |(_, m)| m.index + 1);
     let listed = list(&plan.archive).await?;

@@ -7,9 +7,11 @@
 //! RocksDB compacted. Each chunk is uploaded once and referenced by every later snapshot that
 //! holds it. The decoders check every length and hash and never panic, whatever the bytes.
 
+use std::collections::HashSet;
+
 use prost::Message;
 
-use crate::proto::archive::SnapshotManifest;
+use crate::proto::archive::{ChunkRef, SnapshotManifest};
 
 pub const CHUNK_MAGIC: &[u8; 8] = b"KSCHK001";
 pub const MANIFEST_MAGIC: &[u8; 8] = b"KSSNP001";
@@ -56,6 +58,12 @@ pub fn parse_chunk_name(name: &str) -> Option<[u8; 32]> {
         .map(|i| file.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
         .collect::<Option<_>>()?;
     bytes.try_into().ok()
+}
+
+/// How many of a manifest's `chunks` are not among `listed` (hashes read from a listing with
+/// `parse_chunk_name`); a hash that is not 32 bytes counts as missing.
+pub fn chunks_missing(chunks: &[ChunkRef], listed: &HashSet<[u8; 32]>) -> usize {
+    chunks.iter().filter(|c| <[u8; 32]>::try_from(c.hash.as_slice()).map_or(true, |h| !listed.contains(&h))).count()
 }
 
 pub fn hex(bytes: &[u8]) -> String {

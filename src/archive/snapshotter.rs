@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, watch, Mutex};
 
 use super::archiver::{put, ArchiveStatus};
 use super::retention;
-use super::snapshot::{chunk_name, encode_manifest, manifest_name, parse_chunk_name, parse_manifest_name, Chunker};
+use super::snapshot::{
+    chunk_name, chunks_missing, encode_manifest, manifest_name, parse_chunk_name, parse_manifest_name, Chunker,
+};
 use super::store::Archive;
 use crate::config::ArchiveConfig;
 use crate::proposer::now_us;
@@ -281,10 +283,7 @@ impl Snapshotter {
             .try_collect()
             .await
             .map_err(|e| format!("listing the chunks: {e}"))?;
-        Ok(chunks
-            .iter()
-            .filter(|c| <[u8; 32]>::try_from(c.hash.as_slice()).map_or(true, |h| !listed.contains(&h)))
-            .count())
+        Ok(chunks_missing(chunks, &listed))
     }
 
     async fn upload_chunks(&self, known: &mut Known) -> Result<(SnapshotManifest, Uploaded), String> {
