@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Keepsake needs on a fresh Debian machine with the Rust
 # toolchain: a C++ compiler and libclang (RocksDB's bindings), and the S3-compatible server
-# the tests archive to (moto, from PyPI, in a virtualenv under target/tools). Keepsake's own protoc comes
-# vendored through Cargo; etcd-client's build needs Debian's. Idempotent, and quick when everything is already there.
+# the tests archive to (moto, from PyPI, in a virtualenv under target/tools). protoc comes vendored
+# through Cargo. Idempotent, and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +22,6 @@ command -v make >/dev/null 2>&1 || need+=(make)
 has_libclang || need+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
-# etcd-client (the benchmark's etcd driver) compiles etcd's protos with a system protoc.
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "ops/setup.sh: installing ${need[*]}" >&2

@@ -33,7 +33,7 @@ pub struct NodeConfig {
     pub limits: Limits,
 }
 
-/// Continuous backup to object storage (DESIGN.md §4).
+/// Continuous backup to object storage (docs/design.md §4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArchiveConfig {
@@ -105,6 +105,27 @@ impl std::fmt::Debug for Secret {
 }
 
 impl ArchiveConfig {
+    /// The archive's URL: the configured one, or `default_dir` when none is.
+    pub fn url_or(&self, default_dir: &Path) -> String {
+        if self.url.is_empty() {
+            default_dir.display().to_string()
+        } else {
+            self.url.clone()
+        }
+    }
+
+    /// How to reach the archive's object store.
+    pub fn connection(&self) -> keepsake_archive::store::Connection {
+        keepsake_archive::store::Connection {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.0.clone(),
+            virtual_hosted_style: self.virtual_hosted_style,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+        }
+    }
+
     /// The retention window; None keeps everything.
     pub fn retention(&self) -> Result<Option<Duration>, String> {
         match self.retention.trim() {

@@ -1,18 +1,16 @@
-//! Keepsake: a Raft-replicated gRPC store for user data.
+//! keepsake: the node and its command line.
 //!
-//! The path of a write: `server::store` (validate) → `replica` (forward to the leader) →
-//! `proposer` (group commit) → keepsake-raft (log, fsync, replicate, apply). Reads pass a
-//! read barrier in `replica`, then read `keepsake_raft::StateReader`.
+//! The path of a write (docs/design.md, "The path of a write"): `server::store` validates →
+//! `replica` forwards it to the leader → keepsake-raft's consensus front commits it (group
+//! commit, log fsync, replication, apply) → `backup::archiver` uploads it in a segment. Reads
+//! pass a read barrier in `replica`, then read keepsake-raft's `StateReader`.
 
-pub mod archive;
+pub mod backup;
 pub mod cli;
 pub mod config;
-pub mod lease;
 pub mod limits;
 pub mod node;
 pub mod peer;
-pub mod proposer;
 pub mod proto;
-pub mod read_index;
 pub mod replica;
 pub mod server;

@@ -1,4 +1,4 @@
-//! Request limits and their defaults, in one place (documented in the README's "Limits").
+//! Request limits and their defaults, in one place (documented in docs/operations.md, "Limits").
 //!
 //! Every limit is checked before a request reaches the Raft log, so a bad request costs the
 //! cluster nothing.

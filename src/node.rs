@@ -7,19 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use keepsake_raft::{Node, Raft};
+use keepsake_archive::store::Archive;
+use keepsake_raft::consensus::{Parts, Settings};
+use keepsake_raft::{Consensus, Node, Raft};
 use openraft::SnapshotPolicy;
 use tokio::sync::watch;
 
-use crate::archive::archiver::{ArchiveStatus, Archiver};
-use crate::archive::snapshotter::Snapshotter;
-use crate::archive::store::Archive;
+use crate::backup::archiver::Archiver;
+use crate::backup::snapshotter::Snapshotter;
+use crate::backup::status::ArchiveStatus;
 use crate::config::NodeConfig;
 use crate::peer::client::Peers;
-use crate::peer::service::PeerService;
-use crate::proposer::Proposer;
 use crate::proto::raft::raft_transport_server::RaftTransportServer;
 use crate::replica::{ArchiveView, Replica};
+use crate::server::peer::PeerService;
 
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
     let r = &config.raft;
@@ -47,7 +48,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let store = keepsake_raft::open(&config.data_dir)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     // Closed before Raft starts (openraft purges at start-up): nothing is purged until the
-    // archiver knows how far the archive reaches (DESIGN.md §1.5).
+    // archiver knows how far the archive reaches (docs/design.md §1.5).
     store.gate.set_limit(0);
     let client_listener = crate::server::bind(&config.client_addr).await?;
     let peer_listener = crate::server::bind(&config.peer_addr).await?;
@@ -56,8 +57,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         addr => Some(crate::server::bind(addr).await?),
     };
 
-    // No lease in the term this process starts in (`lease.rs`): a leader transfer started
-    // before a restart may still reach its target. Read before Raft starts, as its core will.
+    // No lease in the term this process starts in (raft/src/lease.rs): a leader transfer
+    // started before a restart may still reach its target. Read before Raft starts, as its
+    // core will.
     let start_term = {
         use openraft::storage::RaftLogStorage;
         let vote = store.log.clone().read_vote().await.context("cannot read the saved vote")?;
@@ -68,18 +70,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         Raft::new(config.node_id, Arc::new(raft_config(&config)?), peers.clone(), store.log.clone(), store.machine)
             .await
             .context("cannot start raft")?;
-    // An entry left unanswered across a term change gives way after two election timeouts.
-    let grace = Duration::from_millis(2 * config.raft.election_timeout_max_ms);
-    let proposer = Proposer::start(raft.clone(), config.limits.max_pending_writes, grace);
-    let lease = crate::lease::Lease::new(
-        config.node_id,
-        peers.acks.clone(),
-        Duration::from_millis(config.raft.election_timeout_min_ms),
-        config.raft.lease_reads,
-        start_term,
-    );
-    let read_index = crate::read_index::ReadIndex::start(raft.clone(), config.node_id, store.log.clone(), lease);
-    let archive = Archive::open(&config.archive, &config.data_dir.join("archive"), &config.cluster_id)?;
+    let settings = Settings {
+        election_timeout_min: Duration::from_millis(config.raft.election_timeout_min_ms),
+        election_timeout_max: config.raft.election_timeout_max(),
+        lease_reads: config.raft.lease_reads,
+        max_pending_writes: config.limits.max_pending_writes,
+    };
+    let parts = Parts { log: store.log.clone(), reader: store.reader.clone(), gate: store.gate.clone() };
+    let consensus = Consensus::start(config.node_id, raft.clone(), parts, peers.acks.clone(), settings, start_term);
+    let archive = Archive::open(
+        &config.archive.url_or(&config.data_dir.join("archive")),
+        &config.archive.connection(),
+        &config.cluster_id,
+    )?;
     let (status_tx, status_rx) = watch::channel(ArchiveStatus::default());
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let snapshotter = Arc::new(Snapshotter::new(
@@ -96,26 +99,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         cluster_id: config.cluster_id.clone(),
         node_id: config.node_id,
         raft: raft.clone(),
-        log: store.log.clone(),
-        reader: store.reader.clone(),
-        gate: store.gate.clone(),
+        log: store.log,
+        reader: store.reader,
+        gate: store.gate,
         config: config.archive.clone(),
         status: status_tx,
         waiting: waiting.clone(),
         snapshotter: snapshotter.clone(),
     });
-    let replica = Arc::new(Replica {
-        id: config.node_id,
-        config: config.clone(),
-        raft: raft.clone(),
-        reader: store.reader,
-        log: store.log,
-        gate: store.gate,
-        peers,
-        proposer,
-        read_index,
-        archive: ArchiveView { url: archive.url.clone(), status: status_rx, waiting, snapshotter: snapshotter.clone() },
-    });
+    let view = ArchiveView { url: archive.url.clone(), status: status_rx, waiting, snapshotter: snapshotter.clone() };
+    let replica = Arc::new(Replica::new(consensus, config.clone(), peers, view));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -136,7 +129,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         http_listener.map(|l| tokio::spawn(crate::server::http::serve(replica.clone(), l, stopped(stop_rx.clone()))));
 
     bootstrap(&replica).await?;
-    let purger = tokio::spawn(purge_behind_snapshots(replica.clone()));
+    let purger = {
+        let (replica, keep) = (replica.clone(), config.raft.keep_entries_after_snapshot);
+        tokio::spawn(async move { replica.consensus().purge_behind_snapshots(keep).await })
+    };
     let archiving = tokio::spawn(archiver.run());
     let snapshotting = tokio::spawn(snapshotter.run());
     tracing::info!(node = config.node_id, client = %config.client_addr, peer = %config.peer_addr, "node started");
@@ -146,7 +142,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     // half-alive and answering "shutting down" forever.
     let failure = tokio::select! {
         _ = shutdown => None,
-        why = raft_failure(&raft) => Some(why),
+        why = replica.consensus().failure() => Some(why),
     };
     match &failure {
         None => tracing::info!(node = config.node_id, "shutting down"),
@@ -170,19 +166,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     }
 }
 
-/// Resolves with the error that stopped this node's Raft.
-async fn raft_failure(raft: &Raft) -> String {
-    let mut metrics = raft.metrics();
-    loop {
-        if let Err(e) = &metrics.borrow_and_update().running_state {
-            return e.to_string();
-        }
-        if metrics.changed().await.is_err() {
-            return "raft stopped without saying why".into();
-        }
-    }
-}
-
 /// A data directory belongs to one cluster: a node refuses to start under another cluster id,
 /// so a restored node never writes into the old cluster's archive by mistake.
 fn bind_cluster_id(config: &NodeConfig) -> anyhow::Result<()> {
@@ -203,42 +186,13 @@ fn bind_cluster_id(config: &NodeConfig) -> anyhow::Result<()> {
     }
 }
 
-/// A node whose log is empty and that has initial members starts the cluster. Every initial
-/// member may do this with the same membership: openraft accepts that.
+/// A node whose log is empty and that has initial members starts the cluster.
 async fn bootstrap(replica: &Replica) -> anyhow::Result<()> {
-    let members = &replica.config.members;
-    if members.is_empty() || replica.raft.is_initialized().await? {
-        return Ok(());
-    }
-    let nodes: BTreeMap<u64, Node> = members
+    let members: BTreeMap<u64, Node> = replica
+        .config()
+        .members
         .iter()
         .map(|m| (m.id, Node { client_addr: m.client_addr.clone(), peer_addr: m.peer_addr.clone() }))
         .collect();
-    match replica.raft.initialize(nodes).await {
-        Ok(()) => tracing::info!("bootstrapped a new cluster with {} voters", members.len()),
-        Err(e) => tracing::info!("not bootstrapping: {e}"),
-    }
-    Ok(())
-}
-
-/// The one place that purges the Raft log: behind the newest snapshot, keeping
-/// `keep_entries_after_snapshot` entries, and never past the purge gate.
-async fn purge_behind_snapshots(replica: Arc<Replica>) {
-    let keep = replica.config.raft.keep_entries_after_snapshot;
-    let mut metrics = replica.raft.metrics();
-    let mut last = 0;
-    loop {
-        let snapshot = metrics.borrow_and_update().snapshot.map_or(0, |s| s.index);
-        let upto = snapshot.saturating_sub(keep).min(replica.gate.limit());
-        if upto > last {
-            if let Err(e) = replica.raft.trigger().purge_log(upto).await {
-                tracing::warn!(error = %e, "cannot purge the log");
-                return;
-            }
-            last = upto;
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
+    Ok(replica.consensus().bootstrap(members).await?)
 }

@@ -1,13 +1,10 @@
-//! The generated gRPC code for the public API (`keepsake.v1`) and the peer transport.
+//! The generated gRPC code for the public API (`keepsake.v1`) and the peer transport
+//! (`keepsake.raft.v1`). The archive's messages live in `keepsake_archive::proto`.
 
 #![allow(clippy::all, clippy::pedantic)]
 
 pub mod v1 {
     tonic::include_proto!("keepsake.v1");
-}
-
-pub mod archive {
-    tonic::include_proto!("keepsake.archive.v1");
 }
 
 pub mod raft {

@@ -1,6 +1,7 @@
-//! One running node: its Raft instance, its state, and the two client paths through it —
-//! writes (proposed here when leader, forwarded to the leader otherwise) and linearizable reads
-//! (a read index from the leader, then a local read once apply has reached it).
+//! One running node as the client-facing services see it: the consensus front, the node's
+//! config, its peers and its archive, and the two client paths through them — writes (proposed
+//! here when leader, forwarded to the leader otherwise) and linearizable reads (a read index
+//! from the leader, then a local read once apply has reached it).
 //!
 //! Every wait is bounded by the request's deadline: with no leader or no quorum the caller gets
 //! an error it can act on, never a hang.
@@ -9,51 +10,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keepsake_raft::{LogStore, Node, NodeId, PurgeGate, Raft, StateReader, Write};
+use keepsake_raft::clock::now_us;
+use keepsake_raft::{Committed, Consensus, Error, Node, NodeId, Write};
 use tokio::time::Instant;
 
-use crate::archive::archiver::ArchiveStatus;
+use crate::backup::snapshotter::Snapshotter;
+use crate::backup::status::ArchiveStatus;
 use crate::config::NodeConfig;
 use crate::peer::client::Peers;
-use crate::proposer::{now_us, Committed, Proposer};
-use crate::read_index::{ReadIndex, RoundError};
-
-/// Answer this long before the client's deadline, so the answer arrives in time.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ReplicaError {
-    #[error("{0}")]
-    NoLeader(String),
-    #[error("{0}")]
-    NoQuorum(String),
-    #[error("{0}")]
-    Overloaded(String),
-    #[error("{0}")]
-    Timeout(String),
-    #[error("the leader answered: {}", .0.message())]
-    Remote(tonic::Status),
-    #[error("internal error: {0}")]
-    Internal(String),
-    #[error("{0}")]
-    NotArchived(String),
-    #[error("{0}")]
-    ArchiveBehind(String),
-    #[error("the node is shutting down; retry on another node")]
-    ShuttingDown,
-}
 
 pub struct Replica {
-    pub id: NodeId,
-    pub config: NodeConfig,
-    pub raft: Raft,
-    pub reader: StateReader,
-    pub log: LogStore,
-    pub gate: PurgeGate,
-    pub peers: Peers,
-    pub proposer: Proposer,
-    pub read_index: ReadIndex,
-    pub archive: ArchiveView,
+    consensus: Consensus,
+    config: NodeConfig,
+    peers: Peers,
+    archive: ArchiveView,
 }
 
 /// What the node knows of its archive: where it is and the archiver's status.
@@ -63,7 +33,7 @@ pub struct ArchiveView {
     /// ARCHIVED writes waiting: while any waits, the archiver cuts segments at once.
     pub waiting: Arc<AtomicUsize>,
     /// Takes archive snapshots on demand (`keepsake backup snapshot`).
-    pub snapshotter: Arc<crate::archive::snapshotter::Snapshotter>,
+    pub snapshotter: Arc<Snapshotter>,
 }
 
 impl ArchiveView {
@@ -83,17 +53,29 @@ impl Drop for UrgentGuard {
 }
 
 impl Replica {
-    /// The current leader and its address, as this node knows it.
-    pub fn leader(&self) -> Option<(NodeId, Node)> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let id = m.current_leader?;
-        let node = m.membership_config.membership().get_node(&id)?.clone();
-        Some((id, node))
+    pub fn new(consensus: Consensus, config: NodeConfig, peers: Peers, archive: ArchiveView) -> Self {
+        Replica { consensus, config, peers, archive }
     }
 
-    fn time_left(deadline: Instant) -> Duration {
-        deadline.saturating_duration_since(Instant::now()).saturating_sub(DEADLINE_MARGIN)
+    pub fn id(&self) -> NodeId {
+        self.consensus.id()
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn consensus(&self) -> &Consensus {
+        &self.consensus
+    }
+
+    pub fn archive(&self) -> &ArchiveView {
+        &self.archive
+    }
+
+    /// The current leader and its address, as this node knows it.
+    pub fn leader(&self) -> Option<(NodeId, Node)> {
+        self.consensus.leader()
     }
 
     /// Commits one client write through the leader; `forwarded` writes are not forwarded again.
@@ -104,32 +86,24 @@ impl Replica {
         archived: bool,
         deadline: Instant,
         forwarded: bool,
-    ) -> Result<Committed, ReplicaError> {
+    ) -> Result<Committed, Error> {
         match self.leader() {
             None => Err(no_leader()),
-            Some((id, _)) if id == self.id => {
-                self.check_quorum()?;
+            Some((id, _)) if id == self.id() => {
+                self.consensus.check_quorum()?;
                 self.check_archive_backlog()?;
                 let _urgent = archived.then(|| self.archive.urgent());
-                let committed = tokio::time::timeout(Self::time_left(deadline), self.proposer.propose(write))
-                    .await
-                    .map_err(|_| {
-                    ReplicaError::Timeout(
-                        "the write was not committed before the deadline (no quorum answered); it may still be \
-                             applied: retry with if_revision to be safe"
-                            .into(),
-                    )
-                })??;
+                let committed = self.consensus.propose(write, deadline).await?;
                 if archived && matches!(committed.outcome, keepsake_raft::WriteOutcome::Applied { .. }) {
                     self.wait_archived(committed.log_index, deadline).await?;
                 }
                 Ok(committed)
             }
-            Some(_) if forwarded => Err(ReplicaError::NoLeader("leadership is moving; retry shortly".into())),
+            Some(_) if forwarded => Err(Error::NoLeader("leadership is moving; retry shortly".into())),
             Some((id, node)) => {
                 let (log_index, proposed_at_us, outcome) = self
                     .peers
-                    .propose(&node.peer_addr, &write, archived, Self::time_left(deadline))
+                    .propose(&node.peer_addr, &write, archived, Consensus::time_left(deadline))
                     .await
                     .map_err(|s| remote(id, s))?;
                 Ok(Committed { log_index, proposed_at_us, outcome })
@@ -137,19 +111,19 @@ impl Replica {
         }
     }
 
-    /// Waits until the archive holds `index` (DESIGN.md §1.3: an ARCHIVED write survives the loss
-    /// of every node).
-    async fn wait_archived(&self, index: u64, deadline: Instant) -> Result<(), ReplicaError> {
+    /// Waits until the archive holds `index` (docs/design.md §1.3: an ARCHIVED write survives
+    /// the loss of every node).
+    async fn wait_archived(&self, index: u64, deadline: Instant) -> Result<(), Error> {
         let mut status = self.archive.status.clone();
         let reached =
             async move { status.wait_for(|s| s.archived_index.is_some_and(|a| a >= index)).await.map(|_| ()) };
-        match tokio::time::timeout(Self::time_left(deadline), reached).await {
+        match tokio::time::timeout(Consensus::time_left(deadline), reached).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(ReplicaError::ShuttingDown),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
             Err(_) => {
                 let error = self.archive.status.borrow().last_error.clone();
                 let why = if error.is_empty() { String::new() } else { format!(" (archive: {error})") };
-                Err(ReplicaError::NotArchived(format!(
+                Err(Error::NotArchived(format!(
                     "the write is committed at log index {index} on a quorum but was not archived before the \
                      deadline{why}; it will be archived when the archive catches up"
                 )))
@@ -158,11 +132,11 @@ impl Replica {
     }
 
     /// Refuses writes while the archive is further behind than `archive.max_backlog_*` allow
-    /// (DESIGN.md §4): the client learns the archive is behind, rather than the gap growing
-    /// silently.
-    fn check_archive_backlog(&self) -> Result<(), ReplicaError> {
+    /// (docs/design.md §4): the client learns the archive is behind, rather than the gap
+    /// growing silently.
+    fn check_archive_backlog(&self) -> Result<(), Error> {
         match self.archive_backlog_problem() {
-            Some(problem) => Err(ReplicaError::ArchiveBehind(problem)),
+            Some(problem) => Err(Error::ArchiveBehind(problem)),
             None => Ok(()),
         }
     }
@@ -170,10 +144,11 @@ impl Replica {
     /// Encoded bytes of the committed entries after `archived`, measured now rather than when
     /// the archiver last looked (it may be stuck retrying an upload).
     pub fn archive_backlog_bytes(&self, archived: Option<u64>) -> u64 {
-        let committed = self.log.committed_index();
+        let log = self.consensus.log();
+        let committed = log.committed_index();
         match archived {
             Some(a) if committed <= a => 0,
-            archived => self.log.bytes_between(archived, committed),
+            archived => log.bytes_between(archived, committed),
         }
     }
 
@@ -209,99 +184,46 @@ impl Replica {
         None
     }
 
-    /// Refuses writes up front when this leader has lost touch with its quorum, rather than
-    /// letting them wait for the deadline.
-    fn check_quorum(&self) -> Result<(), ReplicaError> {
-        let limit = self.config.raft.election_timeout_max_ms;
-        let since = self.raft.metrics().borrow().millis_since_quorum_ack;
-        match since {
-            Some(ms) if ms > limit => Err(ReplicaError::NoQuorum(format!(
-                "the leader has not heard from a quorum for {ms} ms: too many nodes are down or unreachable"
-            ))),
-            _ => Ok(()),
-        }
-    }
-
     /// Waits until this node's state includes every write acknowledged before the call.
-    pub async fn read_barrier(&self, deadline: Instant) -> Result<(), ReplicaError> {
+    pub async fn read_barrier(&self, deadline: Instant) -> Result<(), Error> {
         let index = match self.leader() {
             None => return Err(no_leader()),
-            Some((id, _)) if id == self.id => self.leader_read_index(deadline).await?,
-            Some((id, node)) => {
-                self.peers.read_index(&node.peer_addr, Self::time_left(deadline)).await.map_err(|s| remote(id, s))?
-            }
+            Some((id, _)) if id == self.id() => self.consensus.read_index(deadline).await?,
+            Some((id, node)) => self
+                .peers
+                .read_index(&node.peer_addr, Consensus::time_left(deadline))
+                .await
+                .map_err(|s| remote(id, s))?,
         };
-        let mut applied = self.reader.watch();
-        let reached = async move { applied.wait_for(|p| p.index >= index).await.map(|_| ()) };
-        match tokio::time::timeout(Self::time_left(deadline), reached).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(ReplicaError::ShuttingDown),
-            Err(_) => Err(ReplicaError::Timeout(format!(
-                "this node had not applied up to index {index} before the deadline; retry or read from the leader"
-            ))),
-        }
+        self.consensus.wait_applied(index, deadline).await
     }
 
-    /// As leader: confirms leadership with a quorum and returns the index reads must wait for.
-    /// A quorum round can miss its short timeout under load, so it is retried until the deadline.
-    pub async fn leader_read_index(&self, deadline: Instant) -> Result<u64, ReplicaError> {
-        let confirm = async {
-            loop {
-                match self.read_index.next_round().await {
-                    Ok(index) => return Ok(index),
-                    Err(RoundError::QuorumNotEnough(e)) => {
-                        tracing::debug!(error = %e, "read index: quorum not confirmed yet; retrying");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    Err(RoundError::NotLeader) => {
-                        return Err(ReplicaError::NoLeader("this node stopped being the leader; retry".into()))
-                    }
-                    Err(RoundError::Fatal(e)) => return Err(ReplicaError::Internal(format!("raft stopped: {e}"))),
-                }
-            }
+    /// As leader: hands leadership to `to`, sending it TimeoutNow over the peer transport;
+    /// returns the new leader and its term.
+    pub async fn transfer_leader(&self, to: NodeId, deadline: Instant) -> Result<(NodeId, u64), Error> {
+        let me = self.id();
+        let send = |target: Node, term: u64| async move {
+            self.peers
+                .timeout_now(&target.peer_addr, me, term, Duration::from_secs(2))
+                .await
+                .map_err(|s| s.message().to_owned())
         };
-        tokio::time::timeout(Self::time_left(deadline), confirm).await.unwrap_or_else(|_| {
-            Err(ReplicaError::NoQuorum(
-                "could not confirm leadership with a quorum before the deadline: too many nodes are down or \
-                 unreachable"
-                    .into(),
-            ))
-        })
+        self.consensus.transfer_leader(to, deadline, send).await
     }
 }
 
-fn no_leader() -> ReplicaError {
-    ReplicaError::NoLeader(
+fn no_leader() -> Error {
+    Error::NoLeader(
         "no leader is elected right now (an election is under way or a quorum is down); retry shortly".into(),
     )
 }
 
-fn remote(leader: NodeId, status: tonic::Status) -> ReplicaError {
+fn remote(leader: NodeId, status: tonic::Status) -> Error {
     match status.code() {
         // The leader could not be reached at all.
         tonic::Code::Unavailable | tonic::Code::Unknown if status.message().contains("transport") => {
-            ReplicaError::NoLeader(format!(
-                "the leader (node {leader}) is unreachable: {}; retry shortly",
-                status.message()
-            ))
+            Error::NoLeader(format!("the leader (node {leader}) is unreachable: {}; retry shortly", status.message()))
         }
-        _ => ReplicaError::Remote(status),
-    }
-}
-
-/// Builds a Raft snapshot that covers everything this node has applied; returns its index.
-/// openraft ignores a trigger while it is building a snapshot, and that one may stop short of
-/// the applied index: it asks again until a snapshot covers it. Unbounded: callers add a deadline.
-pub async fn snapshot_covering_applied(raft: &Raft) -> Result<u64, ReplicaError> {
-    let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-    let mut metrics = raft.metrics();
-    loop {
-        raft.trigger().snapshot().await.map_err(|e| ReplicaError::Internal(format!("raft stopped: {e}")))?;
-        let built = metrics.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= applied));
-        match tokio::time::timeout(Duration::from_millis(500), built).await {
-            Ok(Ok(m)) => return Ok(m.snapshot.map_or(0, |s| s.index)),
-            Ok(Err(_)) => return Err(ReplicaError::ShuttingDown),
-            Err(_) => continue,
-        }
+        code => Error::Remote { code: code as i32, message: status.message().to_owned() },
     }
 }

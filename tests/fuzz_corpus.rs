@@ -24,6 +24,7 @@ struct Watching;
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: every call goes straight to the system allocator with the caller's arguments.
+#[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Watching {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
@@ -172,12 +173,12 @@ fn write_seed_inputs() {
 }
 
 mod seeds {
-    use keepsake::archive::entry::archived;
-    use keepsake::archive::segment::Segment;
-    use keepsake::archive::snapshot::{encode_manifest, Chunker};
     use keepsake::peer::encode;
-    use keepsake::proto::archive::SnapshotManifest;
     use keepsake::proto::v1::*;
+    use keepsake_archive::entry::archived;
+    use keepsake_archive::proto::SnapshotManifest;
+    use keepsake_archive::segment::Segment;
+    use keepsake_archive::snapshot::{encode_manifest, Chunker};
     use keepsake_raft::keys::{change_key, index_key, item_key};
     use keepsake_raft::store::ItemRecord;
     use keepsake_raft::types::{Entry, LogId, SnapshotMeta, Vote};

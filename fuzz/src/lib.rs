@@ -4,14 +4,14 @@
 //! decodes the same. `fuzz_targets/*.rs` hand these to libFuzzer; `tests/fuzz_corpus.rs`
 //! replays the committed corpora through them on stable Rust in CI.
 
-use keepsake::archive::segment::Segment;
-use keepsake::archive::snapshot::{decode_manifest, encode_manifest, records, Chunk};
 use keepsake::limits::Limits;
 use keepsake::peer;
 use keepsake::proto::v1::{
     BatchRequest, ChangesRequest, DeleteRequest, ExportUserRequest, GetRequest, ListRequest, PutRequest,
 };
 use keepsake::server::validate;
+use keepsake_archive::segment::Segment;
+use keepsake_archive::snapshot::{decode_manifest, encode_manifest, records, Chunk};
 use keepsake_raft::keys::{decode_change_revision, decode_index_key, decode_item_key, index_key, item_key};
 use keepsake_raft::store::ItemRecord;
 use keepsake_raft::{MachineMeta, TypeConfig, Write, WriteOutcome};
@@ -22,14 +22,14 @@ use openraft::raft::{
 use prost::Message;
 use serde::{de::DeserializeOwned, Serialize};
 
-/// Archive segments (`keepsake::archive::segment`), as a restore reads them from the bucket.
+/// Archive segments (`keepsake_archive::segment`), as a restore reads them from the bucket.
 pub fn segment(data: &[u8]) {
     if let Ok(segment) = Segment::decode("fuzz", data) {
         let again = Segment::decode("fuzz", &segment.encode()).expect("a decoded segment re-encodes");
         assert_eq!(again, segment);
         // A restore replays each entry: it becomes a command or an error, never a panic.
         for entry in &segment.entries {
-            let _ = keepsake::archive::entry::to_command(entry);
+            let _ = keepsake_archive::entry::to_command(entry);
         }
     }
 }

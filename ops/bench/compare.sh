@@ -29,6 +29,8 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 [ -x "$PGBIN/postgres" ] || need+=(postgresql-15)
 command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# etcd-client (the bench-compare feature's etcd driver) compiles etcd's protos with a system protoc.
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if [ ${#need[@]} -gt 0 ]; then
   echo "compare: installing ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -40,8 +42,8 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 bash ops/setup.sh
-echo "compare: building keepsake (release)" >&2
-cargo build --release --locked --bin keepsake >&2
+echo "compare: building keepsake (release, with the etcd and PostgreSQL drivers)" >&2
+cargo build --release --locked --features bench-compare --bin keepsake >&2
 KEEPSAKE=$ROOT/target/release/keepsake
 
 # ---- scratch space and cleanup ---------------------------------------------------------------

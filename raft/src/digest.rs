@@ -1,4 +1,4 @@
-//! The order-independent state digest (DESIGN.md §3).
+//! The order-independent state digest (docs/design.md §3).
 //!
 //! The digest is the sum, modulo 2^256, of a 256-bit hash of every live item (its key, revision
 //! and value hash). Adding and removing an item are O(1), the order of writes does not matter,

@@ -1,11 +1,11 @@
 //! Backup commands for SREs: how far behind the archive is.
 
 use clap::{Args, Subcommand};
+use keepsake_archive::store::{Archive, Connection};
 use serde_json::json;
 
 use super::client::{request, with_failover, Failure};
 use super::{ClientOpts, Output};
-use crate::archive::store::Archive;
 use crate::config::ArchiveConfig;
 use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::{BackupSnapshotRequest, BackupStatusRequest};
@@ -42,14 +42,12 @@ pub struct ArchiveArgs {
 
 impl ArchiveArgs {
     pub fn open(&self) -> Result<Archive, Failure> {
-        let config = ArchiveConfig {
-            url: self.archive.clone(),
+        let connection = Connection {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
-            ..ArchiveConfig::default()
+            ..ArchiveConfig::default().connection()
         };
-        Archive::open(&config, std::path::Path::new(&self.archive), &self.cluster_id)
-            .map_err(|e| Failure::usage(e.to_string()))
+        Archive::open(&self.archive, &connection, &self.cluster_id).map_err(|e| Failure::usage(e.to_string()))
     }
 }
 
@@ -119,8 +117,8 @@ pub async fn run(cmd: BackupCommand) -> Result<(), Failure> {
 
 async fn list(a: ArchiveArgs) -> Result<(), Failure> {
     let archive = a.open()?;
-    let segments = crate::archive::verify::list(&archive).await.map_err(store_failure)?;
-    let snapshots = crate::archive::verify::list_snapshots(&archive).await.map_err(store_failure)?;
+    let segments = keepsake_archive::verify::list(&archive).await.map_err(store_failure)?;
+    let snapshots = keepsake_archive::verify::list_snapshots(&archive).await.map_err(store_failure)?;
     match a.output {
         Output::Json => println!(
             "{}",
@@ -144,7 +142,7 @@ async fn list(a: ArchiveArgs) -> Result<(), Failure> {
 
 async fn verify(a: ArchiveArgs) -> Result<(), Failure> {
     let archive = a.open()?;
-    let r = crate::archive::verify::verify(&archive, &a.cluster_id).await.map_err(store_failure)?;
+    let r = keepsake_archive::verify::verify(&archive, &a.cluster_id).await.map_err(store_failure)?;
     match a.output {
         Output::Json => println!(
             "{}",

@@ -8,13 +8,13 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
+use keepsake_archive::restore::{self, Plan, Target};
 use keepsake_raft::Node;
 use serde_json::json;
 
 use super::backup::ArchiveArgs;
 use super::client::{request, with_failover, Failure};
 use super::{ClientOpts, Output};
-use crate::archive::restore::{self, Plan, Target};
 use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::{BackupStatusRequest, DigestRequest};
 

@@ -192,6 +192,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// killed without running its clean-up.
 pub fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
+    #[allow(unsafe_code)]
     // SAFETY: prctl is async-signal-safe, the only kind of call allowed between fork and exec.
     unsafe {
         cmd.pre_exec(|| {

@@ -6,13 +6,13 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
+use keepsake_archive::restore::{self, Plan, Target};
 use keepsake_raft::Node;
 use serde_json::json;
 
 use super::backup::ArchiveArgs;
 use super::client::Failure;
 use super::Output;
-use crate::archive::restore::{self, Plan, Target};
 use crate::config::parse_members;
 
 #[derive(Args)]

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keepsake_raft::lease::Acks;
 use keepsake_raft::{Node, NodeId, TypeConfig, Write, WriteOutcome};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -16,7 +17,6 @@ use openraft::raft::{
 use tonic::transport::{Channel, Endpoint};
 
 use super::{decode, encode};
-use crate::lease::Acks;
 use crate::proto::raft::raft_transport_client::RaftTransportClient;
 use crate::proto::raft::{ProposeRequest, RaftMessage, ReadIndexRequest, TimeoutNowRequest};
 

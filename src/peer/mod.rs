@@ -1,10 +1,10 @@
 //! The peer transport: how nodes talk to each other (Raft RPCs, forwarded writes, read-index).
 //!
-//! `client` is openraft's network (one lazily connected channel per peer); `service` answers
-//! peers. Payloads are openraft's own messages, postcard-encoded.
+//! `client` is openraft's network (one lazily connected channel per peer), through which
+//! `replica` also forwards writes and read-index requests; `server::peer` answers peers.
+//! Payloads are openraft's own messages, postcard-encoded.
 
 pub mod client;
-pub mod service;
 
 /// Decodes a peer payload, naming what failed.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, tonic::Status> {

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keepsake_raft::{Node, NodeId};
+use keepsake_raft::{Error, Node, NodeId};
 use openraft::{ChangeMembers, ServerState};
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
@@ -16,7 +16,7 @@ use super::{deadline, status};
 use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::admin_server::Admin;
 use crate::proto::v1::*;
-use crate::replica::{Replica, ReplicaError};
+use crate::replica::Replica;
 
 pub struct AdminService {
     replica: Arc<Replica>,
@@ -29,7 +29,7 @@ impl AdminService {
 
     fn local_status(&self) -> NodeStatus {
         let r = &self.replica;
-        let m = r.raft.metrics().borrow().clone();
+        let m = r.consensus().metrics();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let members = membership
@@ -49,18 +49,18 @@ impl AdminService {
             ServerState::Shutdown => "shutdown",
         };
         NodeStatus {
-            node_id: r.id,
-            client_addr: r.config.client_addr.clone(),
+            node_id: r.id(),
+            client_addr: r.config().client_addr.clone(),
             role: role.into(),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
-            committed_index: r.log.committed_index(),
+            committed_index: r.consensus().committed_index(),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             purged_index: m.purged.map_or(0, |l| l.index),
             leader_id: m.current_leader,
             members,
-            cluster_id: r.config.cluster_id.clone(),
+            cluster_id: r.config().cluster_id.clone(),
             error: String::new(),
         }
     }
@@ -68,16 +68,10 @@ impl AdminService {
     /// The leader's Admin client, or None when this node is the leader.
     fn leader_client(&self) -> Result<Option<AdminClient<tonic::transport::Channel>>, Status> {
         match self.replica.leader() {
-            None => Err(status::from_replica(ReplicaError::NoLeader(
-                "no leader is elected right now; retry shortly".into(),
-            ))),
-            Some((id, _)) if id == self.replica.id => Ok(None),
+            None => Err(status::from_error(Error::NoLeader("no leader is elected right now; retry shortly".into()))),
+            Some((id, _)) if id == self.replica.id() => Ok(None),
             Some((_, node)) => Ok(Some(admin_client(&node.client_addr)?)),
         }
-    }
-
-    fn voters(&self) -> BTreeSet<NodeId> {
-        self.replica.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
     }
 
     fn membership_response(&self, log_index: u64) -> MembershipResponse {
@@ -85,13 +79,8 @@ impl AdminService {
     }
 
     async fn change(&self, change: ChangeMembers<NodeId, Node>, retain: bool) -> Result<MembershipResponse, Status> {
-        let resp = self
-            .replica
-            .raft
-            .change_membership(change, retain)
-            .await
-            .map_err(|e| Status::failed_precondition(format!("membership change refused: {e}")))?;
-        Ok(self.membership_response(resp.log_id.index))
+        let index = self.replica.consensus().change_membership(change, retain).await.map_err(status::from_error)?;
+        Ok(self.membership_response(index))
     }
 }
 
@@ -150,32 +139,9 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument("node_id (above 0), client_addr and peer_addr are all required"));
         }
         let node = Node { client_addr: req.client_addr, peer_addr: req.peer_addr };
-        let id = req.node_id;
-        let resp = self
-            .replica
-            .raft
-            .add_learner(id, node, false)
-            .await
-            .map_err(|e| Status::failed_precondition(format!("cannot add learner {id}: {e}")))?;
-        // Answer once the learner holds the membership entry that added it: then it has the log
-        // (or a snapshot) up to there and can be promoted without stalling commits.
-        let index = resp.log_id.index;
-        let mut metrics = self.replica.raft.metrics();
-        let caught_up = async move {
-            metrics
-                .wait_for(|m| {
-                    m.replication.as_ref().and_then(|r| r.get(&id)).is_some_and(|l| l.is_some_and(|l| l.index >= index))
-                })
-                .await
-                .map(|_| ())
-        };
-        match tokio::time::timeout_at(deadline, caught_up).await {
-            Ok(_) => Ok(Response::new(self.membership_response(index))),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "node {id} was added as a learner but has not caught up yet; check that it runs and that its \
-                 peer address is reachable, then watch `keepsake cluster status`"
-            ))),
-        }
+        let index =
+            self.replica.consensus().add_learner(req.node_id, node, deadline).await.map_err(status::from_error)?;
+        Ok(Response::new(self.membership_response(index)))
     }
 
     async fn change_membership(
@@ -195,13 +161,13 @@ impl Admin for AdminService {
     async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<MembershipResponse>, Status> {
         on_leader!(self, request, remove_node);
         let id = request.into_inner().node_id;
-        if id == self.replica.id {
+        if id == self.replica.id() {
             return Err(Status::failed_precondition(
                 "this node is the leader; transfer leadership first (keepsake cluster transfer-leader), then remove it",
             ));
         }
         let ids = BTreeSet::from([id]);
-        if self.voters().contains(&id) {
+        if self.replica.consensus().voters().contains(&id) {
             self.change(ChangeMembers::RemoveVoters(ids.clone()), true).await?;
         }
         Ok(Response::new(self.change(ChangeMembers::RemoveNodes(ids), false).await?))
@@ -214,7 +180,8 @@ impl Admin for AdminService {
         on_leader!(self, request, transfer_leader);
         let deadline = deadline::of(&request, Duration::from_secs(10));
         let to = request.into_inner().to_node_id;
-        super::transfer::run(&self.replica, to, deadline).await.map(Response::new)
+        let (leader_id, term) = self.replica.transfer_leader(to, deadline).await.map_err(status::from_error)?;
+        Ok(Response::new(TransferLeaderResponse { leader_id, term }))
     }
 
     async fn trigger_snapshot(
@@ -222,10 +189,10 @@ impl Admin for AdminService {
         request: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
         let deadline = deadline::of(&request, Duration::from_secs(60));
-        let covered = crate::replica::snapshot_covering_applied(&self.replica.raft);
+        let covered = self.replica.consensus().snapshot_covering_applied();
         match tokio::time::timeout_at(deadline, covered).await {
             Ok(result) => {
-                Ok(Response::new(TriggerSnapshotResponse { snapshot_index: result.map_err(status::from_replica)? }))
+                Ok(Response::new(TriggerSnapshotResponse { snapshot_index: result.map_err(status::from_error)? }))
             }
             Err(_) => {
                 Err(Status::deadline_exceeded("the snapshot is still being built; check `keepsake cluster status`"))
@@ -247,7 +214,7 @@ impl Admin for AdminService {
     ) -> Result<Response<BackupSnapshotResponse>, Status> {
         on_leader!(self, request, backup_snapshot);
         let deadline = deadline::of(&request, Duration::from_secs(300));
-        let upload = self.replica.archive.snapshotter.snapshot_now();
+        let upload = self.replica.archive().snapshotter.snapshot_now();
         match tokio::time::timeout_at(deadline, upload).await {
             Ok(Ok(up)) => Ok(Response::new(BackupSnapshotResponse {
                 index: up.index,
@@ -264,7 +231,7 @@ impl Admin for AdminService {
 
     async fn digest(&self, request: Request<DigestRequest>) -> Result<Response<DigestResponse>, Status> {
         let index = request.into_inner().index;
-        let reader = &self.replica.reader;
+        let reader = self.replica.consensus().reader();
         let point = if index == 0 {
             reader.applied()
         } else {
@@ -285,18 +252,18 @@ impl Admin for AdminService {
 
 /// How far the archive is behind, as this node sees it (the leader uploads).
 pub fn backup_status(r: &Replica) -> BackupStatusResponse {
-    let s = r.archive.status.borrow().clone();
-    let newest = r.archive.snapshotter.newest();
-    let committed = r.log.committed_index();
+    let s = r.archive().status.borrow().clone();
+    let newest = r.archive().snapshotter.newest();
+    let committed = r.consensus().committed_index();
     let next = s.archived_index.map_or(0, |a| a + 1);
     let lag_seconds = if s.pending_since_us == 0 {
         0.0
     } else {
-        (crate::proposer::now_us() - s.pending_since_us).max(0) as f64 / 1e6
+        (keepsake_raft::clock::now_us() - s.pending_since_us).max(0) as f64 / 1e6
     };
     BackupStatusResponse {
-        node_id: r.id,
-        archive_url: r.archive.url.clone(),
+        node_id: r.id(),
+        archive_url: r.archive().url.clone(),
         archived_index: s.archived_index,
         committed_index: committed,
         lag_entries: (committed + 1).saturating_sub(next),

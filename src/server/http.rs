@@ -48,17 +48,13 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
 
 async fn metrics(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
     let mut out = String::new();
-    let m = replica.raft.metrics().borrow().clone();
+    let c = replica.consensus();
+    let m = c.metrics();
     let g = |out: &mut String, name: &str, help: &str, v: f64| metric(out, name, "gauge", help, v);
     g(&mut out, "keepsake_raft_term", "Current Raft term.", m.current_term as f64);
-    g(&mut out, "keepsake_raft_is_leader", "1 on the leader.", f64::from(m.current_leader == Some(replica.id)));
+    g(&mut out, "keepsake_raft_is_leader", "1 on the leader.", f64::from(m.current_leader == Some(replica.id())));
     g(&mut out, "keepsake_raft_last_log_index", "Last index in this node's log.", m.last_log_index.unwrap_or(0) as f64);
-    g(
-        &mut out,
-        "keepsake_raft_committed_index",
-        "Committed index this node knows.",
-        replica.log.committed_index() as f64,
-    );
+    g(&mut out, "keepsake_raft_committed_index", "Committed index this node knows.", c.committed_index() as f64);
     g(&mut out, "keepsake_raft_applied_index", "Last applied index.", m.last_applied.map_or(0, |l| l.index) as f64);
     g(
         &mut out,
@@ -66,21 +62,20 @@ async fn metrics(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
         "Index of the newest Raft snapshot.",
         m.snapshot.map_or(0, |l| l.index) as f64,
     );
-    let c = |out: &mut String, name: &str, help: &str, v: f64| metric(out, name, "counter", help, v);
-    let (lease, rounds) = (&replica.read_index.lease.answered, &replica.read_index.rounds);
-    c(
+    let counter = |out: &mut String, name: &str, help: &str, v: f64| metric(out, name, "counter", help, v);
+    counter(
         &mut out,
         "keepsake_read_index_lease_total",
         "Read-index confirmations this leader answered from its lease.",
-        lease.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        c.lease().answered.load(std::sync::atomic::Ordering::Relaxed) as f64,
     );
-    c(
+    counter(
         &mut out,
         "keepsake_read_index_rounds_total",
         "Read-index confirmations this leader ran as a heartbeat round to a quorum.",
-        rounds.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        c.read_rounds() as f64,
     );
-    let point = replica.reader.applied();
+    let point = c.reader().applied();
     g(&mut out, "keepsake_items", "Live items in the applied state.", point.items as f64);
     g(&mut out, "keepsake_revision", "Highest revision handed out.", point.revision as f64);
 
@@ -108,7 +103,17 @@ async fn metrics(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
         "Unix time the newest archive snapshot was written (0: none).",
         b.newest_snapshot_unix_us as f64 / 1e6,
     );
-    c(&mut out, "keepsake_archive_uploaded_segments_total", "Segments this node uploaded.", b.segments_uploaded as f64);
-    c(&mut out, "keepsake_archive_uploaded_bytes_total", "Segment bytes this node uploaded.", b.bytes_uploaded as f64);
+    counter(
+        &mut out,
+        "keepsake_archive_uploaded_segments_total",
+        "Segments this node uploaded.",
+        b.segments_uploaded as f64,
+    );
+    counter(
+        &mut out,
+        "keepsake_archive_uploaded_bytes_total",
+        "Segment bytes this node uploaded.",
+        b.bytes_uploaded as f64,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

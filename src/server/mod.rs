@@ -1,5 +1,5 @@
-//! The client-facing gRPC server: Store, Admin, health and reflection on the client port
-//! (`http` serves metrics and health checks on the HTTP port).
+//! The node's servers: Store, Admin, health and reflection on the client port; the Raft
+//! transport on the peer port (`peer`); metrics and health checks on the HTTP port (`http`).
 //!
 //! Auth will sit in `interceptor` (a tonic interceptor on every service), so every request
 //! passes one place before it reaches a handler.
@@ -7,9 +7,9 @@
 pub mod admin;
 pub mod deadline;
 pub mod http;
+pub mod peer;
 pub mod status;
 pub mod store;
-pub mod transfer;
 pub mod validate;
 
 use std::future::Future;
@@ -33,7 +33,7 @@ pub async fn serve_clients(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let max = replica.config.limits.max_message_bytes();
+    let max = replica.config().limits.max_message_bytes();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<StoreServer<store::StoreService>>().await;
     health.set_serving::<AdminServer<admin::AdminService>>().await;

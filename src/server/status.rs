@@ -1,19 +1,20 @@
 //! The one place where internal errors become gRPC statuses, each with a message that says
 //! what happened and what to do.
 
-use keepsake_raft::{Rejection, StoreError, WriteOutcome};
-use tonic::Status;
+use keepsake_raft::{Error, Rejection, StoreError, WriteOutcome};
+use tonic::{Code, Status};
 
-use crate::replica::ReplicaError;
-
-pub fn from_replica(e: ReplicaError) -> Status {
+pub fn from_error(e: Error) -> Status {
     match e {
-        ReplicaError::NoLeader(m) | ReplicaError::NoQuorum(m) | ReplicaError::Timeout(m) => Status::unavailable(m),
-        ReplicaError::Overloaded(m) | ReplicaError::ArchiveBehind(m) => Status::resource_exhausted(m),
-        ReplicaError::NotArchived(m) => Status::deadline_exceeded(m),
-        ReplicaError::Remote(status) => status,
-        ReplicaError::ShuttingDown => Status::unavailable(e.to_string()),
-        ReplicaError::Internal(m) => Status::internal(format!("{m}; the node logged details")),
+        Error::NoLeader(m) | Error::NoQuorum(m) | Error::Timeout(m) => Status::unavailable(m),
+        Error::Overloaded(m) | Error::ArchiveBehind(m) => Status::resource_exhausted(m),
+        Error::NotArchived(m) | Error::Deadline(m) => Status::deadline_exceeded(m),
+        // The leader's own answer, passed on as it was.
+        Error::Remote { code, message } => Status::new(Code::from(code), message),
+        Error::NotFound(m) => Status::not_found(m),
+        Error::FailedPrecondition(m) => Status::failed_precondition(m),
+        Error::ShuttingDown => Status::unavailable(e.to_string()),
+        Error::Internal(m) => Status::internal(format!("{m}; the node logged details")),
     }
 }
 

@@ -28,7 +28,7 @@ impl StoreService {
     }
 
     fn limits(&self) -> &crate::limits::Limits {
-        &self.replica.config.limits
+        &self.replica.config().limits
     }
 
     fn deadline<T>(&self, req: &Request<T>) -> tokio::time::Instant {
@@ -39,7 +39,7 @@ impl StoreService {
     async fn barrier(&self, consistency: Consistency, deadline: tokio::time::Instant) -> Result<(), Status> {
         match consistency {
             Consistency::Stale => Ok(()),
-            _ => self.replica.read_barrier(deadline).await.map_err(status::from_replica),
+            _ => self.replica.read_barrier(deadline).await.map_err(status::from_error),
         }
     }
 
@@ -50,7 +50,7 @@ impl StoreService {
         deadline: tokio::time::Instant,
         batch: bool,
     ) -> Result<(Vec<u64>, u64, i64), Status> {
-        let committed = self.replica.write(write, archived, deadline, false).await.map_err(status::from_replica)?;
+        let committed = self.replica.write(write, archived, deadline, false).await.map_err(status::from_error)?;
         let revisions = status::outcome(committed.outcome, batch)?;
         Ok((revisions, committed.log_index, committed.proposed_at_us))
     }
@@ -88,7 +88,8 @@ impl Store for StoreService {
         self.barrier(consistency, deadline).await?;
         let found = self
             .replica
-            .reader
+            .consensus()
+            .reader()
             .get(&key.user_id, &key.collection, &key.item_id)
             .await
             .map_err(status::from_store)?
@@ -112,8 +113,13 @@ impl Store for StoreService {
         let deadline = self.deadline(&request);
         let q = validate::list(self.limits(), request.into_inner())?;
         self.barrier(q.consistency, deadline).await?;
-        let (views, more) =
-            self.replica.reader.list(&q.user_id, &q.collection, q.after, q.size).await.map_err(status::from_store)?;
+        let (views, more) = self
+            .replica
+            .consensus()
+            .reader()
+            .list(&q.user_id, &q.collection, q.after, q.size)
+            .await
+            .map_err(status::from_store)?;
         let next_page_token =
             if more { views.last().map(|v| v.item_id.clone()).unwrap_or_default() } else { String::new() };
         Ok(Response::new(ListResponse { items: views.into_iter().map(item).collect(), next_page_token }))
@@ -133,7 +139,7 @@ impl Store for StoreService {
         let req = request.into_inner();
         let consistency = validate::user_read(self.limits(), &req.user_id, req.consistency)?;
         self.barrier(consistency, deadline).await?;
-        let meta = self.replica.reader.meta().await.map_err(status::from_store)?;
+        let meta = self.replica.consensus().reader().meta().await.map_err(status::from_store)?;
         if let Some(r) = meta.lost_range(req.since_revision) {
             return Err(Status::out_of_range(format!(
                 "since_revision {} comes from writes lost in a disaster before this cluster was restored (at \
@@ -142,7 +148,7 @@ impl Store for StoreService {
             )));
         }
         let (tx, rx) = mpsc::channel(4);
-        let reader = self.replica.reader.clone();
+        let reader = self.replica.consensus().reader().clone();
         tokio::spawn(async move {
             let mut since = req.since_revision;
             let mut applied = reader.watch();
@@ -198,7 +204,7 @@ impl Store for StoreService {
         self.barrier(consistency, deadline).await?;
         let (views_tx, mut views_rx) = mpsc::channel(2);
         let (tx, rx) = mpsc::channel(2);
-        let reader = self.replica.reader.clone();
+        let reader = self.replica.consensus().reader().clone();
         tokio::spawn(async move { reader.export(&req.user_id, CHUNK_ITEMS, views_tx).await });
         tokio::spawn(async move {
             while let Some(chunk) = views_rx.recv().await {

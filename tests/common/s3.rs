@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{free_ports, http_request, lock, signal};
+use super::http::http_request;
+use super::os::{lock, signal};
+use super::ports::free_ports;
 
 /// Credentials the server accepts (any will do); the nodes and the CLI get them as `AWS_*`.
 pub const S3_ENV: [(&str, &str); 3] =

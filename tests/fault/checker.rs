@@ -743,9 +743,9 @@ mod tests {
     }
 
     /// A real history (500 operations, 69 of unknown outcome, 21 of them deletes) from the
-    /// 30-minute soak of session 6 (seed 1795485503328235827, round 35, key 6). The search alone
-    /// left it undecided after 20 million steps: unknown operations never return, so they pile
-    /// up as choices. The order built from revisions (`witness`) decides it at once.
+    /// 30-minute soak recorded in 83f0d01 (seed 1795485503328235827, round 35, key 6). The
+    /// search alone left it undecided after 20 million steps: unknown operations never return,
+    /// so they pile up as choices. The order built from revisions (`witness`) decides it at once.
     #[test]
     fn a_soak_history_with_many_unknown_deletes_is_decided() {
         let ops = parse_history(include_str!("fixtures/soak-r35-k6.txt"));

@@ -150,7 +150,7 @@ async fn a_node_on_a_full_disk_exits_and_catches_up_once_space_is_freed() {
     assert!(missing.is_empty(), "acknowledged writes missing after the full disk: {missing:?}");
 }
 
-/// The leader's lease (`src/lease.rs`) must run out before another node can lead. A leader
+/// The leader's lease (`raft/src/lease.rs`) must run out before another node can lead. A leader
 /// cut off from both peers goes on believing it leads; once the other two have elected a new
 /// leader and acknowledged a newer value, the old one must never answer a linearizable read
 /// with the value that was replaced. While the cluster is whole, its reads come from the lease.
@@ -194,7 +194,7 @@ async fn an_isolated_leader_never_answers_a_read_with_a_value_a_new_leader_repla
 /// A leader cut off with a write in flight has proposed it into its own log only. When the
 /// majority then moves so far ahead that the old leader catches up by installing a snapshot,
 /// openraft 0.9 never answers that proposal: its entry is neither applied there nor deleted as
-/// a conflict. The node must still take writes when it leads again (`src/proposer.rs`).
+/// a conflict. The node must still take writes when it leads again (`raft/src/proposer.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leader_that_catches_up_by_snapshot_takes_writes_when_it_leads_again() {
     let cluster = Arc::new(Cluster::builder().peer_proxies().snapshot_every(100).keep_after_snapshot(0).prepare());
@@ -400,6 +400,7 @@ async fn run(plan: &Plan) -> Summary {
     summary
 }
 
+#[allow(unsafe_code)]
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -1,7 +1,7 @@
 //! The purge gate: the highest log index another component (the archiver) allows to be purged.
 //!
 //! Invariant: the log store never deletes an entry above the gate's limit, whatever openraft
-//! asks for (DESIGN.md §1.5: nothing is purged before it is archived).
+//! asks for (docs/design.md §1.5: nothing is purged before it is archived).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

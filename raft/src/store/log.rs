@@ -1,7 +1,7 @@
 //! The Raft log store: entries in the `log` column family, vote / committed / last-purged in
 //! `raft`.
 //!
-//! Durability (DESIGN.md §1.1): an append is written as one batch, readable when `append`
+//! Durability (docs/design.md §1.1): an append is written as one batch, readable when `append`
 //! returns, and openraft is told it is flushed only once the WAL holding it is fsynced. The
 //! fsyncs are group commits: one thread (`Syncer`) syncs the WAL for every append that queued
 //! while the previous sync ran, so Raft keeps replicating while the disk works. The vote is
@@ -253,7 +253,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || {
             let mut batch = WriteBatch::default();
             batch.put_cf(cf(&db, CF_RAFT), KEY_VOTE, bytes);
-            // DESIGN.md §1.1: a vote is durable before it is cast.
+            // docs/design.md §1.1: a vote is durable before it is cast.
             db::write_synced(&db, batch, "save vote")
         })
         .await
@@ -294,7 +294,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             sizes.push((entry.log_id.index, value.len() as u64));
             batch.put_cf(log, index_key(entry.log_id.index), value);
         }
-        // Readable now; durable once the syncer has fsynced the WAL (DESIGN.md §1.1: openraft
+        // Readable now; durable once the syncer has fsynced the WAL (docs/design.md §1.1: openraft
         // counts this node's ack only after the callback). Unsynced, so inline (see `blocking`).
         let result = db::write(&self.db, batch, "append log entries");
         match result {

@@ -40,7 +40,8 @@ impl LocalCluster {
         let exe = std::env::current_exe().context("find the keepsake executable")?;
         // Each run is its own cluster, so runs sharing an archive (one bucket) do not share a
         // history: the archive keeps each cluster's objects under its id.
-        let cluster_id = format!("keepsake-bench-{}-{}", crate::proposer::now_us() / 1_000_000, std::process::id());
+        let cluster_id =
+            format!("keepsake-bench-{}-{}", keepsake_raft::clock::now_us() / 1_000_000, std::process::id());
         let mut cluster = LocalCluster {
             dir: dir.to_path_buf(),
             client_addrs: (0..3).map(client).collect(),
@@ -107,8 +108,11 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for child in &self.children {
+            #[allow(unsafe_code)]
             // SAFETY: kill with a pid we spawned and have not yet reaped.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM)
+            };
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         for child in &mut self.children {

@@ -2,60 +2,17 @@
 //! workload is made of: put, linearizable get, and the resync of one user's collection.
 //!
 //! Every system is driven through the same calls, so the comparison measures the servers and
-//! not three different clients: Keepsake through its gRPC Store API, etcd through its v3 API
-//! (`etcd-client`: Put and linearizable Range), PostgreSQL through `tokio-postgres` against a
-//! `kv(k text primary key, v bytea)` table (upsert and select on the primary). Each client owns
-//! one connection, or shares one (`share`) where the protocol multiplexes calls (gRPC).
+//! not three different clients: Keepsake through its gRPC Store API here, etcd and PostgreSQL
+//! through `compare.rs` (only with the `bench-compare` feature). Each client owns one
+//! connection, or shares one (`share`) where the protocol multiplexes calls (gRPC).
 
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+use super::target::{item_id, status_error, user_id, Connect, OpError, Target, COLLECTION};
 use crate::proto::v1::store_client::StoreClient;
 use crate::proto::v1::{ChangesRequest, Consistency, Durability, GetRequest, ItemKey, PutRequest};
-
-/// The system under test.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    Keepsake,
-    Etcd,
-    Postgres,
-}
-
-/// The collection every benchmark item lives in.
-pub const COLLECTION: &str = "bench";
-
-pub fn user_id(user: u64) -> String {
-    format!("u{user:07}")
-}
-
-pub fn item_id(item: u64) -> String {
-    format!("i{item:07}")
-}
-
-/// The flat key etcd and PostgreSQL store an item under (Keepsake keeps the three parts).
-fn flat_key(user: u64, item: u64) -> String {
-    format!("{}/{COLLECTION}/{}", user_id(user), item_id(item))
-}
-
-fn flat_prefix(user: u64) -> String {
-    format!("{}/{COLLECTION}/", user_id(user))
-}
-
-/// Why an operation failed: the group the report counts it under (a gRPC status code name, a
-/// PostgreSQL SQLSTATE, or the kind of transport failure) and the server's message.
-#[derive(Debug)]
-pub struct OpError {
-    pub code: String,
-    pub message: String,
-}
-
-impl OpError {
-    fn new(code: impl Into<String>, message: impl ToString) -> Self {
-        OpError { code: code.into(), message: message.to_string() }
-    }
-}
 
 pub enum Driver {
     Keepsake {
@@ -63,26 +20,9 @@ pub enum Driver {
         durability: Durability,
         timeout: Duration,
     },
-    Etcd {
-        client: Box<etcd_client::Client>,
-    },
-    Postgres {
-        client: tokio_postgres::Client,
-        upsert: tokio_postgres::Statement,
-        select: tokio_postgres::Statement,
-        scan: tokio_postgres::Statement,
-    },
-}
-
-/// Connection settings shared by all clients.
-#[derive(Clone, Debug)]
-pub struct Connect {
-    pub target: Target,
-    pub endpoints: Vec<String>,
-    pub durability: Durability,
-    pub timeout: Duration,
-    /// libpq-style connection string (PostgreSQL only).
-    pub postgres: String,
+    /// etcd or PostgreSQL, in a binary built with `--features bench-compare`.
+    #[cfg(feature = "bench-compare")]
+    Other(super::compare::Other),
 }
 
 impl Driver {
@@ -101,27 +41,7 @@ impl Driver {
                 let store = StoreClient::new(channel).max_decoding_message_size(64 << 20);
                 Ok(Driver::Keepsake { store, durability: c.durability, timeout: c.timeout })
             }
-            Target::Etcd => {
-                let opts = etcd_client::ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(c.timeout);
-                let client = etcd_client::Client::connect(&c.endpoints, Some(opts))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot connect to etcd at {}: {e}", c.endpoints.join(",")))?;
-                Ok(Driver::Etcd { client: Box::new(client) })
-            }
-            Target::Postgres => {
-                let (client, connection) = tokio_postgres::connect(&c.postgres, tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL ({}): {e}", c.postgres))?;
-                tokio::spawn(connection);
-                let upsert = client
-                    .prepare("INSERT INTO kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v")
-                    .await?;
-                let select = client.prepare("SELECT v FROM kv WHERE k = $1").await?;
-                let scan = client.prepare("SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k").await?;
-                Ok(Driver::Postgres { client, upsert, select, scan })
-            }
+            other => connect_other(c, other).await,
         }
     }
 
@@ -132,21 +52,18 @@ impl Driver {
             Driver::Keepsake { store, durability, timeout } => {
                 Some(Driver::Keepsake { store: store.clone(), durability: *durability, timeout: *timeout })
             }
-            Driver::Etcd { client } => Some(Driver::Etcd { client: client.clone() }),
-            Driver::Postgres { .. } => None,
+            #[cfg(feature = "bench-compare")]
+            Driver::Other(other) => other.share().map(Driver::Other),
         }
     }
 
     /// Creates what the workload needs before any client connects (PostgreSQL's table).
     pub async fn prepare_target(c: &Connect) -> anyhow::Result<()> {
-        if c.target == Target::Postgres {
-            let (client, connection) = tokio_postgres::connect(&c.postgres, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL ({}): {e}", c.postgres))?;
-            tokio::spawn(connection);
-            client.batch_execute("CREATE TABLE IF NOT EXISTS kv (k text PRIMARY KEY, v bytea NOT NULL)").await?;
+        match c.target {
+            #[cfg(feature = "bench-compare")]
+            Target::Postgres => super::compare::prepare_postgres(&c.postgres).await,
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     pub async fn put(&mut self, user: u64, item: u64, value: Vec<u8>) -> Result<(), OpError> {
@@ -166,12 +83,8 @@ impl Driver {
                 req.set_timeout(*timeout);
                 store.put(req).await.map(drop).map_err(status_error)
             }
-            Driver::Etcd { client } => {
-                client.put(flat_key(user, item), value, None).await.map(drop).map_err(etcd_error)
-            }
-            Driver::Postgres { client, upsert, .. } => {
-                client.execute(upsert, &[&flat_key(user, item), &value]).await.map(drop).map_err(pg_error)
-            }
+            #[cfg(feature = "bench-compare")]
+            Driver::Other(other) => other.put(user, item, value).await,
         }
     }
 
@@ -194,10 +107,8 @@ impl Driver {
                     Err(s) => Err(status_error(s)),
                 }
             }
-            Driver::Etcd { client } => client.get(flat_key(user, item), None).await.map(drop).map_err(etcd_error),
-            Driver::Postgres { client, select, .. } => {
-                client.query_opt(select, &[&flat_key(user, item)]).await.map(drop).map_err(pg_error)
-            }
+            #[cfg(feature = "bench-compare")]
+            Driver::Other(other) => other.get(user, item).await,
         }
     }
 
@@ -220,38 +131,21 @@ impl Driver {
                 }
                 Ok(n)
             }
-            Driver::Etcd { client } => {
-                let opts = etcd_client::GetOptions::new().with_prefix();
-                let resp = client.get(flat_prefix(user), Some(opts)).await.map_err(etcd_error)?;
-                Ok(resp.kvs().len() as u64)
-            }
-            Driver::Postgres { client, scan, .. } => {
-                let from = flat_prefix(user);
-                // '/' + 1 = '0': the first string after every key with this prefix.
-                let to = format!("{}/{COLLECTION}0", user_id(user));
-                let rows = client.query(scan, &[&from, &to]).await.map_err(pg_error)?;
-                Ok(rows.len() as u64)
-            }
+            #[cfg(feature = "bench-compare")]
+            Driver::Other(other) => other.resync(user).await,
         }
     }
 }
 
-fn status_error(s: tonic::Status) -> OpError {
-    OpError::new(format!("{:?}", s.code()), s.message())
+#[cfg(feature = "bench-compare")]
+async fn connect_other(c: &Connect, _: Target) -> anyhow::Result<Driver> {
+    super::compare::Other::connect(c).await.map(Driver::Other)
 }
 
-fn etcd_error(e: etcd_client::Error) -> OpError {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => status_error(s),
-        etcd_client::Error::TransportError(t) => OpError::new("transport", t),
-        other => OpError::new("etcd", other),
-    }
-}
-
-fn pg_error(e: tokio_postgres::Error) -> OpError {
-    match e.code() {
-        Some(code) => OpError::new(format!("SQLSTATE {}", code.code()), &e),
-        None if e.is_closed() => OpError::new("connection closed", &e),
-        None => OpError::new("postgres", &e),
-    }
+#[cfg(not(feature = "bench-compare"))]
+async fn connect_other(_: &Connect, target: Target) -> anyhow::Result<Driver> {
+    anyhow::bail!(
+        "--target {target:?} needs a keepsake built with `--features bench-compare` (ops/bench/compare.sh builds \
+         one); this one drives Keepsake only"
+    )
 }

@@ -4,10 +4,13 @@
 //! (`driver.rs`), so `ops/bench/compare.sh` compares servers, not clients.
 
 mod cluster;
+#[cfg(feature = "bench-compare")]
+mod compare;
 mod driver;
 mod fsync;
 mod procs;
 mod report;
+mod target;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -23,8 +26,9 @@ use super::client::{connect, node_status};
 use super::{parse_duration, ClientOpts, Failure, Output};
 use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::{BackupStatusRequest, Durability};
-use driver::{Connect, Driver, Target};
+use driver::Driver;
 use report::{ArchiveLag, Latency, Report};
+use target::{Connect, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mix {

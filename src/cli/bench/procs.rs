@@ -55,6 +55,7 @@ fn tree(root: u32) -> Vec<u32> {
 fn sample(root: u32) -> Option<Sample> {
     let (_, own, reaped) = stat(root)?;
     // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let procs = tree(root);
     let descendants: u64 = procs[1..].iter().filter_map(|p| stat(*p)).map(|(_, t, _)| t).sum();

@@ -46,7 +46,7 @@ pub struct ArchiveLag {
 
 #[derive(Debug, Serialize)]
 pub struct Report {
-    pub target: super::driver::Target,
+    pub target: super::target::Target,
     pub mix: String,
     pub durability: String,
     pub clients: usize,

@@ -1,0 +1,201 @@
+//! `keepsake backup verify` and `backup list`: checks an archive from the object store alone —
+//! every segment's checksums and structure, that its name matches its contents, that the
+//! segments cover every index from the first to the head with no gap (or a snapshot bridges
+//! it), that overlapping segments agree entry for entry, and every snapshot manifest and the
+//! hash of every chunk it names.
+//!
+//! It reads, never writes. (Digests are proved by replaying: that is restore's job.)
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use object_store::{ObjectMeta, ObjectStoreExt};
+use prost::Message;
+
+use crate::segment::{parse_object_name, Segment};
+use crate::snapshot::{chunk_name, decode_manifest, parse_manifest_name, Chunk};
+use crate::store::Archive;
+
+/// One segment as listed.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: String,
+    pub first: u64,
+    pub last: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub segments: usize,
+    pub bytes: u64,
+    pub first_index: Option<u64>,
+    pub last_index: Option<u64>,
+    /// Snapshot manifests that check out, and distinct chunks read.
+    pub snapshots: usize,
+    pub chunks: usize,
+    /// Each fault, naming the object it was found in.
+    pub problems: Vec<String>,
+}
+
+/// The archive's segments, sorted by first index, from the listing alone.
+pub async fn list(archive: &Archive) -> Result<Vec<Listed>, object_store::Error> {
+    let prefix = archive.path("segments");
+    let objects: Vec<ObjectMeta> = archive.store.list(Some(&prefix)).try_collect().await?;
+    let mut out: Vec<Listed> = objects
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.location.to_string();
+            let (first, last) = parse_object_name(&name)?;
+            Some(Listed { name, first, last, bytes: o.size })
+        })
+        .collect();
+    out.sort_by_key(|s| (s.first, s.last));
+    Ok(out)
+}
+
+/// The archive's snapshot manifests, sorted by index: (index, object, bytes).
+pub async fn list_snapshots(archive: &Archive) -> Result<Vec<(u64, String, u64)>, object_store::Error> {
+    let objects: Vec<ObjectMeta> = archive.store.list(Some(&archive.path("snapshots"))).try_collect().await?;
+    let mut out: Vec<(u64, String, u64)> = objects
+        .into_iter()
+        .filter_map(|o| Some((parse_manifest_name(o.location.as_ref())?, o.location.to_string(), o.size)))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, object_store::Error> {
+    let listed = list(archive).await?;
+    let mut report = Report { segments: listed.len(), ..Report::default() };
+    // The hash of every archived entry, to compare overlaps.
+    let mut seen: BTreeMap<u64, (u64, String)> = BTreeMap::new();
+    for s in &listed {
+        report.bytes += s.bytes;
+        let bytes = match archive.store.get(&object_store::path::Path::from(s.name.as_str())).await {
+            Ok(got) => got.bytes().await?,
+            Err(e) => {
+                report.problems.push(format!("{}: cannot read: {e}", s.name));
+                continue;
+            }
+        };
+        let segment = match Segment::decode(&s.name, &bytes) {
+            Ok(seg) => seg,
+            Err(e) => {
+                report.problems.push(e.to_string());
+                continue;
+            }
+        };
+        let h = &segment.header;
+        if (h.first_index, h.last_index) != (s.first, s.last) {
+            report
+                .problems
+                .push(format!("{}: holds entries {}-{}, not what its name says", s.name, h.first_index, h.last_index));
+        }
+        if h.cluster_id != cluster_id {
+            report.problems.push(format!("{}: belongs to cluster {:?}, not {cluster_id:?}", s.name, h.cluster_id));
+        }
+        for e in &segment.entries {
+            let hash =
+                u64::from_le_bytes(blake3::hash(&e.encode_to_vec()).as_bytes()[..8].try_into().expect("8 bytes"));
+            if let Some((other, other_name)) = seen.insert(e.index, (hash, s.name.clone())) {
+                if other != hash {
+                    report.problems.push(format!(
+                        "{} and {other_name} disagree about entry {}: the archive is inconsistent",
+                        s.name, e.index
+                    ));
+                }
+            }
+        }
+    }
+    report.first_index = seen.keys().next().copied();
+    report.last_index = seen.keys().next_back().copied();
+    let snapshots = verify_snapshots(archive, cluster_id, &mut report).await?;
+    report.snapshots = snapshots.len();
+    let last = report.last_index.unwrap_or(0);
+    // A snapshot at s bridges missing entries below s + 1 when the log goes on from s + 1.
+    let bridged =
+        |missing_to: u64| snapshots.iter().any(|s| *s >= missing_to && (seen.contains_key(&(s + 1)) || *s >= last));
+    if let Some(first) = report.first_index.filter(|f| *f != 0) {
+        if !bridged(first - 1) {
+            report.problems.push(format!(
+                "the first archived entry is {first}, not 0, and no snapshot reaches it: entries 0-{} are missing",
+                first - 1
+            ));
+        }
+    }
+    let mut expected = report.first_index.unwrap_or(0);
+    for index in seen.keys() {
+        if *index != expected && !bridged(index - 1) {
+            report.problems.push(format!("gap: no segment holds entries {expected}-{}", index - 1));
+        }
+        expected = index + 1;
+    }
+    Ok(report)
+}
+
+/// Checks every snapshot manifest and every chunk they name (each chunk once); returns the
+/// indices of the snapshots that check out.
+async fn verify_snapshots(
+    archive: &Archive,
+    cluster_id: &str,
+    report: &mut Report,
+) -> Result<Vec<u64>, object_store::Error> {
+    let objects: Vec<ObjectMeta> = archive.store.list(Some(&archive.path("snapshots"))).try_collect().await?;
+    let mut checked: BTreeMap<[u8; 32], bool> = BTreeMap::new();
+    let mut good = Vec::new();
+    for o in &objects {
+        let Some(index) = parse_manifest_name(o.location.as_ref()) else { continue };
+        let name = o.location.to_string();
+        report.bytes += o.size;
+        let bytes = archive.store.get(&o.location).await?.bytes().await?;
+        let m = match decode_manifest(&name, &bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                report.problems.push(e.to_string());
+                continue;
+            }
+        };
+        let mut ok = true;
+        if m.index != index || m.cluster_id != cluster_id {
+            report.problems.push(format!(
+                "{name}: holds the state of cluster {:?} at index {}, not what its name and place say",
+                m.cluster_id, m.index
+            ));
+            ok = false;
+        }
+        for c in &m.chunks {
+            let Ok(hash) = <[u8; 32]>::try_from(c.hash.as_slice()) else { continue };
+            if let Some(fine) = checked.get(&hash) {
+                ok &= *fine;
+                continue;
+            }
+            let object = archive.path(&chunk_name(&hash));
+            let fine = match archive.store.get(&object).await {
+                Ok(got) => {
+                    let bytes = got.bytes().await?;
+                    report.bytes += bytes.len() as u64;
+                    match Chunk::decode(object.as_ref(), &bytes, &hash) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            report.problems.push(format!("{e} (named by {name})"));
+                            false
+                        }
+                    }
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    report.problems.push(format!("{object}, named by {name}, is missing"));
+                    false
+                }
+                Err(e) => return Err(e),
+            };
+            checked.insert(hash, fine);
+            ok &= fine;
+        }
+        if ok {
+            good.push(index);
+        }
+    }
+    report.chunks = checked.len();
+    Ok(good)
+}

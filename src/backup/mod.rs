@@ -1,0 +1,11 @@
+//! Continuous backup from the live cluster (docs/design.md §4): the leader's side of the
+//! archive, whose formats and readers live in the keepsake-archive crate.
+//!
+//! `archiver` is the leader's upload loop that keeps the archive gap-free and holds the purge
+//! gate, publishing its `status`; `snapshotter` uploads archive snapshots, and `retention`
+//! deletes what no restore in the window needs.
+
+pub mod archiver;
+pub mod retention;
+pub mod snapshotter;
+pub mod status;

@@ -1,0 +1,106 @@
+//! Retention: deletes from the archive only what no restore inside the window can need, and
+//! nothing while a restore or drill holds a lease on it (`keepsake_archive::lease`).
+//!
+//! Invariant: the base — the newest snapshot whose last write is at or before the window's
+//! start — stays, with every snapshot and segment after it (so the newest snapshot and the
+//! segments after it always stay); nothing is deleted while any lease is live; a chunk goes only
+//! when no kept manifest names it, no snapshot being written has pinned it, and it is over an
+//! hour old. Manifests go before the segments and chunks they start from.
+
+use std::collections::HashSet;
+
+use futures::TryStreamExt;
+use keepsake_archive::segment::parse_object_name;
+use keepsake_archive::snapshot::{decode_manifest, parse_chunk_name, parse_manifest_name};
+use keepsake_archive::store::Archive;
+use keepsake_raft::clock::now_us;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStoreExt};
+
+use crate::config::ArchiveConfig;
+
+/// An unreferenced chunk younger than this may belong to a snapshot still being written.
+const CHUNK_GRACE_US: i64 = 3_600_000_000;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The index of the base snapshot (None: no snapshot is old enough yet; nothing deleted).
+    pub base: Option<u64>,
+    pub manifests: usize,
+    pub segments: usize,
+    pub chunks: usize,
+    /// A live lease held retention off.
+    pub held: bool,
+}
+
+async fn list(archive: &Archive, dir: &str) -> Result<Vec<ObjectMeta>, object_store::Error> {
+    archive.store.list(Some(&archive.path(dir))).try_collect().await
+}
+
+/// Applies `config.retention` to the archive; `pinned` chunks belong to snapshots being written.
+pub async fn apply(archive: &Archive, config: &ArchiveConfig, pinned: &HashSet<[u8; 32]>) -> Result<Report, String> {
+    let Some(window) = config.retention()? else { return Ok(Report::default()) };
+    if keepsake_archive::lease::held(archive).await? {
+        return Ok(Report { held: true, ..Report::default() });
+    }
+    let cutoff = now_us() - window.as_micros() as i64;
+    let objects = list(archive, "snapshots").await.map_err(|e| format!("listing snapshots: {e}"))?;
+    // Every manifest, read: (index, last write, chunks, object).
+    let mut manifests = Vec::new();
+    for o in &objects {
+        let Some(index) = parse_manifest_name(o.location.as_ref()) else { continue };
+        let name = o.location.to_string();
+        let bytes = archive
+            .store
+            .get(&o.location)
+            .await
+            .map_err(|e| format!("reading {name}: {e}"))?
+            .bytes()
+            .await
+            .map_err(|e| format!("reading {name}: {e}"))?;
+        // A damaged manifest stops retention: it cannot tell what the snapshot needs.
+        let m = decode_manifest(&name, &bytes).map_err(|e| e.to_string())?;
+        let chunks: Vec<[u8; 32]> = m.chunks.iter().filter_map(|c| c.hash.as_slice().try_into().ok()).collect();
+        manifests.push((index, m.last_write_us, chunks, o.location.clone()));
+    }
+    // Only a complete snapshot (every chunk it names is there) can be the base.
+    let present: HashSet<[u8; 32]> = objects.iter().filter_map(|o| parse_chunk_name(o.location.as_ref())).collect();
+    let complete = |chunks: &[[u8; 32]]| chunks.iter().all(|c| present.contains(c));
+    let Some(base) = manifests.iter().filter(|m| m.1 <= cutoff && complete(&m.2)).map(|m| m.0).max() else {
+        return Ok(Report::default());
+    };
+    let mut report = Report { base: Some(base), ..Report::default() };
+    let mut kept: HashSet<[u8; 32]> = pinned.clone();
+    for (index, _, chunks, location) in &manifests {
+        if *index < base {
+            delete(archive, location).await?;
+            report.manifests += 1;
+        } else {
+            kept.extend(chunks.iter().copied());
+        }
+    }
+    for o in list(archive, "segments").await.map_err(|e| format!("listing segments: {e}"))? {
+        if parse_object_name(o.location.as_ref()).is_some_and(|(_, last)| last <= base) {
+            delete(archive, &o.location).await?;
+            report.segments += 1;
+        }
+    }
+    for o in &objects {
+        let Some(hash) = parse_chunk_name(o.location.as_ref()) else { continue };
+        if !kept.contains(&hash) && o.last_modified.timestamp_micros() < now_us() - CHUNK_GRACE_US {
+            delete(archive, &o.location).await?;
+            report.chunks += 1;
+        }
+    }
+    if report.manifests + report.segments + report.chunks > 0 {
+        tracing::info!(?report, "retention deleted what no restore in the window needs");
+    }
+    Ok(report)
+}
+
+async fn delete(archive: &Archive, location: &Path) -> Result<(), String> {
+    match archive.store.delete(location).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(format!("deleting {location}: {e}")),
+    }
+}

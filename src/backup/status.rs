@@ -1,0 +1,19 @@
+//! What the archive holds and how the archiver is doing, as this node knows it: the archiver
+//! publishes it on a watch channel; the write path (ARCHIVED writes, backpressure), the
+//! snapshotter, `backup status` and `/metrics` read it.
+
+/// What the archive holds and how the archiver is doing, as this node knows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArchiveStatus {
+    /// The last index in the archive (None: nothing archived yet, or not known yet).
+    pub archived_index: Option<u64>,
+    /// Whether this node is the one uploading.
+    pub uploading: bool,
+    /// When the oldest committed entry not yet archived was first seen (0: none waiting). While
+    /// a new leader cannot learn the archive's last index, the time it started trying.
+    pub pending_since_us: i64,
+    pub last_success_us: i64,
+    pub last_error: String,
+    pub segments_uploaded: u64,
+    pub bytes_uploaded: u64,
+}

@@ -1,0 +1,72 @@
+//! Answers peers on the peer port: Raft RPCs for openraft, TimeoutNow for a leader transfer,
+//! and writes and read-index requests that followers pass to the leader on behalf of their
+//! clients. Payloads use `crate::peer`'s encoding.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keepsake_raft::{TypeConfig, Write};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tonic::{Request, Response, Status};
+
+use super::{deadline, status};
+use crate::peer::{decode, encode};
+use crate::proto::raft::raft_transport_server::RaftTransport;
+use crate::proto::raft::*;
+use crate::replica::Replica;
+
+pub struct PeerService {
+    replica: Arc<Replica>,
+}
+
+impl PeerService {
+    pub fn new(replica: Arc<Replica>) -> Self {
+        PeerService { replica }
+    }
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    Ok(Response::new(RaftMessage { payload: encode(value) }))
+}
+
+#[tonic::async_trait]
+impl RaftTransport for PeerService {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.get_ref().payload, "append-entries")?;
+        reply(&self.replica.consensus().raft().append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<u64> = decode(&request.get_ref().payload, "vote")?;
+        reply(&self.replica.consensus().raft().vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.get_ref().payload, "install-snapshot")?;
+        reply(&self.replica.consensus().raft().install_snapshot(rpc).await)
+    }
+
+    async fn timeout_now(&self, request: Request<TimeoutNowRequest>) -> Result<Response<TimeoutNowResponse>, Status> {
+        let TimeoutNowRequest { from_node_id: from, term } = request.into_inner();
+        self.replica.consensus().stand_for_election(from, term).await.map_err(status::from_error)?;
+        Ok(Response::new(TimeoutNowResponse {}))
+    }
+
+    async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeResponse>, Status> {
+        let deadline = deadline::of(&request, Duration::from_millis(self.replica.config().limits.default_timeout_ms));
+        let req = request.get_ref();
+        let write: Write = decode(&req.write, "forwarded write")?;
+        let committed = self.replica.write(write, req.archived, deadline, true).await.map_err(status::from_error)?;
+        Ok(Response::new(ProposeResponse {
+            log_index: committed.log_index,
+            proposed_at_us: committed.proposed_at_us,
+            outcome: encode(&committed.outcome),
+        }))
+    }
+
+    async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        let deadline = deadline::of(&request, Duration::from_millis(self.replica.config().limits.default_timeout_ms));
+        let index = self.replica.consensus().read_index(deadline).await.map_err(status::from_error)?;
+        Ok(Response::new(ReadIndexResponse { index }))
+    }
+}

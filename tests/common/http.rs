@@ -1,0 +1,31 @@
+//! Plain HTTP for the tests: one bodiless HTTP/1.1 request (a node's `/readyz`, the S3
+//! server's bucket set-up) and the value of one metric in a node's `/metrics`.
+
+use std::time::Duration;
+
+use super::cluster::Cluster;
+
+/// One bodiless HTTP/1.1 request to `addr`; returns the status code and the whole response.
+pub fn http_request(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    Ok((code, response))
+}
+
+/// The value of one metric in a node's `/metrics` (panics if it is missing).
+pub fn metric(cluster: &Cluster, id: u64, name: &str) -> f64 {
+    let (code, text) = http_request(&cluster.http_addr(id), "GET", "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} is not in /metrics: {text}"))
+}

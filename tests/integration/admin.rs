@@ -1,0 +1,172 @@
+//! SRE operations and the CLI contract, against real `keepsake serve` processes: leader
+//! transfer, a learner joining and being promoted, removing a node, and the `keepsake` client
+//! commands with their output and exit codes.
+
+use std::process::Command;
+use std::time::Duration;
+
+use keepsake::proto::v1::*;
+
+use crate::common::*;
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transfer_leader_hands_leadership_to_the_chosen_voter() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let target = cluster.ids().into_iter().find(|id| *id != leader).expect("a follower");
+    put(&mut cluster.store(leader), "u", "c", "before", "1").await.expect("write before the transfer");
+
+    // Asked through a follower that is not the target: it passes the request to the leader.
+    let via = cluster.ids().into_iter().find(|id| *id != leader && *id != target).expect("a third node");
+    let resp = within(Duration::from_secs(15), async {
+        cluster
+            .admin(via)
+            .transfer_leader(request(TransferLeaderRequest { to_node_id: target }, Duration::from_secs(10)))
+            .await
+    })
+    .await
+    .expect("transfer-leader succeeds")
+    .into_inner();
+    assert_eq!(resp.leader_id, target, "the chosen voter became leader");
+    assert_eq!(cluster.wait_for_leader(LEADER_TIMEOUT).await, target);
+
+    // Writes and reads go on, and nothing written before was lost.
+    put(&mut cluster.store(leader), "u", "c", "after", "2").await.expect("write after the transfer");
+    assert_eq!(get(&mut cluster.store(target), "u", "c", "before").await.expect("read").value, b"1");
+
+    let refused = cluster
+        .admin(target)
+        .transfer_leader(request(TransferLeaderRequest { to_node_id: 99 }, Duration::from_secs(5)))
+        .await
+        .expect_err("an unknown node cannot become leader");
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{}", refused.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_joins_catches_up_is_promoted_and_a_node_is_removed() {
+    let cluster = Cluster::builder().spares(1).start().await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    write_some(&cluster, leader, 50).await;
+
+    cluster.restart(4); // start the spare: empty data dir, no initial members
+    let added = within(Duration::from_secs(20), async {
+        cluster
+            .admin(leader)
+            .add_learner(request(
+                AddLearnerRequest { node_id: 4, client_addr: cluster.client_addr(4), peer_addr: cluster.peer_addr(4) },
+                Duration::from_secs(15),
+            ))
+            .await
+    })
+    .await
+    .expect("add-learner succeeds")
+    .into_inner();
+    let learner = added.members.iter().find(|m| m.node_id == 4).expect("node 4 is a member");
+    assert!(!learner.voter, "node 4 joins as a learner");
+    let s4 = cluster.wait_for_applied(4, added.log_index, Duration::from_secs(10)).await;
+    assert_eq!(s4.role, "learner");
+    let item =
+        get_with(&mut cluster.store(4), "u", "c", &item_id(7), Consistency::Stale).await.expect("learner has data");
+    assert_eq!(item.value, value_of("u", "c", 7));
+
+    let promoted = cluster
+        .admin(leader)
+        .change_membership(request(ChangeMembershipRequest { voters: vec![1, 2, 3, 4] }, Duration::from_secs(10)))
+        .await
+        .expect("promote node 4")
+        .into_inner();
+    assert_eq!(promoted.members.iter().filter(|m| m.voter).count(), 4);
+
+    let victim = cluster.ids().into_iter().find(|id| *id != leader && *id != 4).expect("a follower to remove");
+    let removed = cluster
+        .admin(leader)
+        .remove_node(request(RemoveNodeRequest { node_id: victim }, Duration::from_secs(10)))
+        .await
+        .expect("remove a follower")
+        .into_inner();
+    assert!(removed.members.iter().all(|m| m.node_id != victim), "node {victim} is gone from the membership");
+    assert_eq!(removed.members.len(), 3);
+
+    // The remaining three still commit writes.
+    cluster.kill(victim);
+    put(&mut cluster.store(4), "u", "c", "after-removal", "x").await.expect("write with the new membership");
+}
+
+async fn write_some(cluster: &Cluster, node: u64, n: usize) {
+    let mut store = cluster.store(node);
+    for i in 0..n {
+        put(&mut store, "u", "c", &item_id(i), value_of("u", "c", i)).await.expect("write");
+    }
+}
+
+/// Runs the `keepsake` binary against the cluster; returns (exit code, stdout, stderr).
+fn keepsake(cluster: &Cluster, args: &[&str]) -> (i32, String, String) {
+    let endpoints = cluster.endpoints();
+    let out = Command::new(env!("CARGO_BIN_EXE_keepsake"))
+        .args(args)
+        .env("KEEPSAKE_ENDPOINTS", endpoints)
+        .output()
+        .expect("run the keepsake binary");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_commands_print_results_and_exit_with_documented_codes() {
+    let cluster = Cluster::start(3).await;
+    cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let key = ["--user", "u1", "--collection", "contacts", "--id", "alice"];
+    let cli = |extra: &[&str]| keepsake(&cluster, extra);
+
+    let (code, out, err) = cli(&[&["put"][..], &key, &["--value", "alice@example.com"]].concat());
+    assert_eq!(code, 0, "put: {err}");
+    assert!(out.starts_with("revision "), "put prints the revision: {out}");
+
+    let (code, out, err) = cli(&[&["get"][..], &key].concat());
+    assert_eq!((code, out.as_str()), (0, "alice@example.com\n"), "get: {err}");
+
+    let (code, out, _) = cli(&[&["get"][..], &key, &["--output", "json"]].concat());
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("get --output json prints JSON");
+    assert_eq!(v["value"], "alice@example.com");
+    let revision = v["revision"].as_u64().expect("a revision");
+
+    let stale = (revision + 5).to_string();
+    let (code, _, err) = cli(&[&["put"][..], &key, &["--value", "x", "--if-revision", &stale]].concat());
+    assert_eq!(code, 4, "a failed precondition exits 4: {err}");
+    assert!(err.contains(&format!("current revision {revision}")), "the message names the current revision: {err}");
+
+    let (code, _, err) = cli(&["get", "--user", "u1", "--collection", "contacts", "--id", "nobody"]);
+    assert_eq!(code, 3, "not found exits 3: {err}");
+
+    let (code, _, err) = cli(&["get", "--user", "", "--collection", "contacts", "--id", "x"]);
+    assert_eq!(code, 2, "an invalid argument exits 2: {err}");
+    assert!(err.contains("user_id is empty"), "{err}");
+
+    let (code, out, err) = cli(&["list", "--user", "u1", "--collection", "contacts", "--output", "json"]);
+    assert_eq!(code, 0, "list: {err}");
+    let items: serde_json::Value = serde_json::from_str(&out).expect("list prints a JSON array");
+    assert_eq!(items.as_array().map(Vec::len), Some(1));
+
+    let (code, out, err) = cli(&["cluster", "status", "--output", "json"]);
+    assert_eq!(code, 0, "cluster status: {err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status prints JSON");
+    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(3));
+    assert!(status["leader_id"].as_u64().is_some());
+
+    let (code, _, err) = cli(&[&["delete"][..], &key].concat());
+    assert_eq!(code, 0, "delete: {err}");
+    let (code, out, _) = cli(&["changes", "--user", "u1", "--output", "json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"deleted\":true"), "the delete shows as a tombstone: {out}");
+
+    // No node reachable: exit 5 with a message that says what to check.
+    let out = Command::new(env!("CARGO_BIN_EXE_keepsake"))
+        .args(["get", "--user", "u", "--collection", "c", "--id", "i", "--endpoints", "127.0.0.1:1", "--timeout", "1s"])
+        .output()
+        .expect("run keepsake");
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keepsake cluster status"));
+}

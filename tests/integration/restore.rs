@@ -1,0 +1,216 @@
+//! Restores from the archive alone, with real processes: the Sidekick test (every node and
+//! every disk lost at once, the archive in a real S3-compatible server), point-in-time restores
+//! by index and by time, and the change-feed resync status for cursors from the lost timeline.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keepsake::proto::v1::*;
+use keepsake_archive::segment::Segment;
+
+use crate::common::*;
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The archive's newest segment, decoded (read through object_store, as a restore reads it).
+async fn last_segment(cluster: &Cluster) -> Segment {
+    use object_store::ObjectStoreExt;
+    let archive = cluster.open_archive();
+    let listed = keepsake_archive::verify::list(&archive).await.expect("list the archive's segments");
+    let newest = listed.iter().max_by_key(|s| s.last).expect("at least one segment");
+    let path = object_store::path::Path::from(newest.name.as_str());
+    let bytes = archive.store.get(&path).await.expect("get").bytes().await.expect("read the segment");
+    Segment::decode(&newest.name, &bytes).expect("the newest segment decodes")
+}
+
+#[derive(Clone, Debug)]
+struct Acked {
+    value: Vec<u8>,
+    log_index: u64,
+    archived: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sidekick_losing_every_node_and_disk_loses_no_archived_write() {
+    let s3 = S3Server::start();
+    let old = Cluster::builder().archive_s3(&s3, "sidekick").start().await;
+    old.wait_for_leader(LEADER_TIMEOUT).await;
+    let acked: Arc<Mutex<BTreeMap<String, Acked>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let clients = old.stores(&old.ids());
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let archived = w % 2 == 0; // half the clients ask for ARCHIVED
+                let durability = if archived { Durability::Archived } else { Durability::Quorum } as i32;
+                let mut i = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    let id = format!("w{w}-{i}");
+                    let value = format!("contact {id}").into_bytes();
+                    let req = PutRequest {
+                        key: Some(key("sk", "contacts", &id)),
+                        value: value.clone(),
+                        durability,
+                        ..Default::default()
+                    };
+                    let mut c = clients[i % clients.len()].clone();
+                    if let Ok(r) = bounded(c.put(request(req, Duration::from_secs(3)))).await {
+                        acked.lock().expect("lock").insert(id, Acked { value, log_index: r.log_index, archived });
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The disaster: every node dies at once, mid-write, and every disk is lost.
+    for id in old.ids() {
+        old.kill(id);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    for id in old.ids() {
+        std::fs::remove_dir_all(old.data_dir(id)).expect("lose the disk");
+    }
+    let archived_head = last_segment(&old).await;
+
+    let new = Cluster::builder().cluster_id("sidekick-restored").archive_s3(&s3, "sidekick").no_bootstrap().prepare();
+    let (code, text) = restore_cli(&old, &new, &[]);
+    assert_eq!(code, 0, "restore succeeds: {text}");
+    println!("{text}");
+    new.launch(3).await;
+    let leader = new.wait_for_leader(LEADER_TIMEOUT).await;
+
+    let acked = acked.lock().expect("lock").clone();
+    let head = archived_head.header.last_index;
+    let mut client = new.store(leader);
+    let (mut archived_ok, mut archived_lost, mut covered_ok, mut covered_lost, mut beyond) = (0, 0, 0, 0, 0);
+    for (id, a) in &acked {
+        let found = get(&mut client, "sk", "contacts", id).await.ok().map(|item| item.value);
+        let present = found.as_deref() == Some(a.value.as_slice());
+        match (a.archived, a.log_index <= head) {
+            (true, _) if present => archived_ok += 1,
+            (true, _) => archived_lost += 1,
+            (false, true) if present => covered_ok += 1,
+            (false, true) => covered_lost += 1,
+            (false, false) => beyond += 1,
+        }
+    }
+    println!(
+        "acknowledged: {} | ARCHIVED present {archived_ok}, lost {archived_lost} | QUORUM at or below the archive head \
+         ({head}) present {covered_ok}, lost {covered_lost} | QUORUM beyond the head: {beyond}",
+        acked.len()
+    );
+    assert!(archived_ok > 0 && covered_ok > 0, "the test wrote both kinds");
+    assert_eq!(archived_lost, 0, "every acknowledged ARCHIVED write survives losing every node");
+    assert_eq!(covered_lost, 0, "every acknowledged write the archive reached survives");
+
+    // The restored state is the archived state: the same digest on every new node.
+    let hex = keepsake_raft::Digest(archived_head.header.digest_after).to_hex();
+    for id in new.ids() {
+        let d = eventually(Duration::from_secs(10), || async {
+            let d = new
+                .admin(id)
+                .digest(request(DigestRequest { index: 0 }, Duration::from_secs(2)))
+                .await
+                .ok()?
+                .into_inner();
+            (d.digest == hex).then_some(d)
+        })
+        .await;
+        assert!(d.is_some(), "node {id} of the restored cluster does not reach the archived digest {hex}");
+    }
+}
+
+/// Puts `t` ten times in a row (`v1` to `v10`) and waits until the archive holds them; returns
+/// each put's response.
+async fn ten_versions(cluster: &Cluster) -> Vec<PutResponse> {
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut store = cluster.store(leader);
+    let mut out = Vec::new();
+    for v in 1..=10 {
+        out.push(put(&mut store, "pit", "notes", "t", format!("v{v}")).await.expect("put"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = out.last().expect("ten puts").log_index;
+    let archived = eventually(Duration::from_secs(10), || async {
+        let s =
+            cluster.admin(leader).backup_status(request(BackupStatusRequest {}, Duration::from_secs(2))).await.ok()?;
+        s.into_inner().archived_index.filter(|a| *a >= last)
+    })
+    .await;
+    assert!(archived.is_some(), "the ten versions reach the archive");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn point_in_time_restore_by_index_and_by_time_gives_exactly_that_state() {
+    let s3 = S3Server::start();
+    let old = Cluster::builder().archive_s3(&s3, "pit").start().await;
+    let versions = ten_versions(&old).await;
+
+    // By index: the state right after the fifth put.
+    let by_index = Cluster::builder().nodes(1).cluster_id("pit-index").no_bootstrap().prepare();
+    let at = versions[4].log_index.to_string();
+    let (code, text) = restore_cli(&old, &by_index, &["--to-index", &at]);
+    assert_eq!(code, 0, "{text}");
+    by_index.launch(1).await;
+    let item = get(&mut by_index.store(1), "pit", "notes", "t").await.expect("the item exists");
+    assert_eq!(item.value, b"v5");
+    assert_eq!(item.revision, versions[4].revision);
+
+    // By time: every write made at or before the seventh put's time.
+    let by_time = Cluster::builder().nodes(1).cluster_id("pit-time").no_bootstrap().prepare();
+    let t = versions[6].updated_at.expect("updated_at");
+    let when = chrono_like_rfc3339(t.seconds, t.nanos);
+    let (code, text) = restore_cli(&old, &by_time, &["--to-time", &when]);
+    assert_eq!(code, 0, "{text}");
+    by_time.launch(1).await;
+    let item = get(&mut by_time.store(1), "pit", "notes", "t").await.expect("the item exists");
+    assert_eq!(item.value, b"v7", "restored to {when}");
+
+    // A device whose cursor is from after the restore point is told to resync in full...
+    let mut feed = by_index.store(1);
+    let lost_cursor = versions[7].revision;
+    let err = feed
+        .changes(request(
+            ChangesRequest { user_id: "pit".into(), since_revision: lost_cursor, ..Default::default() },
+            Duration::from_secs(5),
+        ))
+        .await
+        .expect_err("a cursor from the lost timeline is refused");
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{}", err.message());
+    assert!(err.message().contains("resync in full"), "{}", err.message());
+    // ...and new writes never reuse a revision the old cluster handed out.
+    let fresh = put(&mut by_index.store(1), "pit", "notes", "t", "after restore").await.expect("write after restore");
+    assert!(fresh.revision > versions[9].revision, "revision {} moved backwards", fresh.revision);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restore_refuses_a_damaged_archive_and_leaves_nothing_behind() {
+    let s3 = S3Server::start();
+    let old = Cluster::builder().archive_s3(&s3, "damaged").start().await;
+    ten_versions(&old).await;
+    let victim = old.segment_objects().await.last().expect("a segment").name.clone();
+    let mut bytes = old.archive_object(&victim).await;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    old.put_archive_object(&victim, bytes).await;
+
+    let new = Cluster::builder().nodes(1).cluster_id("never").no_bootstrap().prepare();
+    let (code, text) = restore_cli(&old, &new, &[]);
+    assert_ne!(code, 0, "restoring a damaged archive fails");
+    let name = victim.rsplit('/').next().expect("name").to_owned();
+    assert!(text.contains(&name), "the failure names the damaged object {name}: {text}");
+    assert!(!new.data_dir(1).exists(), "no half-written data directory is left behind");
+}
+
+/// RFC 3339 in UTC from a protobuf timestamp.
+fn chrono_like_rfc3339(seconds: i64, nanos: i32) -> String {
+    chrono::DateTime::from_timestamp(seconds, nanos as u32).expect("a valid time").to_rfc3339()
+}

@@ -1,0 +1,258 @@
+//! The layout's own rules, checked on the source and the built binary:
+//! - no import cycles between modules: within each crate, the sibling modules under any parent
+//!   form an acyclic graph of `crate::…` / `super::…` references (test code aside);
+//! - crash points exist only with the `failpoints` feature: the `keepsake` binary built for
+//!   this test names `KEEPSAKE_CRASH_AT` exactly when the feature is on. `.ci/run` runs this
+//!   test once with the feature (as the suite does) and once without, as a release is built.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The crates whose modules are checked, by source directory.
+const CRATES: [&str; 3] = ["src", "raft/src", "archive/src"];
+
+/// A module path inside one crate, e.g. `["server", "store"]`; the crate root is `[]`.
+type ModPath = Vec<String>;
+
+/// Every module of the crate under `root`, with its source text less any `#[cfg(test)]` part.
+fn modules(root: &Path) -> BTreeMap<ModPath, String> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read a source directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(root).expect("under the root").with_extension("");
+            let mut parts: ModPath = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+            if matches!(parts.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+                parts.pop();
+            }
+            let text = std::fs::read_to_string(&path).expect("read a source file");
+            let code = match text.find("#[cfg(test)]") {
+                Some(at) => &text[..at],
+                None => &text,
+            };
+            // Comments name modules too ("see `crate::x`"): only code counts.
+            let code: String =
+                code.lines().filter(|l| !l.trim_start().starts_with("//")).map(|l| format!("{l}\n")).collect();
+            out.insert(parts, code);
+        }
+    }
+    out
+}
+
+/// Expands one `use` tree (`a::{b, c::d}`) into its paths.
+fn expand(tree: &str) -> Vec<String> {
+    let tree = tree.trim();
+    let (Some(open), Some(close)) = (tree.find('{'), tree.rfind('}')) else { return vec![tree.to_owned()] };
+    if close < open {
+        return vec![tree.to_owned()];
+    }
+    let prefix = &tree[..open];
+    let inner = &tree[open + 1..close];
+    let (mut parts, mut depth, mut start) = (Vec::new(), 0, 0);
+    for (i, c) in inner.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&inner[start..]);
+    parts.into_iter().filter(|p| !p.trim().is_empty()).flat_map(|p| expand(&format!("{prefix}{}", p.trim()))).collect()
+}
+
+/// Every path a module's code names through `crate::`, `super::` or `self::`.
+fn referenced_paths(code: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    // `use` statements, which may group paths in braces and span lines: a line that starts
+    // with `use` or `pub … use` (a "use " inside a string does not).
+    let lines: Vec<&str> = code.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let line = line.trim_start();
+        let line = line.strip_prefix("pub ").or_else(|| line.strip_prefix("pub(crate) ")).unwrap_or(line);
+        let Some(tree) = line.strip_prefix("use ") else { continue };
+        let mut statement = tree.to_owned();
+        for next in &lines[i + 1..] {
+            if statement.contains(';') {
+                break;
+            }
+            statement.push_str(next);
+        }
+        let statement = statement.split(';').next().unwrap_or_default();
+        paths.extend(expand(&statement.replace([' ', '\t'], "")));
+    }
+    // Paths written inline in code.
+    for prefix in ["crate::", "super::", "self::"] {
+        for (at, _) in code.match_indices(prefix) {
+            let before = code[..at].chars().last();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                continue;
+            }
+            let tail: String =
+                code[at..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':').collect();
+            paths.push(tail);
+        }
+    }
+    paths
+}
+
+/// The module a path names from inside `here` (the longest prefix that is a module), if it
+/// starts at the crate root, `super` or `self`.
+fn resolve(here: &ModPath, path: &str, known: &BTreeSet<ModPath>) -> Option<ModPath> {
+    let segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+    let (mut base, rest) = match *segments.first()? {
+        "crate" => (Vec::new(), &segments[1..]),
+        "self" => (here.clone(), &segments[1..]),
+        "super" => {
+            // Each `super` is one step up from the module the code is in.
+            let mut base = here.clone();
+            let mut rest = &segments[..];
+            while rest.first() == Some(&"super") {
+                base.pop();
+                rest = &rest[1..];
+            }
+            (base, rest)
+        }
+        _ => return None,
+    };
+    for s in rest {
+        let mut next = base.clone();
+        next.push((*s).to_owned());
+        if !known.contains(&next) {
+            break;
+        }
+        base = next;
+    }
+    Some(base)
+}
+
+/// The module graph's cycles, as `parent: a -> b -> … -> a`, for every parent whose children
+/// refer to each other in a circle.
+fn cycles(root: &Path) -> Vec<String> {
+    let modules = modules(root);
+    let known: BTreeSet<ModPath> = modules.keys().cloned().collect();
+    // Sibling edges under each parent.
+    let mut edges: BTreeMap<ModPath, BTreeSet<(String, String)>> = BTreeMap::new();
+    for (here, code) in &modules {
+        for path in referenced_paths(code) {
+            let Some(target) = resolve(here, &path, &known) else { continue };
+            let common = here.iter().zip(&target).take_while(|(a, b)| a == b).count();
+            if common < here.len() && common < target.len() {
+                edges
+                    .entry(here[..common].to_vec())
+                    .or_default()
+                    .insert((here[common].clone(), target[common].clone()));
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for (parent, edges) in &edges {
+        let mut graph: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (a, b) in edges {
+            graph.entry(a).or_default().push(b);
+        }
+        if let Some(cycle) = find_cycle(&graph) {
+            found.push(format!("{}: {}", if parent.is_empty() { "crate".into() } else { parent.join("::") }, cycle));
+        }
+    }
+    found
+}
+
+/// One cycle in `graph`, if it has any (depth-first search with colours).
+fn find_cycle<'a>(graph: &BTreeMap<&'a str, Vec<&'a str>>) -> Option<String> {
+    fn visit<'a>(
+        node: &'a str,
+        graph: &BTreeMap<&'a str, Vec<&'a str>>,
+        state: &mut BTreeMap<&'a str, bool>,
+        stack: &mut Vec<&'a str>,
+    ) -> Option<String> {
+        state.insert(node, false); // on the stack
+        stack.push(node);
+        for &next in graph.get(node).into_iter().flatten() {
+            match state.get(next) {
+                Some(false) => {
+                    let from = stack.iter().position(|n| *n == next).expect("on the stack");
+                    let mut cycle: Vec<&str> = stack[from..].to_vec();
+                    cycle.push(next);
+                    return Some(cycle.join(" -> "));
+                }
+                Some(true) => {}
+                None => {
+                    if let Some(c) = visit(next, graph, state, stack) {
+                        return Some(c);
+                    }
+                }
+            }
+        }
+        stack.pop();
+        state.insert(node, true); // done
+        None
+    }
+    let mut state = BTreeMap::new();
+    for &node in graph.keys() {
+        if !state.contains_key(node) {
+            if let Some(c) = visit(node, graph, &mut state, &mut Vec::new()) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn no_module_imports_another_that_imports_it_back() {
+    let found: Vec<String> =
+        CRATES.iter().flat_map(|c| cycles(&repo().join(c)).into_iter().map(move |e| format!("{c}: {e}"))).collect();
+    assert!(found.is_empty(), "import cycles between modules:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_cycle_check_finds_a_cycle_it_is_shown() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let src = dir.path();
+    std::fs::create_dir_all(src.join("server")).expect("create server/");
+    std::fs::write(src.join("lib.rs"), "pub mod replica;\npub mod server;\n").expect("write lib.rs");
+    std::fs::write(src.join("replica.rs"), "use crate::server::status::from_error;\n").expect("write replica.rs");
+    std::fs::write(src.join("server/mod.rs"), "pub mod status;\npub mod store;\n").expect("write server/mod.rs");
+    std::fs::write(src.join("server/status.rs"), "pub fn from_error() {}\n").expect("write status.rs");
+    std::fs::write(
+        src.join("server/store.rs"),
+        "use super::{status, super::replica::Replica};\nfn f() { let _ = crate::replica::write(); }\n",
+    )
+    .expect("write store.rs");
+    assert_eq!(cycles(src), ["crate: replica -> server -> replica"]);
+    // Test code is not part of the graph.
+    std::fs::write(src.join("replica.rs"), "#[cfg(test)]\nmod tests { use crate::server::status; }\n")
+        .expect("write replica.rs");
+    assert!(cycles(src).is_empty());
+}
+
+#[test]
+fn the_binary_holds_crash_point_code_only_with_the_failpoints_feature() {
+    let binary = std::fs::read(env!("CARGO_BIN_EXE_keepsake")).expect("read the keepsake binary");
+    let names = |marker: &str| binary.windows(marker.len()).any(|w| w == marker.as_bytes());
+    for marker in ["KEEPSAKE_CRASH_AT", "KEEPSAKE_STOP_AT"] {
+        assert_eq!(
+            names(marker),
+            cfg!(feature = "failpoints"),
+            "the binary {} {marker} although it was built {} the failpoints feature",
+            if names(marker) { "names" } else { "does not name" },
+            if cfg!(feature = "failpoints") { "with" } else { "without" },
+        );
+    }
+}
