@@ -8,7 +8,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &["proto/keepsake/v1/store.proto", "proto/keepsake/v1/admin.proto", "proto/keepsake/raft/v1/transport.proto"],
         &["proto"],
     )?;
-    println!("cargo:rerun-if-changed=proto/keepsake/v1");
-    println!("cargo:rerun-if-changed=proto/keepsake/raft");
+    println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -3,6 +3,9 @@
 # toolchain: a C++ compiler and libclang (RocksDB's bindings), and the S3-compatible server
 # the tests archive to (moto, from PyPI, in a virtualenv under target/tools). protoc comes vendored
 # through Cargo. Idempotent, and quick when everything is already there.
+#
+# --with-bench-compare also installs what the bench-compare feature's build needs: a system
+# protoc, with which etcd-client compiles etcd's protos (ops/bench/compare.sh and CI's lint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +24,9 @@ command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
 has_libclang || need+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ "${1:-}" = "--with-bench-compare" ]; then
+  command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -31,7 +31,7 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
         election_timeout_max: r.election_timeout_max_ms,
         install_snapshot_timeout: r.install_snapshot_timeout_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_every_entries),
-        // Purging is ours (see `purge_behind_snapshots`), so it can honour the purge gate.
+        // Purging is ours (`Consensus::purge_behind_snapshots`), so it can honour the purge gate.
         max_in_snapshot_log_to_keep: u64::MAX,
         max_payload_entries: 1000,
         ..Default::default()

@@ -14,9 +14,12 @@ const CRATES: [&str; 3] = ["src", "raft/src", "archive/src"];
 /// A module path inside one crate, e.g. `["server", "store"]`; the crate root is `[]`.
 type ModPath = Vec<String>;
 
-/// Every module of the crate under `root`, with its source text less any `#[cfg(test)]` part.
+/// Every module of the crate under `root`, with its source text less test code: items after
+/// `#[cfg(test)]`, and the files of modules declared that way. The binary's `main.rs` is not
+/// part of the library's graph.
 fn modules(root: &Path) -> BTreeMap<ModPath, String> {
     let mut out = BTreeMap::new();
+    let mut test_only = BTreeSet::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).expect("read a source directory") {
@@ -25,32 +28,71 @@ fn modules(root: &Path) -> BTreeMap<ModPath, String> {
                 dirs.push(path);
                 continue;
             }
-            if path.extension().is_none_or(|e| e != "rs") {
+            if path.extension().is_none_or(|e| e != "rs") || (dir == root && path.ends_with("main.rs")) {
                 continue;
             }
             let rel = path.strip_prefix(root).expect("under the root").with_extension("");
             let mut parts: ModPath = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-            if matches!(parts.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+            if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
                 parts.pop();
             }
             let text = std::fs::read_to_string(&path).expect("read a source file");
-            let code = match text.find("#[cfg(test)]") {
-                Some(at) => &text[..at],
-                None => &text,
-            };
             // Comments name modules too ("see `crate::x`"): only code counts.
             let code: String =
-                code.lines().filter(|l| !l.trim_start().starts_with("//")).map(|l| format!("{l}\n")).collect();
+                text.lines().filter(|l| !l.trim_start().starts_with("//")).map(|l| format!("{l}\n")).collect();
+            let (code, tests) = without_test_items(&code);
+            test_only.extend(tests.into_iter().map(|name| [parts.clone(), vec![name]].concat()));
             out.insert(parts, code);
         }
     }
+    out.retain(|path, _| !test_only.iter().any(|t| path.starts_with(t)));
     out
 }
 
-/// Expands one `use` tree (`a::{b, c::d}`) into its paths.
+/// `code` less every item that follows `#[cfg(test)]`, and the names of the modules declared
+/// that way in files of their own (`#[cfg(test)] mod tests;`).
+fn without_test_items(code: &str) -> (String, Vec<String>) {
+    let (mut kept, mut names, mut rest) = (String::new(), Vec::new(), code);
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        kept.push_str(&rest[..at]);
+        let item = &rest[at + "#[cfg(test)]".len()..];
+        // The item ends at its first `;` outside braces, or at the brace that closes its body.
+        let mut depth = 0usize;
+        let mut end = item.len();
+        for (i, c) in item.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth > 0 => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i + 1;
+                        break;
+                    }
+                }
+                ';' if depth == 0 => {
+                    let declared = item[..i].trim();
+                    if let Some(name) = declared.strip_prefix("mod ").or_else(|| declared.strip_prefix("pub mod ")) {
+                        names.push(name.trim().to_owned());
+                    }
+                    end = i + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &item[end..];
+    }
+    kept.push_str(rest);
+    (kept, names)
+}
+
+/// Expands one `use` tree (`a::{self, b, c::d}`) into its paths.
 fn expand(tree: &str) -> Vec<String> {
     let tree = tree.trim();
-    let (Some(open), Some(close)) = (tree.find('{'), tree.rfind('}')) else { return vec![tree.to_owned()] };
+    let (Some(open), Some(close)) = (tree.find('{'), tree.rfind('}')) else {
+        // `a::b::{self}` names `a::b`.
+        return vec![tree.strip_suffix("::self").unwrap_or(tree).to_owned()];
+    };
     if close < open {
         return vec![tree.to_owned()];
     }
@@ -72,16 +114,60 @@ fn expand(tree: &str) -> Vec<String> {
     parts.into_iter().filter(|p| !p.trim().is_empty()).flat_map(|p| expand(&format!("{prefix}{}", p.trim()))).collect()
 }
 
-/// Every path a module's code names through `crate::`, `super::` or `self::`.
+/// The tree of a `use` statement that starts on `line`, after any attributes and visibility.
+fn use_tree(line: &str) -> Option<&str> {
+    let mut line = line.trim_start();
+    loop {
+        if line.starts_with("#[") {
+            line = line[line.find(']')? + 1..].trim_start();
+        } else if line.starts_with("pub(") {
+            line = line[line.find(')')? + 1..].trim_start();
+        } else if let Some(rest) = line.strip_prefix("pub ") {
+            line = rest.trim_start();
+        } else {
+            return line.strip_prefix("use ");
+        }
+    }
+}
+
+/// What a module re-exports with `pub use`: each name as seen from outside, and its path.
+fn reexports(code: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = code.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !line.trim_start().starts_with("pub") {
+            continue;
+        }
+        let Some(tree) = use_tree(line) else { continue };
+        let mut statement = tree.to_owned();
+        for next in &lines[i + 1..] {
+            if statement.contains(';') {
+                break;
+            }
+            statement.push_str(next);
+        }
+        for path in expand(statement.split(';').next().unwrap_or_default()) {
+            let (path, name) = match path.split_once(" as ") {
+                Some((path, name)) => (path.trim().to_owned(), name.trim().to_owned()),
+                None => {
+                    let name = path.rsplit("::").next().unwrap_or_default().trim().to_owned();
+                    (path.trim().to_owned(), name)
+                }
+            };
+            out.push((name, path));
+        }
+    }
+    out
+}
+
+/// Every path a module's code names through `crate::`, `super::`, `self::` or a child module.
 fn referenced_paths(code: &str) -> Vec<String> {
     let mut paths = Vec::new();
     // `use` statements, which may group paths in braces and span lines: a line that starts
-    // with `use` or `pub … use` (a "use " inside a string does not).
+    // with `use`, after any attributes and visibility (a "use " inside a string does not).
     let lines: Vec<&str> = code.lines().collect();
     for (i, line) in lines.iter().enumerate() {
-        let line = line.trim_start();
-        let line = line.strip_prefix("pub ").or_else(|| line.strip_prefix("pub(crate) ")).unwrap_or(line);
-        let Some(tree) = line.strip_prefix("use ") else { continue };
+        let Some(tree) = use_tree(line) else { continue };
         let mut statement = tree.to_owned();
         for next in &lines[i + 1..] {
             if statement.contains(';') {
@@ -90,7 +176,7 @@ fn referenced_paths(code: &str) -> Vec<String> {
             statement.push_str(next);
         }
         let statement = statement.split(';').next().unwrap_or_default();
-        paths.extend(expand(&statement.replace([' ', '\t'], "")));
+        paths.extend(expand(&statement.replace('\t', " ")));
     }
     // Paths written inline in code.
     for prefix in ["crate::", "super::", "self::"] {
@@ -107,10 +193,14 @@ fn referenced_paths(code: &str) -> Vec<String> {
     paths
 }
 
-/// The module a path names from inside `here` (the longest prefix that is a module), if it
-/// starts at the crate root, `super` or `self`.
-fn resolve(here: &ModPath, path: &str, known: &BTreeSet<ModPath>) -> Option<ModPath> {
-    let segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+/// Where each module's re-exported names lead: (module, name) -> the module defining it.
+type Reexports = BTreeMap<(ModPath, String), ModPath>;
+
+/// The module a path names from inside `here`: the longest prefix that is a module, followed
+/// through a re-export where the next name is one. None for a path into another crate.
+fn resolve(here: &ModPath, path: &str, known: &BTreeSet<ModPath>, reexported: &Reexports) -> Option<ModPath> {
+    let segments: Vec<&str> = path.split("::").map(str::trim).filter(|s| !s.is_empty()).collect();
+    let child = |name: &str| known.contains(&[here.clone(), vec![name.to_owned()]].concat());
     let (mut base, rest) = match *segments.first()? {
         "crate" => (Vec::new(), &segments[1..]),
         "self" => (here.clone(), &segments[1..]),
@@ -124,15 +214,20 @@ fn resolve(here: &ModPath, path: &str, known: &BTreeSet<ModPath>) -> Option<ModP
             }
             (base, rest)
         }
+        // A path that starts with a child module (`pub use store::X` in lib.rs).
+        first if child(first) => (here.clone(), &segments[..]),
         _ => return None,
     };
     for s in rest {
-        let mut next = base.clone();
-        next.push((*s).to_owned());
-        if !known.contains(&next) {
-            break;
+        let next = [base.clone(), vec![(*s).to_owned()]].concat();
+        if known.contains(&next) {
+            base = next;
+            continue;
         }
-        base = next;
+        if let Some(target) = reexported.get(&(base.clone(), (*s).to_owned())) {
+            base = target.clone();
+        }
+        break;
     }
     Some(base)
 }
@@ -142,11 +237,22 @@ fn resolve(here: &ModPath, path: &str, known: &BTreeSet<ModPath>) -> Option<ModP
 fn cycles(root: &Path) -> Vec<String> {
     let modules = modules(root);
     let known: BTreeSet<ModPath> = modules.keys().cloned().collect();
+    // Re-exports first (a chain of them is followed one link per pass).
+    let mut reexported = Reexports::new();
+    for _ in 0..4 {
+        for (here, code) in &modules {
+            for (name, path) in reexports(code) {
+                if let Some(target) = resolve(here, &path, &known, &reexported) {
+                    reexported.insert((here.clone(), name), target);
+                }
+            }
+        }
+    }
     // Sibling edges under each parent.
     let mut edges: BTreeMap<ModPath, BTreeSet<(String, String)>> = BTreeMap::new();
     for (here, code) in &modules {
         for path in referenced_paths(code) {
-            let Some(target) = resolve(here, &path, &known) else { continue };
+            let Some(target) = resolve(here, &path, &known, &reexported) else { continue };
             let common = here.iter().zip(&target).take_while(|(a, b)| a == b).count();
             if common < here.len() && common < target.len() {
                 edges
@@ -236,10 +342,22 @@ fn the_cycle_check_finds_a_cycle_it_is_shown() {
     )
     .expect("write store.rs");
     assert_eq!(cycles(src), ["crate: replica -> server -> replica"]);
-    // Test code is not part of the graph.
+    // Test code is not part of the graph: a test module inline or in its own file.
     std::fs::write(src.join("replica.rs"), "#[cfg(test)]\nmod tests { use crate::server::status; }\n")
         .expect("write replica.rs");
     assert!(cycles(src).is_empty());
+    std::fs::write(src.join("replica.rs"), "#[cfg(test)]\nmod tests;\npub fn write() {}\n").expect("write replica.rs");
+    std::fs::create_dir_all(src.join("replica")).expect("create replica/");
+    std::fs::write(src.join("replica/tests.rs"), "use crate::server::status;\n").expect("write replica/tests.rs");
+    assert!(cycles(src).is_empty());
+    // A name re-exported at the root still leads to the module that defines it.
+    std::fs::write(
+        src.join("lib.rs"),
+        "pub mod replica;\npub mod server;\npub use server::status::{self, from_error as e};\n",
+    )
+    .expect("write lib.rs");
+    std::fs::write(src.join("replica.rs"), "#[allow(unused)] pub(crate) use crate::e;\n").expect("write replica.rs");
+    assert_eq!(cycles(src), ["crate: replica -> server -> replica"]);
 }
 
 #[test]

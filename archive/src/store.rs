@@ -1,5 +1,6 @@
 //! Opening the object store an archive URL names: a local directory (fsynced: the embedded
-//! default must be as durable as what it backs up) or S3 and S3-compatible servers.
+//! default must be as durable as what it backs up) or S3 and S3-compatible servers; and
+//! writing one object whole (`put`), in parts when it is large.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ pub struct Archive {
 }
 
 /// How to reach an S3 archive; a local directory needs none of it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Connection {
     /// S3 endpoint for S3-compatible servers (e.g. `http://127.0.0.1:9000`); empty: AWS.
     pub endpoint: String,
@@ -33,6 +34,20 @@ pub struct Connection {
     pub virtual_hosted_style: bool,
     /// One object-store request gives up after this long.
     pub request_timeout: Duration,
+}
+
+impl Default for Connection {
+    /// AWS with the `AWS_*` variables, path-style, 30 s per request.
+    fn default() -> Self {
+        Connection {
+            endpoint: String::new(),
+            region: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            virtual_hosted_style: false,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl std::fmt::Debug for Connection {

@@ -29,8 +29,6 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 [ -x "$PGBIN/postgres" ] || need+=(postgresql-15)
 command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
-# etcd-client (the bench-compare feature's etcd driver) compiles etcd's protos with a system protoc.
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if [ ${#need[@]} -gt 0 ]; then
   echo "compare: installing ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -41,7 +39,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null || { $SUDO rm -f /usr/sbin/policy-rc.d; exit 1; }
   $SUDO rm -f /usr/sbin/policy-rc.d
 fi
-bash ops/setup.sh
+bash ops/setup.sh --with-bench-compare
 echo "compare: building keepsake (release, with the etcd and PostgreSQL drivers)" >&2
 cargo build --release --locked --features bench-compare --bin keepsake >&2
 KEEPSAKE=$ROOT/target/release/keepsake

@@ -1,10 +1,12 @@
 //! One node's consensus front: its Raft instance with the log, state and purge gate beneath
 //! it, the proposer that commits writes and the read index that confirms linearizable reads.
-//! The node (gRPC services, peer transport, archiver) reaches Raft through these methods.
+//! The node's gRPC services reach Raft through these methods; the peer transport and the
+//! archiver take the `Raft` and store handles themselves.
 //!
-//! Invariant: every wait is bounded by the caller's deadline, less a margin so the answer
-//! arrives in time; with no leader or no quorum the caller gets an `Error` it can act on,
-//! never a hang.
+//! Invariant: a write, a read barrier and a read index wait at most until the caller's
+//! deadline less a margin, so the answer arrives in time; with no leader or no quorum the
+//! caller gets an `Error` it can act on, never a hang. Membership changes and snapshots wait
+//! on openraft (callers that need a bound add one).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -72,7 +74,7 @@ impl Consensus {
         self.id
     }
 
-    /// The openraft instance, for the peer transport's RPCs and the archiver's reads.
+    /// The openraft instance, for the peer transport's RPCs.
     pub fn raft(&self) -> &Raft {
         &self.raft
     }
@@ -228,14 +230,14 @@ impl Consensus {
                 elected(vote, from) && vote.leader_id().get_term() == term
             })
             .await
-            .map_err(Error::raft_stopped)?;
+            .map_err(|e| Error::NoLeader(format!("raft stopped: {e}")))?;
         if !follows {
             return Err(Error::FailedPrecondition(format!(
                 "this node no longer follows node {from} in term {term}; not standing for election"
             )));
         }
         tracing::info!(from, term, "leader transfer: starting an election");
-        self.raft.trigger().elect().await.map_err(Error::raft_stopped)
+        self.raft.trigger().elect().await.map_err(|e| Error::NoLeader(format!("raft stopped: {e}")))
     }
 
     /// As leader: adds `node` as a learner and answers once it holds the membership entry that

@@ -5,7 +5,7 @@
 //! the RocksDB-backed log store, state machine and Raft snapshots (`store`). Above it, the
 //! consensus front the node talks to (`consensus`): group commit (`proposer`), read-index
 //! batching (`read_index`) and the leader's lease (`lease`), leader transfer (`transfer`).
-//! It knows nothing about gRPC: the `keepsake` crate serves it and carries its messages.
+//! It depends on no gRPC crate: the `keepsake` crate serves it and carries its messages.
 
 pub mod clock;
 pub mod command;

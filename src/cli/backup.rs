@@ -6,7 +6,6 @@ use serde_json::json;
 
 use super::client::{request, with_failover, Failure};
 use super::{ClientOpts, Output};
-use crate::config::ArchiveConfig;
 use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::{BackupSnapshotRequest, BackupStatusRequest};
 
@@ -42,11 +41,8 @@ pub struct ArchiveArgs {
 
 impl ArchiveArgs {
     pub fn open(&self) -> Result<Archive, Failure> {
-        let connection = Connection {
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
-            ..ArchiveConfig::default().connection()
-        };
+        let connection =
+            Connection { endpoint: self.endpoint.clone(), region: self.region.clone(), ..Connection::default() };
         Archive::open(&self.archive, &connection, &self.cluster_id).map_err(|e| Failure::usage(e.to_string()))
     }
 }

@@ -144,8 +144,9 @@ async fn connect_other(c: &Connect, _: Target) -> anyhow::Result<Driver> {
 
 #[cfg(not(feature = "bench-compare"))]
 async fn connect_other(_: &Connect, target: Target) -> anyhow::Result<Driver> {
+    let target = format!("{target:?}").to_lowercase();
     anyhow::bail!(
-        "--target {target:?} needs a keepsake built with `--features bench-compare` (ops/bench/compare.sh builds \
+        "--target {target} needs a keepsake built with `--features bench-compare` (ops/bench/compare.sh builds \
          one); this one drives Keepsake only"
     )
 }

@@ -1,7 +1,8 @@
 //! `keepsake bench`: a closed-loop load generator. Each of `--clients` clients issues one
 //! operation, waits for its answer, and issues the next; latencies go into an HDR histogram
-//! once the warm-up is over. The same client code drives Keepsake, etcd and PostgreSQL
-//! (`driver.rs`), so `ops/bench/compare.sh` compares servers, not clients.
+//! once the warm-up is over. The same client code drives Keepsake (`driver.rs`) and, with the
+//! `bench-compare` feature, etcd and PostgreSQL (`compare.rs`), so `ops/bench/compare.sh`
+//! compares servers, not clients.
 
 mod cluster;
 #[cfg(feature = "bench-compare")]
