@@ -1,8 +1,8 @@
 //! The layout's own rules, checked on the source and the built binary:
 //! - no import cycles between modules: within each crate, the sibling modules under any parent
 //!   form an acyclic graph of `crate::…` / `super::…` references (test code aside);
-//! - crash points exist only with the `failpoints` feature: the `keepsake` binary built for
-//!   this test names `KEEPSAKE_CRASH_AT` exactly when the feature is on. `.ci/run` runs this
+//! - crash points and the clock hook exist only with the `failpoints` feature: the `keepsake`
+//!   binary built for this test names their variables exactly when the feature is on. `.ci/run` runs this
 //!   test once with the feature (as the suite does) and once without, as a release is built.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -114,31 +114,29 @@ fn expand(tree: &str) -> Vec<String> {
     parts.into_iter().filter(|p| !p.trim().is_empty()).flat_map(|p| expand(&format!("{prefix}{}", p.trim()))).collect()
 }
 
-/// The tree of a `use` statement that starts on `line`, after any attributes and visibility.
-fn use_tree(line: &str) -> Option<&str> {
-    let mut line = line.trim_start();
+/// The tree of a `use` statement that starts on `line`, after any attributes and visibility,
+/// and whether it is public.
+fn use_tree(line: &str) -> Option<(bool, &str)> {
+    let (mut line, mut public) = (line.trim_start(), false);
     loop {
         if line.starts_with("#[") {
             line = line[line.find(']')? + 1..].trim_start();
         } else if line.starts_with("pub(") {
-            line = line[line.find(')')? + 1..].trim_start();
+            (line, public) = (line[line.find(')')? + 1..].trim_start(), true);
         } else if let Some(rest) = line.strip_prefix("pub ") {
-            line = rest.trim_start();
+            (line, public) = (rest.trim_start(), true);
         } else {
-            return line.strip_prefix("use ");
+            return line.strip_prefix("use ").map(|tree| (public, tree));
         }
     }
 }
 
-/// What a module re-exports with `pub use`: each name as seen from outside, and its path.
-fn reexports(code: &str) -> Vec<(String, String)> {
+/// Every `use` statement in `code`, whole (it may span lines), and whether it is public.
+fn use_statements(code: &str) -> Vec<(bool, String)> {
     let lines: Vec<&str> = code.lines().collect();
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
-        if !line.trim_start().starts_with("pub") {
-            continue;
-        }
-        let Some(tree) = use_tree(line) else { continue };
+        let Some((public, tree)) = use_tree(line) else { continue };
         let mut statement = tree.to_owned();
         for next in &lines[i + 1..] {
             if statement.contains(';') {
@@ -146,38 +144,30 @@ fn reexports(code: &str) -> Vec<(String, String)> {
             }
             statement.push_str(next);
         }
-        for path in expand(statement.split(';').next().unwrap_or_default()) {
-            let (path, name) = match path.split_once(" as ") {
-                Some((path, name)) => (path.trim().to_owned(), name.trim().to_owned()),
-                None => {
-                    let name = path.rsplit("::").next().unwrap_or_default().trim().to_owned();
-                    (path.trim().to_owned(), name)
-                }
-            };
-            out.push((name, path));
-        }
+        let statement = statement.split(';').next().unwrap_or_default().replace('\t', " ");
+        out.push((public, statement));
     }
     out
+}
+
+/// What a module re-exports with `pub use`: each name as seen from outside, and its path.
+fn reexports(code: &str) -> Vec<(String, String)> {
+    let public = use_statements(code).into_iter().filter(|(public, _)| *public);
+    public
+        .flat_map(|(_, statement)| expand(&statement))
+        .map(|path| match path.split_once(" as ") {
+            Some((path, name)) => (name.trim().to_owned(), path.trim().to_owned()),
+            None => (path.rsplit("::").next().unwrap_or_default().trim().to_owned(), path.trim().to_owned()),
+        })
+        .collect()
 }
 
 /// Every path a module's code names through `crate::`, `super::`, `self::` or a child module.
 fn referenced_paths(code: &str) -> Vec<String> {
     let mut paths = Vec::new();
-    // `use` statements, which may group paths in braces and span lines: a line that starts
-    // with `use`, after any attributes and visibility (a "use " inside a string does not).
-    let lines: Vec<&str> = code.lines().collect();
-    for (i, line) in lines.iter().enumerate() {
-        let Some(tree) = use_tree(line) else { continue };
-        let mut statement = tree.to_owned();
-        for next in &lines[i + 1..] {
-            if statement.contains(';') {
-                break;
-            }
-            statement.push_str(next);
-        }
-        let statement = statement.split(';').next().unwrap_or_default();
-        paths.extend(expand(&statement.replace('\t', " ")));
-    }
+    // `use` statements: a line that starts with `use`, after any attributes and visibility (a
+    // "use " inside a string does not).
+    paths.extend(use_statements(code).iter().flat_map(|(_, statement)| expand(statement)));
     // Paths written inline in code.
     for prefix in ["crate::", "super::", "self::"] {
         for (at, _) in code.match_indices(prefix) {
@@ -199,6 +189,7 @@ type Reexports = BTreeMap<(ModPath, String), ModPath>;
 /// The module a path names from inside `here`: the longest prefix that is a module, followed
 /// through a re-export where the next name is one. None for a path into another crate.
 fn resolve(here: &ModPath, path: &str, known: &BTreeSet<ModPath>, reexported: &Reexports) -> Option<ModPath> {
+    let path = path.split(" as ").next().unwrap_or_default();
     let segments: Vec<&str> = path.split("::").map(str::trim).filter(|s| !s.is_empty()).collect();
     let child = |name: &str| known.contains(&[here.clone(), vec![name.to_owned()]].concat());
     let (mut base, rest) = match *segments.first()? {
@@ -361,10 +352,10 @@ fn the_cycle_check_finds_a_cycle_it_is_shown() {
 }
 
 #[test]
-fn the_binary_holds_crash_point_code_only_with_the_failpoints_feature() {
+fn the_binary_holds_test_hooks_only_with_the_failpoints_feature() {
     let binary = std::fs::read(env!("CARGO_BIN_EXE_keepsake")).expect("read the keepsake binary");
     let names = |marker: &str| binary.windows(marker.len()).any(|w| w == marker.as_bytes());
-    for marker in ["KEEPSAKE_CRASH_AT", "KEEPSAKE_STOP_AT"] {
+    for marker in ["KEEPSAKE_CRASH_AT", "KEEPSAKE_STOP_AT", "KEEPSAKE_CLOCK_OFFSET_MS"] {
         assert_eq!(
             names(marker),
             cfg!(feature = "failpoints"),

@@ -64,7 +64,8 @@ impl Consensus {
     pub fn start(id: NodeId, raft: Raft, parts: Parts, acks: Arc<Acks>, settings: Settings, start_term: u64) -> Self {
         // An entry left unanswered across a term change gives way after two election timeouts.
         let grace = 2 * settings.election_timeout_max;
-        let proposer = Proposer::start(raft.clone(), settings.max_pending_writes, grace);
+        let proposer =
+            Proposer::start(raft.clone(), parts.log.clone(), parts.reader.clone(), settings.max_pending_writes, grace);
         let lease = Lease::new(id, acks, settings.election_timeout_min, settings.lease_reads, start_term);
         let read_index = ReadIndex::start(raft.clone(), id, parts.log.clone(), lease);
         Consensus { id, raft, log: parts.log, reader: parts.reader, gate: parts.gate, proposer, read_index, settings }

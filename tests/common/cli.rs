@@ -41,6 +41,7 @@ pub fn keepsake_cli_crashing_at<S: AsRef<std::ffi::OsStr>>(
         .env_remove("KEEPSAKE_ENDPOINTS")
         .env_remove("KEEPSAKE_CRASH_AT")
         .env_remove("KEEPSAKE_STOP_AT")
+        .env_remove("KEEPSAKE_CLOCK_OFFSET_MS")
         .stdin(Stdio::null());
     if let Some(point) = crash_at {
         cmd.env("KEEPSAKE_CRASH_AT", point);

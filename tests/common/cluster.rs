@@ -36,9 +36,10 @@ const LOG_TAIL_LINES: usize = 40;
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// `KEEPSAKE_*` variables that would override the written config file.
-const OVERRIDING_VARS: [&str; 9] = [
+const OVERRIDING_VARS: [&str; 10] = [
     "KEEPSAKE_CRASH_AT",
     "KEEPSAKE_STOP_AT",
+    "KEEPSAKE_CLOCK_OFFSET_MS",
     "KEEPSAKE_CONFIG",
     "KEEPSAKE_NODE_ID",
     "KEEPSAKE_CLUSTER_ID",
@@ -66,6 +67,8 @@ pub struct ClusterBuilder {
     peer_proxies: bool,
     /// Each node's data directory is a tmpfs of this many bytes (a disk that can fill up).
     tmpfs_bytes: Option<u64>,
+    /// Nodes whose clock runs this many milliseconds off (needs the failpoints feature).
+    clock_offsets: Vec<(u64, i64)>,
 }
 
 impl ClusterBuilder {
@@ -151,6 +154,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs node `id` with its clock `ms` milliseconds off (`KEEPSAKE_CLOCK_OFFSET_MS`, a
+    /// failpoints hook: raft/src/clock.rs).
+    pub fn clock_offset(mut self, id: u64, ms: i64) -> Self {
+        self.clock_offsets.push((id, ms));
+        self
+    }
+
     /// Allocates ports, directories and configs, and starts nothing (see `Cluster::launch`).
     pub fn prepare(self) -> Cluster {
         assert!(self.nodes > 0, "a cluster needs at least one node");
@@ -217,6 +227,7 @@ impl ClusterBuilder {
                 child: Mutex::new(None),
                 paused: AtomicBool::new(false),
                 channel: Mutex::new(connect(client_addr)),
+                clock_offset_ms: self.clock_offsets.iter().find(|(n, _)| n == id).map(|(_, ms)| *ms),
                 dir,
             });
         }
@@ -252,6 +263,8 @@ struct NodeProc {
     paused: AtomicBool,
     /// Replaced on restart, so clients never reuse a connection to the previous process.
     channel: Mutex<Channel>,
+    /// `KEEPSAKE_CLOCK_OFFSET_MS` for this node, if its clock is skewed.
+    clock_offset_ms: Option<i64>,
     /// Holds the data dir, config and log; removed when the cluster is dropped.
     dir: TempDir,
 }
@@ -273,6 +286,9 @@ impl NodeProc {
             cmd.env_remove(var);
         }
         cmd.envs(S3_ENV);
+        if let Some(ms) = self.clock_offset_ms {
+            cmd.env("KEEPSAKE_CLOCK_OFFSET_MS", ms.to_string());
+        }
         if let Some((var, point)) = armed {
             cmd.env(var, point);
         }
@@ -314,6 +330,7 @@ impl Cluster {
             archive_extra: String::new(),
             peer_proxies: false,
             tmpfs_bytes: None,
+            clock_offsets: Vec::new(),
         }
     }
 

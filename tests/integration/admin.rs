@@ -1,6 +1,6 @@
 //! SRE operations and the CLI contract, against real `keepsake serve` processes: leader
-//! transfer, a learner joining and being promoted, removing a node, and the `keepsake` client
-//! commands with their output and exit codes.
+//! transfer (also to a node whose clock is behind), a learner joining and being promoted,
+//! removing a node, and the `keepsake` client commands with their output and exit codes.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,6 +10,32 @@ use keepsake::proto::v1::*;
 use crate::common::*;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A protobuf timestamp in microseconds.
+fn micros(t: Option<prost_types::Timestamp>) -> i64 {
+    let t = t.expect("a timestamp");
+    t.seconds * 1_000_000 + i64::from(t.nanos) / 1000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs the failpoints feature: ops/test.sh turns it on")]
+async fn updated_at_never_steps_back_when_a_leader_with_a_slow_clock_takes_over() {
+    // Node 3's clock runs ten minutes behind the others'.
+    let cluster = Cluster::builder().clock_offset(3, -600_000).start().await;
+    cluster.make_leader(1).await;
+    let before = put(&mut cluster.store(1), "skew", "notes", "a", "before").await.expect("put on node 1");
+    cluster.make_leader(3).await;
+    let after = put(&mut cluster.store(3), "skew", "notes", "b", "after").await.expect("put on node 3");
+    assert_eq!(cluster.leader_id().await, Some(3), "node 3 stamped the write: it still leads");
+    // Node 3's clock is behind: it stamps exactly the newest stamp in its log.
+    let (t0, t1) = (micros(before.updated_at), micros(after.updated_at));
+    assert_eq!(t1, t0, "updated_at moved {} s at the leader change", (t1 - t0) as f64 / 1e6);
+    // The stamp holds for the stored item, and for writes after the first one in the term.
+    let again = put(&mut cluster.store(3), "skew", "notes", "c", "later").await.expect("put on node 3");
+    assert!(micros(again.updated_at) >= t1);
+    let item = get(&mut cluster.store(3), "skew", "notes", "b").await.expect("the item");
+    assert_eq!(micros(item.updated_at), t1);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transfer_leader_hands_leadership_to_the_chosen_voter() {

@@ -142,6 +142,12 @@ impl LogStore {
         sizes.through(through).saturating_sub(base)
     }
 
+    /// The lowest index the log's size index knows (0 when empty): the first entry, or the last
+    /// purged one, which it keeps as a marker. Entries below it are gone.
+    pub fn first_index(&self) -> u64 {
+        self.sizes.lock().unwrap_or_else(|e| e.into_inner()).0.keys().next().copied().unwrap_or(0)
+    }
+
     /// The last index in the log (0 when it holds no entries).
     pub fn last_index(&self) -> u64 {
         self.sizes.lock().unwrap_or_else(|e| e.into_inner()).0.keys().next_back().copied().unwrap_or(0)
@@ -152,7 +158,8 @@ impl LogStore {
         self.committed.load(Ordering::SeqCst)
     }
 
-    /// Committed entries in `[from, to]` (inclusive), for readers outside openraft (archiving).
+    /// The stored entries in `[from, to]` (inclusive), for readers outside openraft: the
+    /// archiver reads only committed ones; the proposer's stamp floor reads the tail too.
     pub async fn read_range(&self, from: u64, to: u64) -> Result<Vec<Entry>, StoreError> {
         let db = self.db.clone();
         blocking(move || read_entries(&db, from, to.saturating_add(1))).await
