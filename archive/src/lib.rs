@@ -3,12 +3,13 @@
 //! docs/archive-format.md).
 //!
 //! `segment` and `snapshot` are the object formats, `entry` the archived form of a Raft log
-//! entry, `store` opens the object store an archive URL names, `lease` marks an archive a
-//! restore is reading, `restore` rebuilds a node's state from the archive alone and `verify`
-//! checks every object. Writing the archive from a live cluster (archiver, snapshotter,
+//! entry, `head` the archive's claimed last index, `store` opens the object store an archive
+//! URL names, `lease` marks an archive a restore is reading, `restore` rebuilds a node's state
+//! from the archive alone and `verify` checks every object. Writing the archive from a live cluster (archiver, snapshotter,
 //! retention) belongs to the node, in the `keepsake` crate.
 
 pub mod entry;
+pub mod head;
 pub mod lease;
 pub mod restore;
 pub mod segment;

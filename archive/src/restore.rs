@@ -3,10 +3,14 @@
 //! It starts from the newest whole archive snapshot at or before the target (one naming a
 //! missing chunk is passed over, and reported), chains segments from there to the target, and
 //! checks every checksum and, at every segment boundary, that the replayed state's digest
-//! equals the one the segment recorded. The result
-//! is the first state of a new cluster (new cluster id, revisions continuing above anything the
-//! old cluster could have handed out). It works in `<dir>.partial` and renames it into place
-//! only when everything checked out, so a failed restore leaves no data directory behind.
+//! equals the one the segment recorded. The result is the first state of a new cluster (new
+//! cluster id, revisions continuing above anything the old cluster could have handed out). It
+//! works in `<dir>.partial` and renames it into place only when everything checked out, so a
+//! failed restore leaves no data directory behind.
+//!
+//! Invariant: a restore never reports success for less than was asked. A target index or time
+//! the archive does not reach fails with `NotReached`, naming the last point it does reach;
+//! a restore to the latest point fails when it ends before the index `head` claims.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -78,6 +82,9 @@ pub struct Report {
 pub enum RestoreError {
     #[error("{0}")]
     Refused(String),
+    /// The archive ends before the target: the message names the last point it reaches.
+    #[error("{0}")]
+    NotReached(String),
     #[error("the archive is broken: {0}")]
     Archive(String),
     #[error("reading the archive: {0}")]
@@ -197,6 +204,16 @@ async fn load_snapshot(
     Ok(())
 }
 
+/// A point in the archive as a person reads it: its index and the time of its last write.
+fn last_point(report: &Report) -> String {
+    format!("index {} (last write at {})", report.index, time(report.last_entry_time_us))
+}
+
+/// Unix microseconds in RFC 3339 (UTC).
+fn time(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us).map_or_else(|| format!("{us} µs after the epoch"), |t| t.to_rfc3339())
+}
+
 fn included(target: Target, e: &ArchivedEntry) -> bool {
     match target {
         Target::Latest => true,
@@ -262,6 +279,11 @@ fn publish(partial: &Path, dir: &Path, cluster_id: &str) -> Result<(), RestoreEr
 }
 
 async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &LeaseGuard) -> Result<Report, RestoreError> {
+    // Read before the listing: `head` never leads it, so segments ending before it are lost.
+    let head = match plan.target {
+        Target::Latest => crate::head::read(&plan.archive).await.map_err(RestoreError::Archive)?,
+        Target::Index(_) | Target::Time(_) => None,
+    };
     let (base, passed_over) = base_snapshot(&plan.archive, plan.target).await?;
     for name in &passed_over {
         progress(&format!("passing over snapshot {name}"));
@@ -365,10 +387,34 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
             report.index
         )));
     }
-    if let Target::Index(i) = plan.target {
-        if report.index < i {
-            return Err(passed(format!("the archive ends at index {}, before the target {i}", report.index)));
+    let last = last_point(&report);
+    match plan.target {
+        Target::Index(i) if report.index < i => {
+            return Err(RestoreError::NotReached(format!(
+                "recovery target not reached: the archive ends at {last}, before the target index {i}; restore \
+                 to that point with --to-index {}",
+                report.index
+            )))
         }
+        // No entry after the target time was seen: the archive cannot show that nothing was
+        // written between its end and the target.
+        Target::Time(t) if !done => {
+            return Err(RestoreError::NotReached(format!(
+                "recovery target not reached: the archive ends at {last}, before the target time {}; restore to \
+                 that point with --to-index {}",
+                time(t),
+                report.index
+            )))
+        }
+        Target::Latest if head.is_some_and(|h| report.index < h) => {
+            return Err(passed(format!(
+                "the archive's head says index {} is archived, but its segments end at {last}: the newest \
+                 segments are missing; restore to that point explicitly with --to-index {} if it will do",
+                head.unwrap_or_default(),
+                report.index
+            )))
+        }
+        _ => {}
     }
     let point = store.reader.applied();
     // Revisions the old cluster handed out after the restored point: those in archived entries

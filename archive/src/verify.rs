@@ -66,6 +66,8 @@ pub async fn list_snapshots(archive: &Archive) -> Result<Vec<(u64, String, u64)>
 }
 
 pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, object_store::Error> {
+    // Read before the listing: `head` never leads it (crate::head).
+    let head = crate::head::read(archive).await;
     let listed = list(archive).await?;
     let mut report = Report { segments: listed.len(), ..Report::default() };
     // The hash of every archived entry, to compare overlaps.
@@ -130,6 +132,16 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
             report.problems.push(format!("gap: no segment holds entries {expected}-{}", index - 1));
         }
         expected = index + 1;
+    }
+    let reaches = report.last_index.into_iter().chain(snapshots.iter().copied()).max();
+    match head {
+        Ok(Some(h)) if reaches.is_none_or(|r| r < h) => report.problems.push(format!(
+            "head says index {h} is archived, but the segments and snapshots end at {}: the newest segments \
+             are missing",
+            reaches.map_or("nothing".into(), |r| format!("index {r}"))
+        )),
+        Ok(_) => {}
+        Err(e) => report.problems.push(e),
     }
     Ok(report)
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use keepsake_archive::entry::archived;
+use keepsake_archive::head;
 use keepsake_archive::proto::ArchivedEntry;
 use keepsake_archive::segment::{self, Segment};
 use keepsake_archive::snapshot::parse_manifest_name;
@@ -19,7 +20,6 @@ use keepsake_raft::clock::now_us;
 use keepsake_raft::types::Entry;
 use keepsake_raft::{LogStore, NodeId, PurgeGate, Raft, StateReader};
 use object_store::{ObjectStore, ObjectStoreExt};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -29,16 +29,8 @@ use crate::config::ArchiveConfig;
 
 /// Entries read from the log per step, at most.
 const MAX_ENTRIES_PER_SEGMENT: usize = 4096;
-const HEAD: &str = "head";
 /// How often a follower reads `head` to move its purge gate.
 const HEAD_POLL: Duration = Duration::from_secs(1);
-
-/// The small `head` object: a shortcut to the archive's last index for followers. The listing
-/// stays the truth; `head` may lag it, never lead it.
-#[derive(Debug, Serialize, Deserialize)]
-struct Head {
-    archived_index: u64,
-}
 
 pub struct Archiver {
     pub archive: Archive,
@@ -95,19 +87,12 @@ impl Archiver {
         self.update(|s| s.uploading = false);
         let mut metrics = self.raft.metrics();
         while !self.is_leader() {
-            match self.archive.store.get(&self.archive.path(HEAD)).await {
-                Ok(got) => {
-                    match got.bytes().await.map_err(|e| e.to_string()).and_then(|b| {
-                        serde_json::from_slice::<Head>(&b).map_err(|e| format!("malformed head object: {e}"))
-                    }) {
-                        Ok(head) => {
-                            self.gate.set_limit(head.archived_index);
-                            self.update(|s| s.archived_index = Some(head.archived_index));
-                        }
-                        Err(e) => self.fail("reading the archive head", e),
-                    }
+            match head::read(&self.archive).await {
+                Ok(Some(index)) => {
+                    self.gate.set_limit(index);
+                    self.update(|s| s.archived_index = Some(index));
                 }
-                Err(object_store::Error::NotFound { .. }) => {}
+                Ok(None) => {}
                 Err(e) => self.fail("reading the archive head", e),
             }
             // Once a second, or at once when this node becomes leader: waking on every metrics
@@ -334,8 +319,7 @@ impl Archiver {
     }
 
     async fn write_head(&self, index: u64) {
-        let body = serde_json::to_vec(&Head { archived_index: index }).expect("a head encodes");
-        if let Err(e) = self.archive.store.put(&self.archive.path(HEAD), body.into()).await {
+        if let Err(e) = self.archive.store.put(&self.archive.path(head::OBJECT), head::encode(index).into()).await {
             // Only a shortcut for followers; the listing stays right.
             tracing::warn!(error = %e, "cannot update the archive head (followers hold their purge gate lower)");
         }

@@ -1,7 +1,10 @@
 //! `keepsake drill`: the rehearsed restore. Restores the archive's latest point into a scratch
 //! directory, asks the live cluster for its digest at the same index, and reports whether they
-//! match, the measured RPO (the live archive lag) and RTO (the restore's time). Exit 0 only when
-//! the restored state is the live state.
+//! match, the measured RPO (from the archive's last write) and RTO (the restore's time).
+//!
+//! Exit 0 only when the restored state is the live state and the restore reached at least the
+//! index the live cluster said was archived before the restore began: an archive that lost its
+//! newest segments fails the drill even though its older state still matches.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -41,6 +44,9 @@ pub struct DrillArgs {
 pub async fn run(a: DrillArgs) -> Result<(), Failure> {
     let archive = a.source.open()?;
     let live = ClientOpts { endpoints: a.endpoints.clone(), timeout: a.timeout, output: a.source.output };
+    // Asked before the restore lists the archive: the restore must reach at least this far.
+    let before = backup_status(&live).await?;
+    let asked_at_us = keepsake_raft::clock::now_us();
     let scratch = tempfile::Builder::new()
         .prefix("keepsake-drill-")
         .tempdir_in(a.scratch_dir.clone().unwrap_or_else(std::env::temp_dir))
@@ -57,10 +63,21 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
     };
     let tty = std::io::stderr().is_terminal();
     let bar = super::restore::progress_bar(tty);
-    let r = restore::run(plan, |line| bar.set_message(line.to_owned()))
-        .await
-        .map_err(|e| Failure { message: format!("drill failed: the restore did not complete: {e}"), code: 1 })?;
+    let r = restore::run(plan, |line| bar.set_message(line.to_owned())).await.map_err(|e| Failure {
+        message: format!("drill failed: the restore did not complete: {e}"),
+        code: super::restore::exit_code(&e),
+    })?;
     bar.finish_and_clear();
+    if let Some(archived) = before.archived_index.filter(|a| r.index < *a) {
+        return Err(Failure {
+            message: format!(
+                "drill failed: the archive restores only to index {}, but the live cluster had archived up to {archived} \
+                 before the drill began: archived entries are missing (`keepsake backup verify` names what is gone)",
+                r.index
+            ),
+            code: 1,
+        });
+    }
 
     let live_digest = with_failover(&live, |ch| {
         let opts = live.clone();
@@ -68,12 +85,13 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
     })
     .await?
     .into_inner();
-    let lag = with_failover(&live, |ch| {
-        let opts = live.clone();
-        async move { AdminClient::new(ch).backup_status(request(&opts, BackupStatusRequest {})).await }
-    })
-    .await?
-    .into_inner();
+    // What losing every node would have lost when the drill began: nothing if the archive held
+    // every committed entry, else every write since the archive's last one.
+    let rpo_seconds = match before.lag_entries {
+        0 => 0.0,
+        _ if r.last_entry_time_us == 0 => before.lag_seconds,
+        _ => (asked_at_us - r.last_entry_time_us).max(0) as f64 / 1e6,
+    };
     let live = live_digest;
     let matches = live.digest == r.digest;
     match a.source.output {
@@ -81,7 +99,8 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
             "{}",
             json!({"index": r.index, "restored_digest": r.digest, "live_digest": live.digest, "match": matches,
                    "items": r.items, "snapshot_index": r.snapshot_index, "segments": r.segments, "bytes": r.bytes,
-                   "rto_seconds": r.seconds, "rpo_seconds": lag.lag_seconds, "rpo_entries": lag.lag_entries,
+                   "rto_seconds": r.seconds, "rpo_seconds": rpo_seconds, "rpo_entries": before.lag_entries,
+                   "archive_last_write_us": r.last_entry_time_us,
                    "passed_over": r.passed_over})
         ),
         Output::Text => {
@@ -95,7 +114,12 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
             println!("restored digest {}", r.digest);
             println!("live digest     {} (at index {})", live.digest, live.index);
             println!("RTO (restore time): {:.2} s for {} bytes", r.seconds, r.bytes);
-            println!("RPO (live archive lag): {:.3} s, {} entries", lag.lag_seconds, lag.lag_entries);
+            println!("RPO: {rpo_seconds:.3} s, {} entries not archived when the drill began", before.lag_entries);
+            if let Some(t) =
+                chrono::DateTime::from_timestamp_micros(r.last_entry_time_us).filter(|_| r.last_entry_time_us > 0)
+            {
+                println!("the archive's last write: {}", t.to_rfc3339());
+            }
             println!("{}", if matches { "ok: the archive restores to the live state" } else { "MISMATCH" });
         }
     }
@@ -111,4 +135,14 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
             code: 1,
         })
     }
+}
+
+/// The live cluster's archive status, from its leader.
+async fn backup_status(live: &ClientOpts) -> Result<crate::proto::v1::BackupStatusResponse, Failure> {
+    let status = with_failover(live, |ch| {
+        let opts = live.clone();
+        async move { AdminClient::new(ch).backup_status(request(&opts, BackupStatusRequest {})).await }
+    })
+    .await?;
+    Ok(status.into_inner())
 }

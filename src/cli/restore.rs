@@ -19,10 +19,13 @@ use crate::config::parse_members;
 pub struct RestoreArgs {
     #[command(flatten)]
     source: ArchiveArgs,
-    /// Restore up to and including this log index (default: everything archived).
+    /// Restore up to and including this log index, or `latest` (the default: everything
+    /// archived). An index past the archive's end fails, naming the last one it holds.
     #[arg(long, conflicts_with = "to_time")]
-    to_index: Option<u64>,
-    /// Restore every write made at or before this time (RFC 3339, e.g. 2026-11-23T10:00:00Z).
+    to_index: Option<String>,
+    /// Restore every write made at or before this time (RFC 3339, e.g. 2026-11-23T10:00:00Z),
+    /// or `latest`. A time the archive cannot show it covers (no entry after it) fails, naming
+    /// the archive's last write.
     #[arg(long)]
     to_time: Option<String>,
     /// The new, empty data directory of the restored node.
@@ -56,15 +59,17 @@ pub async fn run(a: RestoreArgs) -> Result<(), Failure> {
             "--new-cluster-id must differ from --cluster-id: a restored cluster archives on its own",
         ));
     }
-    let target = match (a.to_index, &a.to_time) {
-        (Some(i), _) => Target::Index(i),
+    let target = match (a.to_index.as_deref(), a.to_time.as_deref()) {
+        (Some("latest"), _) | (None, Some("latest")) | (None, None) => Target::Latest,
+        (Some(i), _) => Target::Index(
+            i.parse().map_err(|_| Failure::usage(format!("--to-index {i:?} is neither a log index nor `latest`")))?,
+        ),
         (None, Some(t)) => {
             let at = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
                 Failure::usage(format!("--to-time {t:?} is not RFC 3339 ({e}); write e.g. 2026-11-23T10:00:00Z"))
             })?;
             Target::Time(at.timestamp_micros())
         }
-        (None, None) => Target::Latest,
     };
     let members: BTreeMap<u64, Node> = parse_members(&a.members)
         .map_err(|e| Failure::usage(e.to_string()))?
@@ -80,20 +85,25 @@ pub async fn run(a: RestoreArgs) -> Result<(), Failure> {
     let bar = progress_bar(std::io::stderr().is_terminal());
     let r = restore::run(plan, |line| bar.set_message(line.to_owned()))
         .await
-        .map_err(|e| Failure { message: format!("restore failed, nothing was written: {e}"), code: 1 })?;
+        .map_err(|e| Failure { message: format!("restore failed, nothing was written: {e}"), code: exit_code(&e) })?;
     bar.finish_and_clear();
     let mb_per_s = r.bytes as f64 / 1e6 / r.seconds.max(1e-9);
     match a.source.output {
         Output::Json => println!(
             "{}",
-            json!({"index": r.index, "snapshot_index": r.snapshot_index, "last_entry_time_us": r.last_entry_time_us, "items": r.items,
+            json!({"target": target_name(target), "index": r.index, "snapshot_index": r.snapshot_index, "last_entry_time_us": r.last_entry_time_us, "items": r.items,
                    "revision": r.revision, "revision_floor": r.revision_floor, "segments": r.segments,
                    "bytes": r.bytes, "seconds": r.seconds, "digest": r.digest, "passed_over": r.passed_over})
         ),
         Output::Text => {
             let when =
                 chrono::DateTime::from_timestamp_micros(r.last_entry_time_us).map_or(String::new(), |t| t.to_rfc3339());
-            println!("restored {} items up to index {} (last write at {when})", r.items, r.index);
+            println!(
+                "restored {} items up to index {} (last write at {when}; target: {})",
+                r.items,
+                r.index,
+                target_name(target)
+            );
             println!(
                 "digest {} at revision {}; new writes start above revision {}",
                 r.digest, r.revision, r.revision_floor
@@ -115,4 +125,23 @@ pub async fn run(a: RestoreArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Exit 3 when the archive does not reach the target (as "not found"), 1 for anything else.
+pub fn exit_code(e: &restore::RestoreError) -> u8 {
+    match e {
+        restore::RestoreError::NotReached(_) => 3,
+        _ => 1,
+    }
+}
+
+/// The target as the JSON report names it: `latest`, `index N` or `time T`.
+fn target_name(target: Target) -> String {
+    match target {
+        Target::Latest => "latest".into(),
+        Target::Index(i) => format!("index {i}"),
+        Target::Time(t) => {
+            format!("time {}", chrono::DateTime::from_timestamp_micros(t).map_or(t.to_string(), |t| t.to_rfc3339()))
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Restores from the archive alone, with real processes: the Sidekick test (every node and
 //! every disk lost at once, the archive in a real S3-compatible server), point-in-time restores
-//! by index and by time, and the change-feed resync status for cursors from the lost timeline.
+//! by index and by time, the change-feed resync status for cursors from the lost timeline, and
+//! restores and drills that refuse to report success for less than was asked.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -208,6 +209,80 @@ async fn restore_refuses_a_damaged_archive_and_leaves_nothing_behind() {
     let name = victim.rsplit('/').next().expect("name").to_owned();
     assert!(text.contains(&name), "the failure names the damaged object {name}: {text}");
     assert!(!new.data_dir(1).exists(), "no half-written data directory is left behind");
+}
+
+/// The archive's last index as the live leader reports it.
+async fn archived_index(cluster: &Cluster) -> u64 {
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let status = cluster.admin(leader).backup_status(request(BackupStatusRequest {}, Duration::from_secs(2))).await;
+    status.expect("backup status").into_inner().archived_index.expect("something is archived")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_past_the_archives_end_fails_and_names_the_last_point() {
+    let s3 = S3Server::start();
+    let old = Cluster::builder().archive_s3(&s3, "past-end").start().await;
+    ten_versions(&old).await;
+    let last = archived_index(&old).await;
+    let new = Cluster::builder().nodes(1).cluster_id("past-end-new").no_bootstrap().prepare();
+
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (code, text) = restore_cli(&old, &new, &["--to-time", &future]);
+    assert_eq!(code, 3, "a time past the archive's last write is not reached: {text}");
+    assert!(text.contains("recovery target not reached"), "{text}");
+    assert!(text.contains(&format!("the archive ends at index {last} ")), "names the last point: {text}");
+    assert!(!new.data_dir(1).exists(), "nothing is left behind");
+
+    let beyond = (last + 100).to_string();
+    let (code, text) = restore_cli(&old, &new, &["--to-index", &beyond]);
+    assert_eq!(code, 3, "an index past the archive's end is not reached: {text}");
+    assert!(text.contains(&format!("--to-index {last}")), "names the last point: {text}");
+    assert!(!new.data_dir(1).exists(), "nothing is left behind");
+
+    // Asked for explicitly, the latest point restores, and the report says which point it is.
+    let (code, text) = restore_cli(&old, &new, &["--to-time", "latest", "--output", "json"]);
+    assert_eq!(code, 0, "{text}");
+    let report = json_line(&text);
+    assert_eq!(report["target"], "latest", "{text}");
+    assert_eq!(report["index"].as_u64(), Some(last), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_and_a_drill_fail_when_the_newest_segments_are_gone() {
+    let s3 = S3Server::start();
+    let old = Cluster::builder().archive_s3(&s3, "truncated").start().await;
+    ten_versions(&old).await;
+    let last = archived_index(&old).await;
+    let segments = old.segment_objects().await;
+    assert!(segments.len() >= 2, "the ten versions span several segments: {segments:?}");
+    let newest = segments.iter().max_by_key(|s| s.last).expect("a segment").clone();
+    assert_eq!(newest.last, last);
+    old.delete_archive_object(&newest.name).await;
+    let leader = old.wait_for_leader(LEADER_TIMEOUT).await;
+
+    // `head` still names the lost index: a restore to the latest point sees the gap.
+    let new = Cluster::builder().nodes(1).cluster_id("truncated-new").no_bootstrap().prepare();
+    let (code, text) = restore_cli(&old, &new, &[]);
+    assert_ne!(code, 0, "a restore to the latest point fails: {text}");
+    assert!(text.contains(&format!("head says index {last} is archived")), "{text}");
+    assert!(!new.data_dir(1).exists(), "nothing is left behind");
+    let (code, text) = archive_cli(&old, &["drill", "--endpoints", &old.client_addr(leader)]);
+    assert_ne!(code, 0, "the drill fails: {text}");
+    assert!(text.contains(&format!("head says index {last} is archived")), "{text}");
+    let (code, text) = archive_cli(&old, &["backup", "verify"]);
+    assert_ne!(code, 0, "verify names the loss: {text}");
+    assert!(text.contains(&format!("head says index {last} is archived")), "{text}");
+
+    // With `head` forged to match, the archive looks whole, yet the live cluster archived more.
+    let head = old.open_archive().path("head").to_string();
+    let reached = newest.first - 1;
+    old.put_archive_object(&head, format!("{{\"archived_index\":{reached}}}").into_bytes()).await;
+    let (code, text) = archive_cli(&old, &["drill", "--endpoints", &old.client_addr(leader)]);
+    assert_ne!(code, 0, "the drill fails: {text}");
+    assert!(
+        text.contains(&format!("restores only to index {reached}, but the live cluster had archived up to {last}")),
+        "{text}"
+    );
 }
 
 /// RFC 3339 in UTC from a protobuf timestamp.
