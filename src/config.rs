@@ -37,8 +37,8 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ArchiveConfig {
-    /// `s3://bucket/prefix`, `file:///path` or a plain directory path. Empty: the embedded
-    /// default, `<data_dir>/archive` (one node's disk: fine for trying out, not for production).
+    /// `s3://bucket/prefix`, `file:///path` or a plain directory path. Required: a node refuses
+    /// to start without one, rather than archive onto its own disk by default.
     pub url: String,
     /// S3 endpoint for S3-compatible servers (e.g. `http://127.0.0.1:9000`); empty: AWS.
     pub endpoint: String,
@@ -105,15 +105,6 @@ impl std::fmt::Debug for Secret {
 }
 
 impl ArchiveConfig {
-    /// The archive's URL: the configured one, or `default_dir` when none is.
-    pub fn url_or(&self, default_dir: &Path) -> String {
-        if self.url.is_empty() {
-            default_dir.display().to_string()
-        } else {
-            self.url.clone()
-        }
-    }
-
     /// How to reach the archive's object store.
     pub fn connection(&self) -> keepsake_archive::store::Connection {
         keepsake_archive::store::Connection {
@@ -254,6 +245,14 @@ impl NodeConfig {
             return bad(format!("peer_source_ip {:?} is not an IP address (e.g. 10.0.0.5)", self.peer_source_ip));
         }
         let a = &self.archive;
+        // Fail closed: an ARCHIVED write must never be acknowledged onto a default that happens
+        // to be this node's own disk.
+        if a.url.trim().is_empty() {
+            return bad("archive.url is empty: set it under [archive] in the config file, to s3://bucket/prefix to \
+                 keep the archive off this machine, or to a directory (file:///path) to keep it here \
+                 knowingly"
+                .into());
+        }
         if a.max_segment_bytes == 0 || a.max_segment_age_ms == 0 || a.request_timeout_ms == 0 {
             return bad("archive.max_segment_bytes, max_segment_age_ms and request_timeout_ms must be above 0".into());
         }
@@ -295,7 +294,8 @@ mod tests {
     #[test]
     fn toml_file_fills_what_it_names_and_defaults_the_rest() {
         let c: NodeConfig = toml::from_str(
-            "node_id = 2\n[limits]\nmax_value_bytes = 10\n[[members]]\nid = 2\nclient_addr = \"a:1\"\npeer_addr = \"a:2\"\n",
+            "node_id = 2\n[limits]\nmax_value_bytes = 10\n[archive]\nurl = \"s3://b/p\"\n[[members]]\nid = 2\n\
+             client_addr = \"a:1\"\npeer_addr = \"a:2\"\n",
         )
         .unwrap();
         assert_eq!(c.node_id, 2);
@@ -309,5 +309,7 @@ mod tests {
     fn validation_names_the_problem() {
         let c = NodeConfig::default();
         assert!(c.validate().unwrap_err().to_string().contains("node_id"));
+        let c = NodeConfig { node_id: 1, ..NodeConfig::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("archive.url is empty"));
     }
 }

@@ -78,11 +78,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     };
     let parts = Parts { log: store.log.clone(), reader: store.reader.clone(), gate: store.gate.clone() };
     let consensus = Consensus::start(config.node_id, raft.clone(), parts, peers.acks.clone(), settings, start_term);
-    let archive = Archive::open(
-        &config.archive.url_or(&config.data_dir.join("archive")),
-        &config.archive.connection(),
-        &config.cluster_id,
-    )?;
+    let archive = Archive::open(&config.archive.url, &config.archive.connection(), &config.cluster_id)?;
     let (status_tx, status_rx) = watch::channel(ArchiveStatus::default());
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let snapshotter = Arc::new(Snapshotter::new(

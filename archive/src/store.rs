@@ -1,6 +1,6 @@
-//! Opening the object store an archive URL names: a local directory (fsynced: the embedded
-//! default must be as durable as what it backs up) or S3 and S3-compatible servers; and
-//! writing one object whole (`put`), in parts when it is large.
+//! Opening the object store an archive URL names: a local directory (fsynced: it must be as
+//! durable as what it backs up) or S3 and S3-compatible servers; and writing one object whole
+//! (`put`), in parts when it is large.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,13 +71,20 @@ pub enum OpenError {
     Store { url: String, source: object_store::Error },
 }
 
+/// Whether `url` names object storage (`s3://…`) rather than a directory on this machine.
+pub fn is_object_storage(url: &str) -> bool {
+    url.starts_with(S3)
+}
+
+const S3: &str = "s3://";
+
 impl Archive {
     /// Opens the archive of `cluster_id` under `url`: `s3://bucket/prefix`, `file:///path` or a
     /// directory.
     pub fn open(url: &str, config: &Connection, cluster_id: &str) -> Result<Self, OpenError> {
         let url = url.to_owned();
         let bad = |problem: String| OpenError::Url { url: url.clone(), problem };
-        let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) = url.strip_prefix("s3://") {
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) = url.strip_prefix(S3) {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(bad("names no bucket; write s3://bucket/prefix".into()));

@@ -79,10 +79,17 @@ pub async fn run(cmd: BackupCommand) -> Result<(), Failure> {
                         "last_success_unix_us": s.last_success_unix_us, "segments_uploaded": s.segments_uploaded,
                         "bytes_uploaded": s.bytes_uploaded, "uploading": s.uploading, "lag_bytes": s.lag_bytes,
                         "newest_snapshot_index": s.newest_snapshot_index, "newest_snapshot_unix_us": s.newest_snapshot_unix_us,
+                        "local_directory": s.local_directory,
                     })
                 ),
                 Output::Text => {
                     println!("archive:        {}", s.archive_url);
+                    if s.local_directory {
+                        println!(
+                            "                a directory on the node's machine: ARCHIVED writes are not off this box \
+                             unless it is a mount of other storage"
+                        );
+                    }
                     let archived = s.archived_index.map_or("nothing yet".to_string(), |i| i.to_string());
                     println!("archived index: {archived} (committed {})", s.committed_index);
                     println!(

@@ -276,6 +276,7 @@ pub fn backup_status(r: &Replica) -> BackupStatusResponse {
         lag_bytes: r.archive_backlog_bytes(s.archived_index),
         newest_snapshot_index: newest.map(|(i, _)| i),
         newest_snapshot_unix_us: newest.map_or(0, |(_, t)| t),
+        local_directory: !keepsake_archive::store::is_object_storage(&r.archive().url),
     }
 }
 

@@ -127,6 +127,27 @@ async fn write_some(cluster: &Cluster, node: u64, n: usize) {
     }
 }
 
+#[test]
+fn serve_refuses_to_start_without_an_archive_url() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "node_id = 1\n[archive]\nurl = \"\"\n").expect("write node.toml");
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_keepsake"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--client-addr", "127.0.0.1:1", "--peer-addr", "127.0.0.1:1", "--http-addr", ""])
+        .env_remove("KEEPSAKE_CONFIG")
+        .output()
+        .expect("run keepsake serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "serve without an archive must not run: {err}");
+    assert!(err.contains("archive.url is empty"), "the error names the setting: {err}");
+    assert!(!data.exists(), "nothing is written before the refusal");
+}
+
 /// Runs the `keepsake` binary against the cluster; returns (exit code, stdout, stderr).
 fn keepsake(cluster: &Cluster, args: &[&str]) -> (i32, String, String) {
     let endpoints = cluster.endpoints();
@@ -187,6 +208,14 @@ async fn cli_commands_print_results_and_exit_with_documented_codes() {
     let (code, out, _) = cli(&["changes", "--user", "u1", "--output", "json"]);
     assert_eq!(code, 0);
     assert!(out.contains("\"deleted\":true"), "the delete shows as a tombstone: {out}");
+
+    // The test cluster archives to a local directory: `backup status` says it is not off-box.
+    let (code, out, err) = cli(&["backup", "status"]);
+    assert_eq!(code, 0, "backup status: {err}");
+    assert!(out.contains("ARCHIVED writes are not off this box"), "{out}");
+    let (_, out, _) = cli(&["backup", "status", "--output", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("backup status prints JSON");
+    assert_eq!(status["local_directory"], true, "{out}");
 
     // No node reachable: exit 5 with a message that says what to check.
     let out = Command::new(env!("CARGO_BIN_EXE_keepsake"))
