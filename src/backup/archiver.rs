@@ -84,7 +84,10 @@ impl Archiver {
 
     /// As a follower: learn the archive's last index from `head`, to hold the purge gate there.
     async fn follow(&self) {
-        self.update(|s| s.uploading = false);
+        self.update(|s| {
+            s.uploading = false;
+            s.owned = false;
+        });
         let mut metrics = self.raft.metrics();
         while !self.is_leader() {
             match head::read(&self.archive).await {
@@ -137,6 +140,7 @@ impl Archiver {
         // proof enough for an ARCHIVED write's answer.
         self.update(|s| {
             s.uploading = true;
+            s.owned = false;
             s.pending_since_us = now_us();
             s.archived_index = None;
         });
@@ -167,6 +171,7 @@ impl Archiver {
         self.update(|s| {
             s.archived_index = archived;
             s.pending_since_us = 0;
+            s.owned = true;
         });
         let mut archived = archived;
         let mut waiting = Waiting::default();

@@ -28,6 +28,8 @@ use super::retention;
 use super::status::ArchiveStatus;
 use crate::config::ArchiveConfig;
 
+/// How long an on-demand snapshot waits for a new leader's archiver to confirm the archive.
+const OWNED_WAIT: Duration = Duration::from_secs(10);
 /// How long the leader waits for the segments up to a snapshot's index before giving up on it.
 const SEGMENTS_WAIT: Duration = Duration::from_secs(120);
 
@@ -128,6 +130,11 @@ impl Snapshotter {
     }
 
     async fn tick(&self) -> Result<(), String> {
+        // Nothing is uploaded into, or deleted from, an archive the archiver has not found to
+        // hold this cluster's history (it refuses another cluster's, and says why).
+        if !self.status.borrow().owned {
+            return Ok(());
+        }
         let (newest, created) = {
             let mut known = self.known.lock().await;
             self.refresh(&mut known).await?;
@@ -158,6 +165,14 @@ impl Snapshotter {
     pub async fn snapshot_now(&self) -> Result<Uploaded, String> {
         if !self.is_leader() {
             return Err("this node is not the leader".into());
+        }
+        // A new leader's archiver lists the archive first; another cluster's archive never
+        // becomes this one's.
+        let mut status = self.status.clone();
+        let owned = matches!(tokio::time::timeout(OWNED_WAIT, status.wait_for(|s| s.owned)).await, Ok(Ok(_)));
+        if !owned {
+            let why = self.status.borrow().last_error.clone();
+            return Err(format!("the archive is not confirmed as this cluster's, so nothing is uploaded: {why}"));
         }
         keepsake_raft::consensus::snapshot_covering_applied(&self.raft).await.map_err(|e| e.to_string())?;
         let up = self.upload(true).await?;

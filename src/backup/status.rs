@@ -16,4 +16,7 @@ pub struct ArchiveStatus {
     pub last_error: String,
     pub segments_uploaded: u64,
     pub bytes_uploaded: u64,
+    /// This node leads, and its archiver has listed the archive and found this cluster's
+    /// history there, not another's: only then may the snapshotter upload and retention delete.
+    pub owned: bool,
 }

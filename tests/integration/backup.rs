@@ -1,6 +1,7 @@
 //! Continuous backup against real `keepsake serve` processes and the S3 test server:
 //! the archive holds every committed entry with no gap across leader changes, its digests
-//! match the live state, and the purge gate holds the log while the archive is down.
+//! match the live state, the purge gate holds the log while the archive is down, and a second
+//! cluster pointed at the same archive writes and deletes nothing there.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -217,4 +218,54 @@ async fn verify_names_a_damaged_or_missing_segment() {
     let (code, text) = verify_cli(&cluster);
     assert_eq!(code, 1, "a missing segment fails verify: {text}");
     assert!(text.contains("gap: no segment holds entries"), "the gap is named: {text}");
+}
+
+/// Every object under the cluster's archive root, with its size, sorted.
+async fn archive_listing(cluster: &Cluster) -> Vec<(String, u64)> {
+    use futures::TryStreamExt;
+    let archive = cluster.open_archive();
+    let objects: Vec<object_store::ObjectMeta> =
+        archive.store.list(Some(&archive.root)).try_collect().await.expect("list the archive");
+    let mut out: Vec<(String, u64)> = objects.into_iter().map(|o| (o.location.to_string(), o.size)).collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_cluster_on_the_same_archive_uploads_and_deletes_nothing() {
+    let s3 = S3Server::start();
+    let first = Cluster::builder().archive_s3(&s3, "shared").archive_snapshots_on_demand().start().await;
+    let leader = first.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut store = first.store(leader);
+    for i in 0..40 {
+        put(&mut store, "a", "c", &item_id(i), "from the first cluster").await.expect("write");
+    }
+    wait_archived(&first, Duration::from_secs(10)).await;
+    let (code, text) = cluster_cli(&first, &["backup", "snapshot", "--timeout", "60s"]);
+    assert_eq!(code, 0, "the first cluster snapshots its archive: {text}");
+    let before = archive_listing(&first).await;
+    drop(first);
+
+    // Same cluster id, same archive url: the second cluster's archiver finds another history.
+    let second = Cluster::builder().archive_s3(&s3, "shared").archive_snapshots_on_demand().start().await;
+    let leader = second.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut store = second.store(leader);
+    for i in 0..5 {
+        put(&mut store, "b", "c", &item_id(i), "from the second cluster").await.expect("a quorum write");
+    }
+    let refused = eventually(Duration::from_secs(15), || async {
+        let leader = second.leader_id().await?;
+        let s = backup_status(&second, leader).await;
+        s.last_error.contains("another cluster").then_some(s)
+    })
+    .await;
+    assert!(refused.is_some(), "the second cluster refuses the archive");
+    let (code, text) = cluster_cli(&second, &["backup", "snapshot", "--timeout", "30s"]);
+    assert_ne!(code, 0, "no snapshot goes into another cluster's archive: {text}");
+    assert!(text.contains("not confirmed as this cluster's"), "{text}");
+    // Scheduled work (retention, snapshots) runs every second on the leader: give it a few.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(archive_listing(&second).await, before, "the first cluster's archive is untouched");
+    let (code, text) = verify_cli(&second);
+    assert_eq!(code, 0, "the first cluster's archive still verifies: {text}");
 }
