@@ -88,10 +88,6 @@ impl Consensus {
         &self.reader
     }
 
-    pub fn gate(&self) -> &PurgeGate {
-        &self.gate
-    }
-
     pub fn lease(&self) -> &Lease {
         &self.read_index.lease
     }
@@ -99,10 +95,6 @@ impl Consensus {
     /// Leadership confirmations that needed a quorum round (the lease did not hold).
     pub fn read_rounds(&self) -> u64 {
         self.read_index.rounds.load(Ordering::Relaxed)
-    }
-
-    pub fn election_timeout_max(&self) -> Duration {
-        self.settings.election_timeout_max
     }
 
     /// A copy of Raft's current metrics.

@@ -63,12 +63,7 @@ pub async fn run(cmd: BackupCommand) -> Result<(), Failure> {
         BackupCommand::Verify(a) => return verify(a).await,
         BackupCommand::Snapshot(a) => return snapshot(a).await,
         BackupCommand::Status(a) => {
-            let s = with_failover(&a.opts, |ch| {
-                let opts = a.opts.clone();
-                async move { AdminClient::new(ch).backup_status(request(&opts, BackupStatusRequest {})).await }
-            })
-            .await?
-            .into_inner();
+            let s = status(&a.opts).await?;
             match a.opts.output {
                 Output::Json => println!(
                     "{}",
@@ -192,4 +187,14 @@ async fn snapshot(a: StatusArgs) -> Result<(), Failure> {
         ),
     }
     Ok(())
+}
+
+/// The cluster's archive status, from its leader (a follower passes the request on).
+pub async fn status(opts: &ClientOpts) -> Result<crate::proto::v1::BackupStatusResponse, Failure> {
+    let status = with_failover(opts, |ch| {
+        let opts = opts.clone();
+        async move { AdminClient::new(ch).backup_status(request(&opts, BackupStatusRequest {})).await }
+    })
+    .await?;
+    Ok(status.into_inner())
 }

@@ -19,7 +19,7 @@ use super::backup::ArchiveArgs;
 use super::client::{request, with_failover, Failure};
 use super::{ClientOpts, Output};
 use crate::proto::v1::admin_client::AdminClient;
-use crate::proto::v1::{BackupStatusRequest, DigestRequest};
+use crate::proto::v1::DigestRequest;
 
 #[derive(Args)]
 pub struct DrillArgs {
@@ -45,7 +45,7 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
     let archive = a.source.open()?;
     let live = ClientOpts { endpoints: a.endpoints.clone(), timeout: a.timeout, output: a.source.output };
     // Asked before the restore lists the archive: the restore must reach at least this far.
-    let before = backup_status(&live).await?;
+    let before = super::backup::status(&live).await?;
     let asked_at_us = keepsake_raft::clock::now_us();
     let scratch = tempfile::Builder::new()
         .prefix("keepsake-drill-")
@@ -135,14 +135,4 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
             code: 1,
         })
     }
-}
-
-/// The live cluster's archive status, from its leader.
-async fn backup_status(live: &ClientOpts) -> Result<crate::proto::v1::BackupStatusResponse, Failure> {
-    let status = with_failover(live, |ch| {
-        let opts = live.clone();
-        async move { AdminClient::new(ch).backup_status(request(&opts, BackupStatusRequest {})).await }
-    })
-    .await?;
-    Ok(status.into_inner())
 }
