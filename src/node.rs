@@ -77,7 +77,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         max_pending_writes: config.limits.max_pending_writes,
     };
     let parts = Parts { log: store.log.clone(), reader: store.reader.clone(), gate: store.gate.clone() };
-    let consensus = Consensus::start(config.node_id, raft.clone(), parts, peers.acks.clone(), settings, start_term);
+    let consensus =
+        Arc::new(Consensus::start(config.node_id, raft.clone(), parts, peers.acks.clone(), settings, start_term));
     let archive = Archive::open(&config.archive.url, &config.archive.connection(), &config.cluster_id)?;
     let (status_tx, status_rx) = watch::channel(ArchiveStatus::default());
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -95,6 +96,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         cluster_id: config.cluster_id.clone(),
         node_id: config.node_id,
         raft: raft.clone(),
+        consensus: consensus.clone(),
         log: store.log,
         reader: store.reader,
         gate: store.gate,

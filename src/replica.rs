@@ -20,7 +20,7 @@ use crate::config::NodeConfig;
 use crate::peer::client::Peers;
 
 pub struct Replica {
-    consensus: Consensus,
+    consensus: Arc<Consensus>,
     config: NodeConfig,
     peers: Peers,
     archive: ArchiveView,
@@ -53,7 +53,7 @@ impl Drop for UrgentGuard {
 }
 
 impl Replica {
-    pub fn new(consensus: Consensus, config: NodeConfig, peers: Peers, archive: ArchiveView) -> Self {
+    pub fn new(consensus: Arc<Consensus>, config: NodeConfig, peers: Peers, archive: ArchiveView) -> Self {
         Replica { consensus, config, peers, archive }
     }
 
@@ -92,6 +92,9 @@ impl Replica {
             Some((id, _)) if id == self.id() => {
                 self.consensus.check_quorum()?;
                 self.check_archive_backlog()?;
+                if archived {
+                    self.check_archive_refused()?;
+                }
                 let _urgent = archived.then(|| self.archive.urgent());
                 let committed = self.consensus.propose(write, deadline).await?;
                 if archived && matches!(committed.outcome, keepsake_raft::WriteOutcome::Applied { .. }) {
@@ -115,10 +118,12 @@ impl Replica {
     /// the loss of every node).
     async fn wait_archived(&self, index: u64, deadline: Instant) -> Result<(), Error> {
         let mut status = self.archive.status.clone();
-        let reached =
-            async move { status.wait_for(|s| s.archived_index.is_some_and(|a| a >= index)).await.map(|_| ()) };
+        let reached = async move {
+            status.wait_for(|s| s.archived_index.is_some_and(|a| a >= index) || !s.refused.is_empty()).await.map(|_| ())
+        };
         match tokio::time::timeout(Consensus::time_left(deadline), reached).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) if self.archive.status.borrow().archived_index.is_some_and(|a| a >= index) => Ok(()),
+            Ok(Ok(())) => self.check_archive_refused(),
             Ok(Err(_)) => Err(Error::ShuttingDown),
             Err(_) => {
                 let error = self.archive.status.borrow().last_error.clone();
@@ -129,6 +134,24 @@ impl Replica {
                 )))
             }
         }
+    }
+
+    /// Refuses ARCHIVED writes at once while this leader refuses to archive: waiting for their
+    /// deadline would only hide why they cannot be answered.
+    fn check_archive_refused(&self) -> Result<(), Error> {
+        match self.archive_refused() {
+            Some(why) => Err(Error::ArchiveBehind(format!(
+                "ARCHIVED writes are refused: this leader archives nothing ({why}); the write was not applied if \
+                 this is the answer before it was proposed, and was committed but not archived otherwise"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Why this node, leading, refuses to archive, if it does.
+    pub fn archive_refused(&self) -> Option<String> {
+        let s = self.archive.status.borrow();
+        (!s.refused.is_empty()).then(|| s.refused.clone())
     }
 
     /// Refuses writes while the archive is further behind than `archive.max_backlog_*` allow
@@ -161,7 +184,9 @@ impl Replica {
         }
         let seconds =
             if s.pending_since_us == 0 { 0 } else { (now_us() - s.pending_since_us).max(0) as u64 / 1_000_000 };
-        let why = if s.last_error.is_empty() {
+        let why = if !s.refused.is_empty() {
+            format!("archiving is refused: {}", s.refused)
+        } else if s.last_error.is_empty() {
             "uploads are slower than writes".to_owned()
         } else {
             format!("last archive error: {}", s.last_error)

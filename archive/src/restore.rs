@@ -23,10 +23,11 @@ use object_store::ObjectStoreExt;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, Membership};
 
+use crate::chain::{check_link, Expect};
 use crate::entry::to_command;
 use crate::lease::{LeaseGuard, LEASE_DURATION};
 use crate::proto::{ArchivedEntry, SnapshotManifest};
-use crate::segment::Segment;
+use crate::segment::{Link, Segment};
 use crate::snapshot::{
     chunk_name, chunks_missing, decode_manifest, parse_chunk_name, parse_manifest_name, records, Chunk,
 };
@@ -56,6 +57,9 @@ pub struct Plan {
     pub new_cluster_id: String,
     /// The new cluster's voters; the restored node is one of them.
     pub members: BTreeMap<NodeId, Node>,
+    /// The root the new cluster will archive into: it must be empty (None: not checked, for a
+    /// drill's throwaway restore).
+    pub target_root: Option<Archive>,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +120,7 @@ fn chain(listed: &[Listed], from: u64) -> (Vec<Listed>, Option<u64>) {
 async fn base_snapshot(
     archive: &Archive,
     target: Target,
+    expect: &mut Expect,
 ) -> Result<(Option<(String, SnapshotManifest)>, Vec<String>), RestoreError> {
     let prefix = archive.path("snapshots");
     let objects: Vec<object_store::ObjectMeta> = archive.store.list(Some(&prefix)).try_collect().await?;
@@ -134,6 +139,10 @@ async fn base_snapshot(
         let bytes = archive.store.get(&object_store::path::Path::from(name.as_str())).await?.bytes().await?;
         let m = decode_manifest(&name, &bytes).map_err(|e| RestoreError::Archive(e.to_string()))?;
         if matches!(target, Target::Time(t) if m.last_write_us > t) {
+            continue;
+        }
+        if let Err(problem) = expect.manifest(&name, &m) {
+            passed_over.push(problem);
             continue;
         }
         let missing = chunks_missing(&m.chunks, &listed_chunks);
@@ -239,6 +248,17 @@ pub async fn run(plan: Plan, progress: impl Fn(&str)) -> Result<Report, RestoreE
             dir.display()
         )));
     }
+    if let Some(root) = &plan.target_root {
+        let mut objects = root.store.list(Some(&root.root));
+        if let Some(found) = objects.try_next().await? {
+            return Err(RestoreError::Refused(format!(
+                "the new cluster's archive root {}/{} already holds objects ({}, …): an earlier attempt or another \
+                 cluster archives there, and a restored cluster starts a history of its own in an empty root; choose \
+                 another --new-cluster-id, or remove that root once nothing needs it",
+                root.url, root.root, found.location
+            )));
+        }
+    }
     let partial = PathBuf::from(format!("{}.partial", dir.display()));
     let _ = std::fs::remove_dir_all(&partial);
     // Retention leaves the archive alone while this restore reads it.
@@ -279,12 +299,17 @@ fn publish(partial: &Path, dir: &Path, cluster_id: &str) -> Result<(), RestoreEr
 }
 
 async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &LeaseGuard) -> Result<Report, RestoreError> {
+    let mut expect = Expect::load(&plan.archive).await.map_err(RestoreError::Archive)?;
     // Read before the listing: `head` never leads it, so segments ending before it are lost.
     let head = match plan.target {
         Target::Latest => crate::head::read(&plan.archive).await.map_err(RestoreError::Archive)?,
         Target::Index(_) | Target::Time(_) => None,
     };
-    let (base, passed_over) = base_snapshot(&plan.archive, plan.target).await?;
+    if let Some(h) = &head {
+        expect.head(h).map_err(|p| RestoreError::Archive(format!("{p}; refusing to trust it")))?;
+    }
+    let head = head.map(|h| h.archived_index);
+    let (base, passed_over) = base_snapshot(&plan.archive, plan.target, &mut expect).await?;
     for name in &passed_over {
         progress(&format!("passing over snapshot {name}"));
     }
@@ -320,8 +345,12 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
     let (segments, gap) = chain(&listed, from);
     let mut store = keepsake_raft::open(dir)?;
     let mut report = Report { passed_over: passed_over.clone(), ..Report::default() };
+    // What the next segment must continue from.
+    let mut before = Link::None;
     if let Some((name, m)) = &base {
         load_snapshot(&plan.archive, &mut store, name, m, &mut report, progress, lease).await?;
+        let digest = m.digest.as_slice().try_into().unwrap_or([0; 32]);
+        before = Link::Snapshot { index: m.index, term: m.term, digest };
     }
     let mut next = from;
     let mut done = false;
@@ -336,6 +365,10 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
             plan.archive.store.get(&object_store::path::Path::from(listed.name.as_str())).await?.bytes().await?;
         report.bytes += bytes.len() as u64;
         let segment = Segment::decode(&listed.name, &bytes).map_err(|e| RestoreError::Archive(e.to_string()))?;
+        expect.segment(&listed.name, &segment.header).map_err(RestoreError::Archive)?;
+        if !done {
+            link_holds(&listed.name, &segment, next, &before, &store)?;
+        }
         let from_index = next;
         let fresh = segment.entries.into_iter().filter(move |e| e.index >= from_index);
         if done {
@@ -344,6 +377,7 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
         }
         let mut batch = Vec::new();
         let mut whole = true;
+        let mut last_applied = None;
         for e in fresh {
             if done || !included(plan.target, &e) {
                 done = true;
@@ -360,6 +394,10 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
             batch.push(Entry { log_id, payload });
             report.index = e.index;
             next = e.index + 1;
+            last_applied = Some(e);
+        }
+        if let Some(e) = last_applied.take() {
+            before = Link::after(&e);
         }
         store.machine.apply(batch).await.map_err(|e| RestoreError::Refused(format!("applying: {e}")))?;
         report.segments += 1;
@@ -432,6 +470,42 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
     report.revision_floor = resync.floor;
     report.digest = point.digest.to_hex();
     Ok(report)
+}
+
+/// Checks that a segment the restore is about to apply from `next` on continues from what it
+/// holds at `next - 1` (`before`): by the segment's own link when it starts at `next`, by its
+/// copy of entry `next - 1` when it overlaps what was applied, and by the state digest when it
+/// links to a snapshot.
+fn link_holds(
+    name: &str,
+    segment: &Segment,
+    next: u64,
+    before: &Link,
+    store: &keepsake_raft::Store,
+) -> Result<(), RestoreError> {
+    let h = &segment.header;
+    if h.first_index == next {
+        check_link(name, h, before).map_err(RestoreError::Archive)?;
+        if let Link::Snapshot { index, digest, .. } = h.prev {
+            let applied = store.reader.applied();
+            if applied.index == index && applied.digest.0 != digest {
+                return Err(RestoreError::Archive(format!(
+                    "{name}: continues from a snapshot at index {index} whose state digest differs from the \
+                     replayed state's there (a splice)"
+                )));
+            }
+        }
+    } else if let Some(inner) = next.checked_sub(1).and_then(|i| segment.entries.iter().find(|e| e.index == i)) {
+        if let (Link::Entry { hash, .. }, Link::Entry { hash: held, index, .. }) = (Link::after(inner), before) {
+            if hash != *held {
+                return Err(RestoreError::Archive(format!(
+                    "{name}: its entry {index} differs from the one the restore applied: the archive holds two \
+                     histories (a splice)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,17 +1,23 @@
 //! Archive segments: a run of committed log entries as one self-checking object
 //! (`docs/archive-format.md` is the reader's specification).
 //!
-//! Layout: magic `KSSEG001`, a fixed little-endian header, a zstd frame holding the entries
-//! (each `len u32 | crc32c u32 | protobuf ArchivedEntry`), and the CRC32C of everything before
-//! it. The decoder checks every length, checksum, index and count, and rejects anything
-//! malformed with an error naming the object and the byte offset; it never panics.
+//! Layout: magic `KSSEG001`, a format version, a fixed little-endian header, a zstd frame
+//! holding the entries (each `len u32 | crc32c u32 | protobuf ArchivedEntry`), and the CRC32C
+//! of everything before it. Version 2 headers also name the history the segment belongs to and
+//! link it to what it continues from (`Link`), so a reader can chain segments and tell a splice
+//! from another history, a gap, or a skipped entry. The decoder reads versions 1 and 2, checks
+//! every length, checksum, index and count, and rejects anything malformed with an error naming
+//! the object and the byte offset; it never panics.
 
 use prost::Message;
+
+use keepsake_raft::HistoryId;
 
 use crate::proto::ArchivedEntry;
 
 pub const MAGIC: &[u8; 8] = b"KSSEG001";
-pub const FORMAT_VERSION: u16 = 1;
+/// The version this build writes; it reads this one and version 1 (no history, no link).
+pub const FORMAT_VERSION: u16 = 2;
 /// Largest entry a decoder accepts (a batch of the largest values, with room to spare).
 const MAX_ENTRY_BYTES: usize = 256 << 20;
 /// Largest decompressed body a decoder accepts.
@@ -31,6 +37,51 @@ pub struct SegmentHeader {
     pub entry_count: u32,
     /// The state digest right after applying `last_index`.
     pub digest_after: [u8; 32],
+    /// The history that wrote it (None: a version 1 segment, written before histories had ids).
+    pub history: Option<HistoryId>,
+    /// What it continues from (version 2).
+    pub prev: Link,
+}
+
+/// What a segment continues from: the entry at `first_index - 1`, as the previous segment holds
+/// it, or the archive snapshot at that index that bridged a gap in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Link {
+    /// Nothing: a version 1 segment, or one starting at index 0.
+    #[default]
+    None,
+    /// `entry_hash` of the entry at `index`.
+    Entry { index: u64, term: u64, hash: [u8; 32] },
+    /// The archive snapshot at `index`, by its state digest.
+    Snapshot { index: u64, term: u64, digest: [u8; 32] },
+}
+
+impl Link {
+    const NONE: u8 = 0;
+    const ENTRY: u8 = 1;
+    const SNAPSHOT: u8 = 2;
+
+    /// The link to `entry`, the last one before a segment.
+    pub fn after(entry: &ArchivedEntry) -> Link {
+        Link::Entry { index: entry.index, term: entry.term, hash: entry_hash(entry) }
+    }
+
+    /// The (index, term) linked to, if any.
+    pub fn point(&self) -> Option<(u64, u64)> {
+        match *self {
+            Link::None => None,
+            Link::Entry { index, term, .. } | Link::Snapshot { index, term, .. } => Some((index, term)),
+        }
+    }
+}
+
+/// The hash that links a segment to the entry before it: BLAKE3 of the entry's protobuf
+/// encoding (deterministic: fields in tag order, no unknown fields), under a domain tag.
+pub fn entry_hash(entry: &ArchivedEntry) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"keepsake.archive.entry.v1\0");
+    h.update(&entry.encode_to_vec());
+    *h.finalize().as_bytes()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,8 +126,18 @@ impl Segment {
             last_time_us: times.last().copied().unwrap_or(0),
             entry_count: entries.len() as u32,
             digest_after,
+            history: None,
+            prev: Link::None,
         };
         Segment { header, entries }
+    }
+
+    /// Names the history the segment belongs to and what it continues from (a version 2
+    /// segment; without this it encodes as version 1).
+    pub fn in_history(mut self, history: HistoryId, prev: Link) -> Self {
+        self.header.history = Some(history);
+        self.header.prev = prev;
+        self
     }
 
     pub fn object_name(&self) -> String {
@@ -95,9 +156,22 @@ impl Segment {
         let h = &self.header;
         let mut out = Vec::with_capacity(compressed.len() + 160);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let version: u16 = if h.history.is_some() { FORMAT_VERSION } else { 1 };
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&(h.cluster_id.len() as u16).to_le_bytes());
         out.extend_from_slice(h.cluster_id.as_bytes());
+        if let Some(history) = h.history {
+            out.extend_from_slice(&history.0);
+            let (kind, index, term, hash) = match h.prev {
+                Link::None => (Link::NONE, 0, 0, [0; 32]),
+                Link::Entry { index, term, hash } => (Link::ENTRY, index, term, hash),
+                Link::Snapshot { index, term, digest } => (Link::SNAPSHOT, index, term, digest),
+            };
+            out.push(kind);
+            out.extend_from_slice(&index.to_le_bytes());
+            out.extend_from_slice(&term.to_le_bytes());
+            out.extend_from_slice(&hash);
+        }
         for v in [h.first_index, h.last_index, h.first_term, h.last_term] {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -135,13 +209,13 @@ impl Segment {
             return Err(fail(0, "not a Keepsake segment (bad magic)".into()));
         }
         let version = r.u16().map_err(|p| fail(r.pos, p))?;
-        if version != FORMAT_VERSION {
+        if version != 1 && version != FORMAT_VERSION {
             return Err(fail(
                 8,
-                format!("format version {version} is not supported (this reader knows {FORMAT_VERSION})"),
+                format!("format version {version} is not supported (this reader knows 1 and {FORMAT_VERSION})"),
             ));
         }
-        let header = read_header(&mut r).map_err(|p| fail(r.pos, p))?;
+        let header = read_header(&mut r, version).map_err(|p| fail(r.pos, p))?;
         let body_len = r.u64().map_err(|p| fail(r.pos, p))?;
         let compressed_len = r.u64().map_err(|p| fail(r.pos, p))?;
         let body_at = r.pos;
@@ -159,15 +233,33 @@ impl Segment {
     }
 }
 
-fn read_header(r: &mut Reader<'_>) -> Result<SegmentHeader, String> {
+fn read_header(r: &mut Reader<'_>, version: u16) -> Result<SegmentHeader, String> {
     let id_len = r.u16()? as usize;
     let cluster_id = String::from_utf8(r.take(id_len)?.to_vec()).map_err(|_| "cluster id is not UTF-8".to_string())?;
+    let (history, prev) = if version >= 2 {
+        let history = HistoryId(r.take(16)?.try_into().expect("took 16 bytes"));
+        let kind = r.take(1)?[0];
+        let (index, term) = (r.u64()?, r.u64()?);
+        let hash: [u8; 32] = r.take(32)?.try_into().expect("took 32 bytes");
+        let prev = match kind {
+            Link::NONE => Link::None,
+            Link::ENTRY => Link::Entry { index, term, hash },
+            Link::SNAPSHOT => Link::Snapshot { index, term, digest: hash },
+            other => return Err(format!("unknown link kind {other}")),
+        };
+        (Some(history), prev)
+    } else {
+        (None, Link::None)
+    };
     let (first_index, last_index, first_term, last_term) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
     let (first_time_us, last_time_us) = (r.u64()? as i64, r.u64()? as i64);
     let entry_count = r.u32()?;
     let digest_after: [u8; 32] = r.take(32)?.try_into().expect("took 32 bytes");
     if last_index < first_index || last_index - first_index + 1 != u64::from(entry_count) {
         return Err(format!("index range {first_index}-{last_index} does not hold {entry_count} entries"));
+    }
+    if let Some((index, _)) = prev.point().filter(|(index, _)| index + 1 != first_index) {
+        return Err(format!("links to index {index}, but its first entry is {first_index}"));
     }
     Ok(SegmentHeader {
         cluster_id,
@@ -179,6 +271,8 @@ fn read_header(r: &mut Reader<'_>) -> Result<SegmentHeader, String> {
         last_time_us,
         entry_count,
         digest_after,
+        history,
+        prev,
     })
 }
 
@@ -278,6 +372,34 @@ mod tests {
         assert_eq!((seg.header.first_time_us, seg.header.last_time_us), (1_010, 1_014));
         let decoded = Segment::decode("x", &seg.encode()).expect("decodes");
         assert_eq!(decoded, seg);
+    }
+
+    #[test]
+    fn a_version_2_segment_round_trips_with_its_history_and_link_and_version_1_still_reads() {
+        let before = entries(9, 1).remove(0);
+        let history = HistoryId([7; 16]);
+        let seg = Segment::new("c1", entries(10, 5), [9; 32]).in_history(history, Link::after(&before));
+        let bytes = seg.encode();
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), FORMAT_VERSION);
+        let decoded = Segment::decode("x", &bytes).expect("decodes");
+        assert_eq!(decoded, seg);
+        assert_eq!(decoded.header.prev, Link::Entry { index: 9, term: 2, hash: entry_hash(&before) });
+        for k in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[k / 8] ^= 1 << (k % 8);
+            assert!(Segment::decode("x", &flipped).is_err(), "bit {k} flipped still decodes");
+        }
+        let v1 = Segment::new("c1", entries(10, 5), [9; 32]);
+        assert_eq!(Segment::decode("x", &v1.encode()).expect("version 1 decodes").header.history, None);
+    }
+
+    #[test]
+    fn a_link_that_is_not_the_index_before_the_segment_is_refused() {
+        let before = entries(7, 1).remove(0);
+        let bytes =
+            Segment::new("c1", entries(10, 5), [9; 32]).in_history(HistoryId([1; 16]), Link::after(&before)).encode();
+        let e = Segment::decode("x", &bytes).expect_err("a link to index 7 before index 10");
+        assert!(e.problem.contains("links to index 7"), "{e}");
     }
 
     #[test]

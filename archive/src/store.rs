@@ -1,6 +1,6 @@
 //! Opening the object store an archive URL names: a local directory (fsynced: it must be as
 //! durable as what it backs up) or S3 and S3-compatible servers; and writing one object whole
-//! (`put`), in parts when it is large.
+//! (`put`), in parts when it is large, or only if no object has its name yet (`put_new`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, RetryConfig};
 
 /// An object store and the path of one cluster's archive in it.
 #[derive(Clone, Debug)]
@@ -146,4 +146,47 @@ pub async fn put(
     let mut upload = object_store::WriteMultipart::new(store.put_multipart(path).await?);
     upload.write(&bytes);
     upload.finish().await.map(|_| ())
+}
+
+/// What a create-only put found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    /// This call wrote the object.
+    New,
+    /// An object of that name was there already and `same` accepted its bytes.
+    AlreadyThere,
+}
+
+/// Writes an object only if none has its name yet (one request, `If-None-Match: *`; never in
+/// parts, which cannot be conditional). When one exists, its bytes are read and `same` decides
+/// whether they say what `bytes` would: if not, nothing is written and `Differs` says so —
+/// an archived object is never replaced with different content.
+pub async fn put_new(
+    store: &dyn ObjectStore,
+    path: &Path,
+    bytes: bytes::Bytes,
+    same: impl FnOnce(&[u8]) -> Result<(), String>,
+) -> Result<Created, PutNewError> {
+    let create = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+    let failed = |e: object_store::Error| PutNewError::Store(format!("writing {path}: {e}"));
+    match store.put_opts(path, bytes.into(), create).await {
+        Ok(_) => return Ok(Created::New),
+        Err(object_store::Error::AlreadyExists { .. }) => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let existing = store.get(path).await.map_err(failed)?.bytes().await.map_err(failed)?;
+    same(&existing).map_err(|why| {
+        PutNewError::Differs(format!("{path} already exists with other content ({why}); it is left as it is"))
+    })?;
+    Ok(Created::AlreadyThere)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PutNewError {
+    /// The store failed; retrying may help.
+    #[error("{0}")]
+    Store(String),
+    /// Another object already has the name and says something else; retrying cannot help.
+    #[error("{0}")]
+    Differs(String),
 }

@@ -1,8 +1,9 @@
 //! `keepsake backup verify` and `backup list`: checks an archive from the object store alone —
-//! every segment's checksums and structure, that its name matches its contents, that the
-//! segments cover every index from the first to the head with no gap (or a snapshot bridges
-//! it), that overlapping segments agree entry for entry, and every snapshot manifest and the
-//! hash of every chunk it names.
+//! every segment's checksums and structure, that its name matches its contents, that every
+//! segment, manifest and the head belong to the root's history, that each segment continues
+//! from the entry before it (its link), that the segments cover every index from the first to
+//! the head with no gap (or a snapshot bridges it), that overlapping segments agree entry for
+//! entry, and every snapshot manifest and the hash of every chunk it names.
 //!
 //! It reads, never writes. (Digests are proved by replaying: that is restore's job.)
 
@@ -10,9 +11,9 @@ use std::collections::BTreeMap;
 
 use futures::TryStreamExt;
 use object_store::{ObjectMeta, ObjectStoreExt};
-use prost::Message;
 
-use crate::segment::{parse_object_name, Segment};
+use crate::chain::{check_link, Expect};
+use crate::segment::{entry_hash, parse_object_name, Link, Segment};
 use crate::snapshot::{chunk_name, decode_manifest, parse_manifest_name, Chunk};
 use crate::store::Archive;
 
@@ -31,6 +32,10 @@ pub struct Report {
     pub bytes: u64,
     pub first_index: Option<u64>,
     pub last_index: Option<u64>,
+    /// When the newest archived write was proposed (unix µs; 0: none).
+    pub last_write_us: i64,
+    /// The history the root belongs to (hex; empty: not known, an archive from before ids).
+    pub history: String,
     /// Snapshot manifests that check out, and distinct chunks read.
     pub snapshots: usize,
     pub chunks: usize,
@@ -66,12 +71,25 @@ pub async fn list_snapshots(archive: &Archive) -> Result<Vec<(u64, String, u64)>
 }
 
 pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, object_store::Error> {
+    let mut report = Report::default();
+    let mut expect = Expect::load(archive).await.unwrap_or_else(|problem| {
+        report.problems.push(problem);
+        Expect::default()
+    });
     // Read before the listing: `head` never leads it (crate::head).
     let head = crate::head::read(archive).await;
+    if let Ok(Some(h)) = &head {
+        if let Err(problem) = expect.head(h) {
+            report.problems.push(format!("{problem} (a forged or foreign head)"));
+        }
+    }
+    let head = head.map(|h| h.map(|h| h.archived_index));
     let listed = list(archive).await?;
-    let mut report = Report { segments: listed.len(), ..Report::default() };
-    // The hash of every archived entry, to compare overlaps.
-    let mut seen: BTreeMap<u64, (u64, String)> = BTreeMap::new();
+    report.segments = listed.len();
+    // The hash of every archived entry, to compare overlaps and links.
+    let mut seen: BTreeMap<u64, ([u8; 32], String)> = BTreeMap::new();
+    // Each segment's link: (object, first index, what it continues from).
+    let mut links: Vec<(String, crate::segment::SegmentHeader)> = Vec::new();
     for s in &listed {
         report.bytes += s.bytes;
         let bytes = match archive.store.get(&object_store::path::Path::from(s.name.as_str())).await {
@@ -97,9 +115,13 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
         if h.cluster_id != cluster_id {
             report.problems.push(format!("{}: belongs to cluster {:?}, not {cluster_id:?}", s.name, h.cluster_id));
         }
+        if let Err(problem) = expect.segment(&s.name, h) {
+            report.problems.push(problem);
+        }
+        report.last_write_us = report.last_write_us.max(h.last_time_us);
+        links.push((s.name.clone(), h.clone()));
         for e in &segment.entries {
-            let hash =
-                u64::from_le_bytes(blake3::hash(&e.encode_to_vec()).as_bytes()[..8].try_into().expect("8 bytes"));
+            let hash = entry_hash(e);
             if let Some((other, other_name)) = seen.insert(e.index, (hash, s.name.clone())) {
                 if other != hash {
                     report.problems.push(format!(
@@ -112,7 +134,18 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
     }
     report.first_index = seen.keys().next().copied();
     report.last_index = seen.keys().next_back().copied();
-    let snapshots = verify_snapshots(archive, cluster_id, &mut report).await?;
+    // Each link against the archive's own copy of the entry before the segment, where it has one.
+    for (name, header) in &links {
+        if let Link::Entry { index, term, .. } = header.prev {
+            if let Some((hash, _)) = seen.get(&index) {
+                if let Err(problem) = check_link(name, header, &Link::Entry { index, term, hash: *hash }) {
+                    report.problems.push(problem);
+                }
+            }
+        }
+    }
+    let snapshots = verify_snapshots(archive, cluster_id, &mut expect, &mut report).await?;
+    report.history = expect.history().map(|h| h.to_hex()).unwrap_or_default();
     report.snapshots = snapshots.len();
     let last = report.last_index.unwrap_or(0);
     // A snapshot at s bridges missing entries below s + 1 when the log goes on from s + 1.
@@ -151,6 +184,7 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
 async fn verify_snapshots(
     archive: &Archive,
     cluster_id: &str,
+    expect: &mut Expect,
     report: &mut Report,
 ) -> Result<Vec<u64>, object_store::Error> {
     let objects: Vec<ObjectMeta> = archive.store.list(Some(&archive.path("snapshots"))).try_collect().await?;
@@ -174,6 +208,10 @@ async fn verify_snapshots(
                 "{name}: holds the state of cluster {:?} at index {}, not what its name and place say",
                 m.cluster_id, m.index
             ));
+            ok = false;
+        }
+        if let Err(problem) = expect.manifest(&name, &m) {
+            report.problems.push(problem);
             ok = false;
         }
         for c in &m.chunks {

@@ -2,9 +2,12 @@
 //! never skipping one; on every node, keeps the purge gate at the archive's last index.
 //!
 //! Invariants: a segment holds committed entries only (they never change, so re-uploading one
-//! after a leader change is harmless); a node purges nothing past what the archive holds
-//! (docs/design.md §1.5); an upload that fails is retried with backoff, and the failure is reported
-//! in the status rather than skipped.
+//! after a leader change is harmless), goes up with a create-only put, and names this
+//! cluster's history and what it continues from; nothing is uploaded into a root that
+//! `archive-info.json` binds to another history, or into a store that cannot refuse an
+//! overwrite; a node purges nothing past what the archive holds for its own history
+//! (docs/design.md §1.5); an upload that fails is retried with backoff, and the failure is
+//! reported in the status rather than skipped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,14 +15,17 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use keepsake_archive::entry::archived;
 use keepsake_archive::head;
+use keepsake_archive::info::{self, ArchiveInfo, Claim};
 use keepsake_archive::proto::ArchivedEntry;
-use keepsake_archive::segment::{self, Segment};
-use keepsake_archive::snapshot::parse_manifest_name;
-use keepsake_archive::store::{put, Archive};
+use keepsake_archive::segment::{self, Link, Segment};
+use keepsake_archive::snapshot::{decode_manifest, manifest_name, parse_manifest_name};
+use keepsake_archive::store::{put_new, Archive, PutNewError};
 use keepsake_raft::clock::now_us;
+use keepsake_raft::history::{self, HistoryRecord};
 use keepsake_raft::types::Entry;
-use keepsake_raft::{LogStore, NodeId, PurgeGate, Raft, StateReader};
-use object_store::{ObjectStore, ObjectStoreExt};
+use keepsake_raft::{Consensus, HistoryId, LogStore, NodeId, PurgeGate, Raft, StateReader};
+use object_store::ObjectStoreExt;
+use openraft::EntryPayload;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -31,12 +37,16 @@ use crate::config::ArchiveConfig;
 const MAX_ENTRIES_PER_SEGMENT: usize = 4096;
 /// How often a follower reads `head` to move its purge gate.
 const HEAD_POLL: Duration = Duration::from_secs(1);
+/// How long a refusing leader waits before it looks at the archive again.
+const REFUSED_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Archiver {
     pub archive: Archive,
     pub cluster_id: String,
     pub node_id: NodeId,
     pub raft: Raft,
+    /// Proposes the history id where the state has none (keepsake_raft::history).
+    pub consensus: Arc<Consensus>,
     pub log: LogStore,
     pub reader: StateReader,
     pub gate: PurgeGate,
@@ -46,6 +56,41 @@ pub struct Archiver {
     pub waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// Archives a snapshot where the log no longer holds the next index to archive.
     pub snapshotter: Arc<Snapshotter>,
+}
+
+/// What a leader knows once it owns the archive root.
+struct Office {
+    history: HistoryId,
+    term: u64,
+    /// The last index the archive holds.
+    archived: Option<u64>,
+    /// What the next segment continues from.
+    prev: Link,
+}
+
+/// Why a leader does not archive (yet).
+enum NotYet {
+    /// A passing failure: try again soon.
+    Retry(String),
+    /// The archive cannot be this cluster's, or cannot fence writers: refuse until it changes.
+    Refuse(String),
+}
+
+/// What the listing says the archive ends with.
+#[derive(Default)]
+struct End {
+    /// The newest segment's (last index, object).
+    segment: Option<(u64, object_store::path::Path)>,
+    /// The newest snapshot manifest's index.
+    snapshot: Option<u64>,
+}
+
+impl End {
+    /// The last index the archive holds: the newest segment's last entry, or the newest
+    /// snapshot's index if that is further (retention may have left no segment after it).
+    fn last(&self) -> Option<u64> {
+        self.segment.as_ref().map(|(last, _)| *last).max(self.snapshot)
+    }
 }
 
 impl Archiver {
@@ -69,6 +114,18 @@ impl Archiver {
         self.update(|s| s.last_error = message);
     }
 
+    /// Archives nothing, says why everywhere a person or a client looks, and keeps the log.
+    fn refuse(&self, problem: &str) {
+        tracing::error!(archive = %self.archive.url, "refusing to archive: {problem}");
+        self.gate.set_limit(0);
+        self.update(|s| {
+            s.owned = false;
+            s.history = None;
+            s.refused = problem.to_owned();
+            s.last_error = problem.to_owned();
+        });
+    }
+
     /// Runs until the task is aborted.
     pub async fn run(self: Arc<Self>) {
         // Nothing may be purged until the archive's last index is known.
@@ -83,19 +140,24 @@ impl Archiver {
     }
 
     /// As a follower: learn the archive's last index from `head`, to hold the purge gate there.
+    /// Only a head of this node's own history counts: another history's says nothing about
+    /// what of this log is safe.
     async fn follow(&self) {
         self.update(|s| {
             s.uploading = false;
             s.owned = false;
+            s.history = None;
+            s.refused.clear();
         });
         let mut metrics = self.raft.metrics();
         while !self.is_leader() {
+            let ours = history::current(&self.reader).await.ok().flatten();
             match head::read(&self.archive).await {
-                Ok(Some(index)) => {
-                    self.gate.set_limit(index);
-                    self.update(|s| s.archived_index = Some(index));
+                Ok(Some(h)) if ours.is_some() && h.history() == ours => {
+                    self.gate.set_limit(h.archived_index);
+                    self.update(|s| s.archived_index = Some(h.archived_index));
                 }
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(e) => self.fail("reading the archive head", e),
             }
             // Once a second, or at once when this node becomes leader: waking on every metrics
@@ -105,11 +167,35 @@ impl Archiver {
         }
     }
 
-    /// Why an archive that claims to hold `archived` cannot be this cluster's: the archive only
-    /// ever holds committed entries, and every node that can lead holds every committed entry,
-    /// so an archive past the leader's last log index holds another history — a second cluster
-    /// started with the same id and archive url. Only the leader can tell: a follower may lag.
-    fn foreign(&self, archived: u64) -> Option<String> {
+    /// The history this cluster's state belongs to, proposing a fresh id where the state has
+    /// none yet (a new cluster, or one restored since its id was set).
+    async fn history(&self) -> Result<HistoryId, String> {
+        for _ in 0..3 {
+            let restores = self.reader.meta().await.map_err(|e| e.to_string())?.resync.len();
+            let found = history::read(&self.reader).await.map_err(|e| e.to_string())?;
+            if let Some(id) =
+                found.as_ref().filter(|(r, _)| r.restores == restores).and_then(|(r, _)| HistoryId::parse(&r.id))
+            {
+                return Ok(id);
+            }
+            let record = HistoryRecord {
+                id: HistoryId::random().to_hex(),
+                restores,
+                parent: found.as_ref().map(|(r, _)| r.id.clone()),
+            };
+            let revision = found.map_or(0, |(_, revision)| revision);
+            // Conditional on the item's revision: of two leaders racing, one id wins.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            self.consensus.propose(history::set(&record, revision), deadline).await.map_err(|e| e.to_string())?;
+        }
+        Err("the history id did not settle; retrying".into())
+    }
+
+    /// Why an archive that claims to hold `archived`, with no `archive-info.json`, cannot be
+    /// this cluster's: the archive only ever holds committed entries, and every node that can
+    /// lead holds every committed entry, so an archive past the leader's last log index holds
+    /// another history.
+    fn past_my_log(&self, archived: u64) -> Option<String> {
         let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         (archived > last).then(|| {
             format!(
@@ -121,60 +207,165 @@ impl Archiver {
         })
     }
 
-    /// The last index the archive holds, from the listing alone: the newest segment's last
-    /// entry, or the newest snapshot's index if that is further (retention may have left no
-    /// segment after it).
-    async fn last_archived(&self) -> Result<Option<u64>, object_store::Error> {
+    /// What the listing says the archive ends with.
+    async fn end(&self) -> Result<End, object_store::Error> {
         let segments: Vec<_> = self.archive.store.list(Some(&self.archive.path("segments"))).try_collect().await?;
         let snapshots: Vec<_> = self.archive.store.list(Some(&self.archive.path("snapshots"))).try_collect().await?;
-        let last_segment =
-            segments.iter().filter_map(|o| segment::parse_object_name(o.location.as_ref())).map(|(_, last)| last).max();
-        let last_snapshot = snapshots.iter().filter_map(|o| parse_manifest_name(o.location.as_ref())).max();
-        Ok(last_segment.max(last_snapshot))
+        let segment = segments
+            .iter()
+            .filter_map(|o| Some((segment::parse_object_name(o.location.as_ref())?.1, o.location.clone())))
+            .max_by_key(|(last, _)| *last);
+        let snapshot = snapshots.iter().filter_map(|o| parse_manifest_name(o.location.as_ref())).max();
+        Ok(End { segment, snapshot })
+    }
+
+    /// Makes sure the archive root is this history's, and learns where it ends. Nothing is
+    /// written to a root found to be another's; the store's fencing is probed before the root
+    /// is claimed or written.
+    async fn take_office(&self) -> Result<Office, NotYet> {
+        let history = self.history().await.map_err(|e| NotYet::Retry(format!("setting the history id: {e}")))?;
+        let term = self.raft.metrics().borrow().current_term;
+        let end = self.end().await.map_err(|e| NotYet::Retry(format!("listing the archive: {e}")))?;
+        let found = info::read(&self.archive).await.map_err(NotYet::Retry)?;
+        let claim = match found {
+            Some(found) if found.history() == Some(history) => None,
+            Some(found) => Some(Claim::Foreign(found)),
+            // An archive from before histories had ids: this history may adopt it only if it
+            // cannot be another's.
+            None => match end.last().and_then(|a| self.past_my_log(a)) {
+                Some(problem) => return Err(NotYet::Refuse(problem)),
+                None => Some(Claim::Ours),
+            },
+        };
+        if !matches!(claim, Some(Claim::Foreign(_))) {
+            info::probe(&self.archive, &format!("{}-{term}-{}", self.node_id, now_us()))
+                .await
+                .map_err(NotYet::Refuse)?;
+        }
+        let claim = match claim {
+            Some(Claim::Ours) => {
+                let info = ArchiveInfo {
+                    format: info::FORMAT,
+                    cluster_id: self.cluster_id.clone(),
+                    history_id: history.to_hex(),
+                    parent_history_id: history::read(&self.reader).await.ok().flatten().and_then(|(r, _)| r.parent),
+                    created_at_us: now_us(),
+                };
+                info::claim(&self.archive, &info).await.map_err(NotYet::Retry)?
+            }
+            Some(foreign) => foreign,
+            None => Claim::Ours,
+        };
+        if let Claim::Foreign(other) = claim {
+            return Err(NotYet::Refuse(format!(
+                "the archive {} belongs to history {} (cluster {:?}, created at {} µs, see {}), not to this \
+                 cluster's history {history}: another cluster with id {:?} archives there (or did), or this cluster \
+                 was restored or rebuilt under the same id. Nothing is archived into another history: give this \
+                 cluster its own archive url or cluster id",
+                self.archive.url,
+                other.history_id,
+                other.cluster_id,
+                other.created_at_us,
+                info::OBJECT,
+                self.cluster_id
+            )));
+        }
+        let archived = end.last();
+        let prev = self.link_to(&end).await.map_err(NotYet::Retry)?;
+        Ok(Office { history, term, archived, prev })
+    }
+
+    /// What a segment after the archive's end continues from: the last archived entry (from
+    /// the log while it still holds it, else from the newest segment), or the snapshot there.
+    async fn link_to(&self, end: &End) -> Result<Link, String> {
+        let Some(last) = end.last() else { return Ok(Link::None) };
+        let purged = self.raft.metrics().borrow().purged.map(|l| l.index);
+        if purged.is_none_or(|p| last > p) {
+            if let Ok(entries) = self.log.read_range(last, last).await {
+                if let Some(e) = entries.first().filter(|e| e.log_id.index == last) {
+                    return Ok(Link::after(&archived(e)));
+                }
+            }
+        }
+        if let Some((_, path)) = end.segment.as_ref().filter(|(l, _)| *l == last) {
+            let bytes = self.archive.store.get(path).await.map_err(|e| format!("reading {path}: {e}"))?;
+            let bytes = bytes.bytes().await.map_err(|e| format!("reading {path}: {e}"))?;
+            let segment = Segment::decode(path.as_ref(), &bytes).map_err(|e| e.to_string())?;
+            let entry = segment.entries.last().ok_or_else(|| format!("{path} holds no entry"))?;
+            return Ok(Link::after(entry));
+        }
+        let path = self.archive.path(&manifest_name(last));
+        let bytes = self.archive.store.get(&path).await.map_err(|e| format!("reading {path}: {e}"))?;
+        let bytes = bytes.bytes().await.map_err(|e| format!("reading {path}: {e}"))?;
+        let m = decode_manifest(path.as_ref(), &bytes).map_err(|e| e.to_string())?;
+        let digest = m.digest.as_slice().try_into().map_err(|_| format!("{path}: the digest is not 32 bytes"))?;
+        Ok(Link::Snapshot { index: m.index, term: m.term, digest })
+    }
+
+    /// When the oldest committed entry after `archived` was proposed: the backlog clock runs
+    /// from there, across leader changes and refusals, not from when this node took over.
+    /// 0 when nothing committed waits.
+    async fn wait_began(&self, archived: Option<u64>) -> i64 {
+        let next = archived.map_or(0, |a| a + 1);
+        let committed = self.log.committed_index();
+        if committed < next {
+            return 0;
+        }
+        let entries = self.log.read_range(next, committed.min(next + 63)).await.unwrap_or_default();
+        entries
+            .iter()
+            .find_map(|e| match &e.payload {
+                EntryPayload::Normal(c) if c.proposed_at_us != 0 => Some(c.proposed_at_us),
+                _ => None,
+            })
+            .unwrap_or_else(now_us)
     }
 
     /// As leader: upload segments until leadership moves.
     async fn lead(&self) {
-        // Until the archive's last index is known, the whole wait counts as archive lag, and
-        // nothing counts as archived: what this node read from `head` as a follower is not
-        // proof enough for an ARCHIVED write's answer.
+        // Until the archive's last index is known, nothing counts as archived: what this node
+        // read from `head` as a follower is not proof enough for an ARCHIVED write's answer.
+        let known = self.status.borrow().archived_index;
+        let began = self.wait_began(known).await;
         self.update(|s| {
             s.uploading = true;
             s.owned = false;
-            s.pending_since_us = now_us();
+            s.history = None;
+            s.pending_since_us = began;
             s.archived_index = None;
         });
-        let archived = loop {
+        let office = loop {
             if !self.is_leader() {
                 return;
             }
-            match self.last_archived().await {
-                Ok(a) => break a,
-                Err(e) => {
-                    self.fail("listing the archive", e);
+            match self.take_office().await {
+                Ok(office) => break office,
+                Err(NotYet::Retry(e)) => {
+                    self.fail("archiving", e);
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(NotYet::Refuse(problem)) => {
+                    self.refuse(&problem);
+                    tokio::time::sleep(REFUSED_RETRY).await;
+                    return;
                 }
             }
         };
-        if let Some(problem) = archived.and_then(|a| self.foreign(a)) {
-            // Never upload into another history, and never let the log be purged on its say
-            // (as a follower this node may have opened the gate to that history's `head`).
-            self.gate.set_limit(0);
-            self.fail("archiving", problem);
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            return;
-        }
-        tracing::info!(archived = ?archived, "archiving as leader");
+        let Office { history, term, archived, mut prev } = office;
+        tracing::info!(archived = ?archived, %history, "archiving as leader");
         if let Some(a) = archived {
             self.gate.set_limit(a);
         }
+        let began = self.wait_began(archived).await;
         self.update(|s| {
             s.archived_index = archived;
-            s.pending_since_us = 0;
+            s.pending_since_us = began;
             s.owned = true;
+            s.history = Some(history);
+            s.refused.clear();
         });
         let mut archived = archived;
-        let mut waiting = Waiting::default();
+        let mut waiting = Waiting::since(began);
         let max_age = Duration::from_millis(self.config.max_segment_age_ms);
         let max_bytes = self.config.max_segment_bytes;
         while self.is_leader() {
@@ -220,17 +411,22 @@ impl Archiver {
                 }
             };
             if entries.first().map(|e| e.log_id.index) != Some(next) {
-                archived = self.bridge(next, "the log no longer holds it").await.or(archived);
+                if let Some(link) = self.bridge(next, "the log no longer holds it", history, term).await {
+                    archived = link.point().map(|(index, _)| index);
+                    prev = link;
+                }
                 continue;
             }
             let batch = take_segment(entries, next);
             let last = batch.last().map_or(next, |e| e.index);
-            match self.upload(batch).await {
+            let link_after = batch.last().map(Link::after).unwrap_or(prev);
+            match self.upload(batch, history, prev).await {
                 Upload::Done(size) => {
                     archived = Some(last);
+                    prev = link_after;
                     waiting.archived(last, committed, read_at, self.log.committed_index());
                     self.gate.set_limit(last);
-                    self.write_head(last).await;
+                    self.write_head(last, history, term).await;
                     self.update(|s| {
                         s.archived_index = Some(last);
                         s.pending_since_us = waiting.since_us();
@@ -241,7 +437,17 @@ impl Archiver {
                     });
                 }
                 Upload::NoDigest => {
-                    archived = self.bridge(next, "its digest is older than the digest history").await.or(archived);
+                    if let Some(link) =
+                        self.bridge(next, "its digest is older than the digest history", history, term).await
+                    {
+                        archived = link.point().map(|(index, _)| index);
+                        prev = link;
+                    }
+                }
+                Upload::Refused(problem) => {
+                    self.refuse(&problem);
+                    tokio::time::sleep(REFUSED_RETRY).await;
+                    return;
                 }
                 Upload::LeadershipLost => return,
             }
@@ -250,18 +456,18 @@ impl Archiver {
 
     /// Where the segments cannot go on from `next` (a Raft snapshot replaced the log there, or
     /// the digest history no longer reaches it), the archive goes on from an archive snapshot of
-    /// the current state instead of stopping at a gap. Returns the new archived index.
-    async fn bridge(&self, next: u64, why: &str) -> Option<u64> {
+    /// the current state instead of stopping at a gap. Returns the link to that snapshot.
+    async fn bridge(&self, next: u64, why: &str, history: HistoryId, term: u64) -> Option<Link> {
         match self.snapshotter.upload_base().await {
             Ok(up) if up.index >= next => {
                 tracing::warn!(index = up.index, "archived a snapshot in place of entries {next}-{}: {why}", up.index);
                 self.gate.set_limit(up.index);
-                self.write_head(up.index).await;
+                self.write_head(up.index, history, term).await;
                 self.update(|s| {
                     s.archived_index = Some(up.index);
                     s.last_error.clear();
                 });
-                return Some(up.index);
+                return Some(Link::Snapshot { index: up.index, term: up.term, digest: up.digest });
             }
             Ok(up) => self.fail(
                 "archiving",
@@ -273,25 +479,42 @@ impl Archiver {
         None
     }
 
-    /// Uploads one segment, retrying with exponential backoff while this node leads.
-    async fn upload(&self, entries: Vec<ArchivedEntry>) -> Upload {
+    /// Uploads one segment, create-only, retrying with exponential backoff while this node
+    /// leads. A segment of that name already there is fine when it holds the same entries of
+    /// the same history (an upload this node or a deposed leader made before); anything else
+    /// is another history's, and nothing more is archived.
+    async fn upload(&self, entries: Vec<ArchivedEntry>, history: HistoryId, prev: Link) -> Upload {
         let Some(last) = entries.last().map(|e| e.index) else { return Upload::Done(0) };
         let digest = match self.digest_after(last).await {
             Some(Some(d)) => d,
             Some(None) => return Upload::NoDigest,
             None => return Upload::LeadershipLost,
         };
-        let segment = Segment::new(&self.cluster_id, entries, digest);
+        let segment = Segment::new(&self.cluster_id, entries, digest).in_history(history, prev);
         let bytes = bytes::Bytes::from(segment.encode());
         let path = self.archive.path(&segment.object_name());
+        let same = |existing: &[u8]| {
+            let other = Segment::decode(path.as_ref(), existing).map_err(|e| e.to_string())?;
+            if other.header.history != segment.header.history {
+                return Err(format!(
+                    "it belongs to history {}",
+                    other.header.history.map_or("(none: written before histories had ids)".into(), |h| h.to_hex())
+                ));
+            }
+            if other.entries != segment.entries {
+                return Err("it holds other entries".into());
+            }
+            Ok(())
+        };
         let mut backoff = Duration::from_millis(100);
         loop {
-            match put(self.archive.store.as_ref(), &path, bytes.clone()).await {
-                Ok(()) => {
+            match put_new(self.archive.store.as_ref(), &path, bytes.clone(), same).await {
+                Ok(_) => {
                     keepsake_raft::crash::point("segment-uploaded");
                     return Upload::Done(bytes.len());
                 }
-                Err(e) => self.fail(&format!("uploading {path}"), e),
+                Err(PutNewError::Differs(problem)) => return Upload::Refused(problem),
+                Err(PutNewError::Store(e)) => self.fail(&format!("uploading {path}"), e),
             }
             if !self.is_leader() {
                 return Upload::LeadershipLost;
@@ -323,8 +546,9 @@ impl Archiver {
         }
     }
 
-    async fn write_head(&self, index: u64) {
-        if let Err(e) = self.archive.store.put(&self.archive.path(head::OBJECT), head::encode(index).into()).await {
+    async fn write_head(&self, index: u64, history: HistoryId, term: u64) {
+        let bytes = head::encode(index, history, term);
+        if let Err(e) = self.archive.store.put(&self.archive.path(head::OBJECT), bytes.into()).await {
             // Only a shortcut for followers; the listing stays right.
             tracing::warn!(error = %e, "cannot update the archive head (followers hold their purge gate lower)");
         }
@@ -351,6 +575,15 @@ impl Stamp {
 struct Waiting(Option<Stamp>);
 
 impl Waiting {
+    /// A clock that started at unix time `us` (0: nothing waits).
+    fn since(us: i64) -> Waiting {
+        if us == 0 {
+            return Waiting(None);
+        }
+        let age = Duration::from_micros((now_us() - us).max(0) as u64);
+        Waiting(Some(Stamp { at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now), us }))
+    }
+
     /// Committed entries wait, seen `now`: the clock starts unless it already runs.
     fn seen(&mut self, now: Stamp) -> Stamp {
         *self.0.get_or_insert(now)
@@ -396,6 +629,8 @@ fn take_segment(entries: Vec<Entry>, next: u64) -> Vec<ArchivedEntry> {
 enum Upload {
     Done(usize),
     NoDigest,
+    /// Another history's segment has the name: archive nothing more.
+    Refused(String),
     LeadershipLost,
 }
 

@@ -16,12 +16,12 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use keepsake_archive::proto::{ChunkRef, ResyncRange, SnapshotManifest};
 use keepsake_archive::snapshot::{
-    chunk_name, chunks_missing, encode_manifest, manifest_name, parse_chunk_name, parse_manifest_name, Chunker,
+    chunk_name, chunks_missing, decode_manifest, encode_manifest, manifest_name, parse_chunk_name, parse_manifest_name,
+    Chunker,
 };
-use keepsake_archive::store::{put, Archive};
+use keepsake_archive::store::{put, put_new, Archive};
 use keepsake_raft::clock::now_us;
 use keepsake_raft::{NodeId, Raft};
-use object_store::ObjectStoreExt;
 use tokio::sync::{mpsc, watch, Mutex};
 
 use super::retention;
@@ -66,6 +66,10 @@ struct Known {
 #[derive(Debug, Clone)]
 pub struct Uploaded {
     pub index: u64,
+    /// The term of the entry at `index`, and the state digest there: a segment that continues
+    /// from this snapshot links to them.
+    pub term: u64,
+    pub digest: [u8; 32],
     pub chunks: usize,
     pub new_chunks: usize,
     pub new_bytes: u64,
@@ -245,11 +249,22 @@ impl Snapshotter {
                 if gone > 0 {
                     return Ok(gone);
                 }
-                self.archive
-                    .store
-                    .put(&self.archive.path(&name), encode_manifest(&manifest).into())
-                    .await
-                    .map_err(|e| format!("uploading {name}: {e}"))?;
+                // Create-only: a manifest at this index from an earlier upload (this leader's, or
+                // a deposed one's) stays if it states the same snapshot; one from another history
+                // is never replaced.
+                let path = self.archive.path(&name);
+                put_new(self.archive.store.as_ref(), &path, encode_manifest(&manifest).into(), |existing| {
+                    let other = decode_manifest(path.as_ref(), existing).map_err(|e| e.to_string())?;
+                    let same = (&other.history_id, other.index, other.term, &other.digest)
+                        == (&manifest.history_id, manifest.index, manifest.term, &manifest.digest);
+                    if same {
+                        Ok(())
+                    } else {
+                        Err(format!("it states index {} of another history or state", other.index))
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())?;
                 Ok(0)
             }
             .await;
@@ -318,7 +333,7 @@ impl Snapshotter {
             }
             Ok::<_, keepsake_raft::StoreError>(header)
         });
-        let mut up = Uploaded { index: 0, chunks: 0, new_chunks: 0, new_bytes: 0 };
+        let mut up = Uploaded { index: 0, term: 0, digest: [0; 32], chunks: 0, new_chunks: 0, new_bytes: 0 };
         let mut refs = Vec::new();
         while let Some(chunk) = rx.recv().await {
             if !known.chunks.contains(&chunk.hash) {
@@ -345,7 +360,11 @@ impl Snapshotter {
         for hash in refs.iter().filter_map(|c| <[u8; 32]>::try_from(c.hash.as_slice()).ok()) {
             *known.pinned.entry(hash).or_default() += 1;
         }
+        let history = self.status.borrow().history.ok_or("this node does not own the archive (no history yet)")?;
+        up.term = applied.leader_id.term;
+        up.digest = machine.digest.0;
         let manifest = SnapshotManifest {
+            history_id: history.0.to_vec(),
             cluster_id: self.cluster_id.clone(),
             index: applied.index,
             term: applied.leader_id.term,

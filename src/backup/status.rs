@@ -19,4 +19,10 @@ pub struct ArchiveStatus {
     /// This node leads, and its archiver has listed the archive and found this cluster's
     /// history there, not another's: only then may the snapshotter upload and retention delete.
     pub owned: bool,
+    /// Why this node, leading, archives nothing (the root belongs to another history, or the
+    /// store cannot fence writers); empty while it is not refusing. ARCHIVED writes are
+    /// refused at once meanwhile, and `/readyz` says so.
+    pub refused: String,
+    /// The history this node archives as, once it owns the root.
+    pub history: Option<keepsake_raft::HistoryId>,
 }

@@ -41,9 +41,14 @@ pub struct ArchiveArgs {
 
 impl ArchiveArgs {
     pub fn open(&self) -> Result<Archive, Failure> {
+        self.open_as(None, &self.cluster_id)
+    }
+
+    /// The root of `cluster_id` in `url` (default: this archive), reached the same way.
+    pub fn open_as(&self, url: Option<&str>, cluster_id: &str) -> Result<Archive, Failure> {
         let connection =
             Connection { endpoint: self.endpoint.clone(), region: self.region.clone(), ..Connection::default() };
-        Archive::open(&self.archive, &connection, &self.cluster_id).map_err(|e| Failure::usage(e.to_string()))
+        Archive::open(url.unwrap_or(&self.archive), &connection, cluster_id).map_err(|e| Failure::usage(e.to_string()))
     }
 }
 
@@ -74,11 +79,17 @@ pub async fn run(cmd: BackupCommand) -> Result<(), Failure> {
                         "last_success_unix_us": s.last_success_unix_us, "segments_uploaded": s.segments_uploaded,
                         "bytes_uploaded": s.bytes_uploaded, "uploading": s.uploading, "lag_bytes": s.lag_bytes,
                         "newest_snapshot_index": s.newest_snapshot_index, "newest_snapshot_unix_us": s.newest_snapshot_unix_us,
-                        "local_directory": s.local_directory,
+                        "local_directory": s.local_directory, "refused": s.refused, "history_id": s.history_id,
                     })
                 ),
                 Output::Text => {
                     println!("archive:        {}", s.archive_url);
+                    if !s.history_id.is_empty() {
+                        println!("history:        {}", s.history_id);
+                    }
+                    if !s.refused.is_empty() {
+                        println!("REFUSED:        {}", s.refused);
+                    }
                     if s.local_directory {
                         println!(
                             "                a directory on the node's machine: ARCHIVED writes are not off this box \
@@ -145,13 +156,22 @@ async fn verify(a: ArchiveArgs) -> Result<(), Failure> {
         Output::Json => println!(
             "{}",
             json!({"segments": r.segments, "snapshots": r.snapshots, "chunks": r.chunks, "bytes": r.bytes, "first_index": r.first_index,
-                   "last_index": r.last_index, "problems": r.problems})
+                   "last_index": r.last_index, "last_write_unix_us": r.last_write_us, "history_id": r.history,
+                   "problems": r.problems})
         ),
         Output::Text => {
             println!("archive {} of cluster {}", archive.url, a.cluster_id);
+            if !r.history.is_empty() {
+                println!("history: {}", r.history);
+            }
             println!("segments: {}, snapshots: {} ({} chunks), {} bytes", r.segments, r.snapshots, r.chunks, r.bytes);
             match (r.first_index, r.last_index) {
-                (Some(f), Some(l)) => println!("entries: {f}-{l}"),
+                (Some(f), Some(l)) => {
+                    let when = chrono::DateTime::from_timestamp_micros(r.last_write_us)
+                        .filter(|_| r.last_write_us > 0)
+                        .map_or("no write yet".to_owned(), |t| format!("last write at {}", t.to_rfc3339()));
+                    println!("entries: {f}-{l} ({when})");
+                }
                 _ => println!("entries: none"),
             }
             for p in &r.problems {

@@ -55,6 +55,7 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
     let members: BTreeMap<u64, Node> =
         [(1, Node { client_addr: "127.0.0.1:0".into(), peer_addr: "127.0.0.1:0".into() })].into();
     let plan = Plan {
+        target_root: None,
         archive,
         target: Target::Latest,
         data_dir: scratch.path().join("data"),

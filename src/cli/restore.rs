@@ -37,6 +37,10 @@ pub struct RestoreArgs {
     /// The new cluster's voters: ID=CLIENT_ADDR/PEER_ADDR,…; start the restored node as one of them.
     #[arg(long)]
     members: String,
+    /// The archive the new cluster will write to (default: the one restored from). Its root
+    /// for --new-cluster-id must be empty: a restored cluster starts a history of its own.
+    #[arg(long)]
+    new_archive: Option<String>,
 }
 
 /// A spinner with the restore's progress and elapsed time on a terminal; hidden otherwise.
@@ -80,8 +84,15 @@ pub async fn run(a: RestoreArgs) -> Result<(), Failure> {
         return Err(Failure::usage("--members names no node"));
     }
     let archive = a.source.open()?;
-    let plan =
-        Plan { archive, target, data_dir: a.data_dir.clone(), new_cluster_id: a.new_cluster_id.clone(), members };
+    let target_root = a.source.open_as(a.new_archive.as_deref(), &a.new_cluster_id)?;
+    let plan = Plan {
+        archive,
+        target,
+        data_dir: a.data_dir.clone(),
+        new_cluster_id: a.new_cluster_id.clone(),
+        members,
+        target_root: Some(target_root),
+    };
     let bar = progress_bar(std::io::stderr().is_terminal());
     let r = restore::run(plan, |line| bar.set_message(line.to_owned()))
         .await

@@ -277,6 +277,8 @@ pub fn backup_status(r: &Replica) -> BackupStatusResponse {
         newest_snapshot_index: newest.map(|(i, _)| i),
         newest_snapshot_unix_us: newest.map_or(0, |(_, t)| t),
         local_directory: !keepsake_archive::store::is_object_storage(&r.archive().url),
+        refused: s.refused,
+        history_id: s.history.map(|h| h.to_hex()).unwrap_or_default(),
     }
 }
 

@@ -34,6 +34,10 @@ pub async fn serve(
 async fn ready(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
     match replica.leader() {
         None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known\n".to_owned()),
+        Some(_) if replica.archive_refused().is_some() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: refusing to archive: {}\n", replica.archive_refused().unwrap_or_default()),
+        ),
         Some(_) => match replica.archive_backlog_problem() {
             Some(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {problem}\n")),
             None => (StatusCode::OK, "ready\n".to_owned()),
@@ -96,6 +100,13 @@ async fn metrics(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
         "keepsake_archive_error",
         "1 while the last upload attempt failed.",
         f64::from(!b.last_error.is_empty()),
+    );
+    g(
+        &mut out,
+        "keepsake_archive_refused",
+        "1 while the leader archives nothing: the archive root belongs to another history, or the store cannot \
+         refuse an overwrite.",
+        f64::from(!b.refused.is_empty()),
     );
     g(
         &mut out,

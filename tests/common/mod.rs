@@ -14,6 +14,10 @@ mod ports;
 mod rpc;
 mod s3;
 
+/// Items a cluster holds besides its users' own: the history record (keepsake_raft::history),
+/// which the first leader writes. Item counts and digests include it.
+pub const SYSTEM_ITEMS: u64 = 1;
+
 // Each test binary uses only some of these names (and of the items: hence `dead_code` above).
 #[allow(unused_imports)]
 pub use cli::{archive_cli, cluster_cli, json_line, keepsake_cli, keepsake_cli_crashing_at, restore_args, restore_cli};

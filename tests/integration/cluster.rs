@@ -283,7 +283,11 @@ async fn restarted_node_catches_up_from_log_and_from_snapshot() {
                 on_follower, on_leader,
                 "the restarted follower's digest at index {target} differs from the leader's"
             );
-            assert_eq!(on_leader.item_count, 200, "the digest counts the 200 items written");
+            assert_eq!(
+                on_leader.item_count,
+                200 + SYSTEM_ITEMS,
+                "the digest counts the 200 items written and the history record"
+            );
         })
         .await;
     }
@@ -328,7 +332,11 @@ async fn restarted_node_catches_up_from_log_and_from_snapshot() {
             on_follower, on_leader,
             "the follower restored from a snapshot has another digest at index {target}"
         );
-        assert_eq!(on_leader.item_count, 600, "the digest counts the 600 items written");
+        assert_eq!(
+            on_leader.item_count,
+            600 + SYSTEM_ITEMS,
+            "the digest counts the 600 items written and the history record"
+        );
 
         let mut client = cluster.store(follower);
         for i in [0, 299, 599] {
@@ -363,7 +371,11 @@ async fn full_cluster_restart_keeps_every_item_and_the_digest() {
             );
         }
         let recorded = before[0].1.clone();
-        assert_eq!(recorded.item_count, 300, "the digest counts the 300 items written");
+        assert_eq!(
+            recorded.item_count,
+            300 + SYSTEM_ITEMS,
+            "the digest counts the 300 items written and the history record"
+        );
 
         futures::future::join_all(ids.iter().map(|&id| cluster.stop(id))).await;
         for &id in &ids {

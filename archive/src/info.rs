@@ -1,0 +1,90 @@
+//! `archive-info.json`: the object that binds an archive root to one cluster history. The
+//! first leader of a history writes it with a create-only put; every later leader reads it and
+//! archives only when it names the history the leader's state holds (keepsake_raft::history).
+//!
+//! Invariant: the object is never overwritten. Two writers racing to create it cannot both
+//! win, so two histories can never both believe a root is theirs; and on a store that does not
+//! honour create-only puts, nothing is archived at all (`probe`).
+
+use keepsake_raft::HistoryId;
+use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::store::Archive;
+
+/// The object's name under the archive root.
+pub const OBJECT: &str = "archive-info.json";
+/// The archive format this build writes (segments v2, manifests with history ids).
+pub const FORMAT: u32 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveInfo {
+    pub format: u32,
+    pub cluster_id: String,
+    /// Hex of the history id.
+    pub history_id: String,
+    /// The history this one was restored from, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_history_id: Option<String>,
+    pub created_at_us: i64,
+}
+
+impl ArchiveInfo {
+    pub fn history(&self) -> Option<HistoryId> {
+        HistoryId::parse(&self.history_id)
+    }
+}
+
+/// What claiming a root found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The root names this history (this call created the object, or an earlier one did).
+    Ours,
+    /// The root belongs to another history.
+    Foreign(ArchiveInfo),
+}
+
+/// The root's info, if it has one.
+pub async fn read(archive: &Archive) -> Result<Option<ArchiveInfo>, String> {
+    let path = archive.path(OBJECT);
+    let bytes = match archive.store.get(&path).await {
+        Ok(got) => got.bytes().await.map_err(|e| format!("reading {path}: {e}"))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(format!("reading {path}: {e}")),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("{path} is malformed: {e}"))
+}
+
+/// Binds the root to `info`'s history unless another history holds it already.
+pub async fn claim(archive: &Archive, info: &ArchiveInfo) -> Result<Claim, String> {
+    let path = archive.path(OBJECT);
+    let bytes = serde_json::to_vec_pretty(info).expect("archive info encodes");
+    let create = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+    match archive.store.put_opts(&path, bytes.into(), create).await {
+        Ok(_) => return Ok(Claim::Ours),
+        Err(object_store::Error::AlreadyExists { .. }) => {}
+        Err(e) => return Err(format!("writing {path}: {e}")),
+    }
+    let found = read(archive).await?.ok_or_else(|| format!("{path} exists and then does not: retrying"))?;
+    Ok(if found.history_id == info.history_id { Claim::Ours } else { Claim::Foreign(found) })
+}
+
+/// Checks that the store refuses to overwrite an object on a create-only put, which every
+/// fence here relies on: a store that quietly overwrites is refused, never raced.
+pub async fn probe(archive: &Archive, marker: &str) -> Result<(), String> {
+    let path = archive.path(&format!("probe/{marker}"));
+    let create = || PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+    let first = archive.store.put_opts(&path, "probe".into(), create()).await;
+    let second = archive.store.put_opts(&path, "probe".into(), create()).await;
+    let _ = archive.store.delete(&path).await;
+    match (first, second) {
+        (Ok(_), Err(object_store::Error::AlreadyExists { .. })) => Ok(()),
+        (Err(e), _) => Err(format!("{} cannot take a create-only put ({e})", archive.url)),
+        (Ok(_), Ok(_)) => Err(format!(
+            "{} overwrote an object on a create-only put (If-None-Match: *): it cannot fence a deposed leader, \
+             so nothing is archived there; use a store that honours conditional writes (docs/archive-format.md)",
+            archive.url
+        )),
+        (Ok(_), Err(e)) => Err(format!("{} failed the create-only probe: {e}", archive.url)),
+    }
+}

@@ -1,0 +1,229 @@
+//! One history per archive root: a second cluster with the same id and archive refuses it
+//! while the first loses nothing; a restore refuses a root that holds objects; and `verify`
+//! and restore name a segment spliced in from another history, an entry skipped inside a
+//! segment, and a forged `head`.
+
+use std::time::Duration;
+
+use keepsake::proto::v1::*;
+use keepsake_archive::segment::Segment;
+use keepsake_raft::HistoryId;
+
+use crate::common::*;
+
+const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn backup_status(cluster: &Cluster, id: u64) -> BackupStatusResponse {
+    bounded(cluster.admin(id).backup_status(request(BackupStatusRequest {}, Duration::from_secs(5))))
+        .await
+        .expect("backup status")
+}
+
+fn archived_put(user: &str, id: &str) -> PutRequest {
+    PutRequest {
+        key: Some(key(user, "c", id)),
+        value: b"archived".to_vec(),
+        durability: Durability::Archived as i32,
+        ..Default::default()
+    }
+}
+
+fn verify_cli(cluster: &Cluster) -> (i32, String) {
+    archive_cli(cluster, &["backup", "verify"])
+}
+
+/// A cluster whose archive holds several segments, every write archived.
+async fn archived_cluster(s3: &S3Server, prefix: &str) -> Cluster {
+    let cluster = Cluster::builder().archive_s3(s3, prefix).start().await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut store = cluster.store(leader);
+    for round in 0..4 {
+        for i in 0..20 {
+            put(&mut store, "h", "c", &item_id(round * 20 + i), "value").await.expect("write");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await; // a segment per round
+    }
+    bounded(store.put(request(archived_put("h", "last"), Duration::from_secs(20)))).await.expect("an ARCHIVED write");
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_cluster_with_the_same_id_and_archive_refuses_and_the_first_loses_nothing() {
+    let s3 = S3Server::start();
+    let first = Cluster::builder().archive_s3(&s3, "shared").start().await;
+    let leader = first.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut store = first.store(leader);
+    for i in 0..10 {
+        put(&mut store, "a", "c", &item_id(i), "from the first cluster").await.expect("write");
+    }
+    bounded(store.put(request(archived_put("a", "first"), Duration::from_secs(20)))).await.expect("archived");
+
+    // Rendered from the same config and running at the same time, the second cluster commits
+    // more entries than the first has archived: "the archive is past my log" cannot see it.
+    let second = Cluster::builder().archive_s3(&s3, "shared").start().await;
+    let leader2 = second.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut store2 = second.store(leader2);
+    for i in 0..60 {
+        put(&mut store2, "b", "c", &item_id(i), "from the second cluster").await.expect("a quorum write");
+    }
+    let refused = eventually(Duration::from_secs(20), || async {
+        let leader = second.leader_id().await?;
+        let s = backup_status(&second, leader).await;
+        (!s.refused.is_empty()).then_some((leader, s))
+    })
+    .await;
+    let (leader2, status) = refused.expect("the second cluster refuses the first's archive");
+    assert!(status.refused.contains("belongs to history"), "{}", status.refused);
+    assert!(status.history_id.is_empty(), "a refusing leader archives as no history");
+
+    // Every place an operator or a gateway looks says so.
+    let answer = bounded(second.store(leader2).put(request(archived_put("b", "archived"), Duration::from_secs(10))))
+        .await
+        .expect_err("an ARCHIVED write on a refusing leader");
+    assert_eq!(answer.code(), tonic::Code::ResourceExhausted, "{answer:?}");
+    assert!(answer.message().contains("refused"), "{}", answer.message());
+    let (code, body) = http_request(&second.http_addr(leader2), "GET", "/readyz").expect("GET /readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("refusing to archive"), "{body}");
+    assert_eq!(metric(&second, leader2, "keepsake_archive_refused"), 1.0);
+
+    // The first cluster archives on, ARCHIVED writes included, and its archive holds only its
+    // own history: verify is clean and the drill matches the live state.
+    for i in 0..5 {
+        bounded(store.put(request(archived_put("a", &format!("after-{i}")), Duration::from_secs(20))))
+            .await
+            .expect("the first cluster's ARCHIVED writes go on");
+    }
+    let first_history = backup_status(&first, leader).await.history_id;
+    assert_eq!(first_history.len(), 32, "the first cluster archives as its history");
+    for listed in first.segment_objects().await {
+        let segment = Segment::decode(&listed.name, &first.archive_object(&listed.name).await).expect("decodes");
+        assert_eq!(
+            segment.header.history.map(|h| h.to_hex()).as_deref(),
+            Some(first_history.as_str()),
+            "{} is the first cluster's",
+            listed.name
+        );
+    }
+    let (code, text) = verify_cli(&first);
+    assert_eq!(code, 0, "the first cluster's archive verifies: {text}");
+    let (code, text) = archive_cli(&first, &["drill", "--endpoints", &first.client_addr(leader)]);
+    assert_eq!(code, 0, "the drill matches the first cluster: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_into_a_root_that_holds_objects_is_refused() {
+    let s3 = S3Server::start();
+    let old = archived_cluster(&s3, "roots").await;
+    // An earlier attempt at the same restore left a cluster archiving under the new id.
+    let earlier = Cluster::builder().cluster_id("roots-restored").archive_s3(&s3, "roots").start().await;
+    let leader = earlier.wait_for_leader(LEADER_TIMEOUT).await;
+    put(&mut earlier.store(leader), "e", "c", "x", "earlier attempt").await.expect("write");
+    eventually(Duration::from_secs(20), || async {
+        (backup_status(&earlier, leader).await.archived_index.is_some()).then_some(())
+    })
+    .await
+    .expect("the earlier attempt archived");
+    drop(earlier);
+
+    let new = Cluster::builder().nodes(1).cluster_id("roots-restored").no_bootstrap().prepare();
+    let (code, text) = restore_cli(&old, &new, &[]);
+    assert_ne!(code, 0, "a restore into a root that holds objects is refused: {text}");
+    assert!(text.contains("already holds objects") && text.contains("roots-restored"), "{text}");
+    assert!(!new.data_dir(1).exists(), "nothing was restored");
+}
+
+/// Re-encodes a segment object as `f` changes it, under the name its range gives.
+async fn rewrite_segment(cluster: &Cluster, name: &str, f: impl FnOnce(Segment) -> Segment) -> String {
+    let original = Segment::decode(name, &cluster.archive_object(name).await).expect("decodes");
+    let changed = f(original);
+    let new_name = format!("{}/{}", cluster.open_archive().root, changed.object_name());
+    cluster.delete_archive_object(name).await;
+    cluster.put_archive_object(&new_name, changed.encode()).await;
+    new_name
+}
+
+fn restore_latest(from: &Cluster, id: &str) -> (i32, String) {
+    let new = Cluster::builder().nodes(1).cluster_id(id).no_bootstrap().prepare();
+    restore_cli(from, &new, &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_and_restore_name_a_segment_spliced_in_from_another_history() {
+    let s3 = S3Server::start();
+    let cluster = archived_cluster(&s3, "splice").await;
+    let segments = cluster.segment_objects().await;
+    assert!(segments.len() >= 3, "{segments:?}");
+    let victim = segments[segments.len() / 2].name.clone();
+    let other = HistoryId::random();
+    rewrite_segment(&cluster, &victim, |s| {
+        let prev = s.header.prev;
+        Segment::new(&s.header.cluster_id, s.entries, s.header.digest_after).in_history(other, prev)
+    })
+    .await;
+    let (code, text) = verify_cli(&cluster);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&other.to_hex()) && text.contains("spliced"), "verify names the splice: {text}");
+    let (code, text) = restore_latest(&cluster, "splice-restored");
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains(&other.to_hex()) && text.contains("spliced"), "restore names the splice: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_and_restore_name_an_entry_skipped_inside_a_segment() {
+    let s3 = S3Server::start();
+    let cluster = archived_cluster(&s3, "skip").await;
+    let segments = cluster.segment_objects().await;
+    // Not the last segment: the one after it must be there to show the entry is missing.
+    let victim = segments[..segments.len() - 1]
+        .iter()
+        .find(|s| s.last - s.first >= 3)
+        .expect("a segment of several entries before the last")
+        .clone();
+    // Drop one entry and renumber the rest, checksums and all: only the links can tell.
+    let forged = rewrite_segment(&cluster, &victim.name, |s| {
+        let (history, prev) = (s.header.history.expect("a history"), s.header.prev);
+        let mut entries = s.entries;
+        entries.remove(1);
+        for (k, e) in entries.iter_mut().enumerate() {
+            e.index = victim.first + k as u64;
+        }
+        Segment::new(&s.header.cluster_id, entries, s.header.digest_after).in_history(history, prev)
+    })
+    .await;
+    let (code, text) = verify_cli(&cluster);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&format!("entries {}-{}", victim.last, victim.last)), "verify names the gap: {text}");
+    let (code, text) = restore_latest(&cluster, "skip-restored");
+    assert_ne!(code, 0, "{text}");
+    // Depending on what the dropped entry did, the replayed digest shows it first or the gap does.
+    let forged_file = forged.rsplit('/').next().expect("a file name");
+    assert!(
+        text.contains(&format!("entry {}", victim.last)) || text.contains(forged_file),
+        "restore names the missing entry or the forged segment: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_and_restore_name_a_forged_head() {
+    let s3 = S3Server::start();
+    let cluster = archived_cluster(&s3, "forged").await;
+    let last = cluster.segment_objects().await.last().expect("a segment").last;
+    // Another history's head (a forger who can write to the bucket, or a second cluster).
+    let other = HistoryId::random();
+    let head = format!("{}/head", cluster.open_archive().root);
+    cluster.put_archive_object(&head, keepsake_archive::head::encode(last, other, 99)).await;
+    let (code, text) = verify_cli(&cluster);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("forged or foreign head") && text.contains(&other.to_hex()), "{text}");
+    let (code, text) = restore_latest(&cluster, "forged-restored");
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains(&other.to_hex()) && text.contains("head"), "{text}");
+    // This history's head claiming more than the segments hold is named too.
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let ours = HistoryId::parse(&backup_status(&cluster, leader).await.history_id).expect("the leader's history");
+    cluster.put_archive_object(&head, keepsake_archive::head::encode(last + 1000, ours, 99)).await;
+    let (code, text) = verify_cli(&cluster);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("newest segments are missing"), "{text}");
+}
