@@ -118,12 +118,18 @@ impl Replica {
     /// the loss of every node).
     async fn wait_archived(&self, index: u64, deadline: Instant) -> Result<(), Error> {
         let mut status = self.archive.status.clone();
-        let reached = async move {
-            status.wait_for(|s| s.archived_index.is_some_and(|a| a >= index) || !s.refused.is_empty()).await.map(|_| ())
-        };
+        // Decided from the status the wait saw: a refusal cleared a moment later must not turn
+        // into an acknowledgement of a write the archive does not hold.
+        let reached =
+            async move {
+                status
+                    .wait_for(|s| s.archived_index.is_some_and(|a| a >= index) || !s.refused.is_empty())
+                    .await
+                    .map(|s| if s.archived_index.is_some_and(|a| a >= index) { None } else { Some(s.refused.clone()) })
+            };
         match tokio::time::timeout(Consensus::time_left(deadline), reached).await {
-            Ok(Ok(())) if self.archive.status.borrow().archived_index.is_some_and(|a| a >= index) => Ok(()),
-            Ok(Ok(())) => self.check_archive_refused(),
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(why))) => Err(refused(&why)),
             Ok(Err(_)) => Err(Error::ShuttingDown),
             Err(_) => {
                 let error = self.archive.status.borrow().last_error.clone();
@@ -140,10 +146,7 @@ impl Replica {
     /// deadline would only hide why they cannot be answered.
     fn check_archive_refused(&self) -> Result<(), Error> {
         match self.archive_refused() {
-            Some(why) => Err(Error::ArchiveBehind(format!(
-                "ARCHIVED writes are refused: this leader archives nothing ({why}); the write was not applied if \
-                 this is the answer before it was proposed, and was committed but not archived otherwise"
-            ))),
+            Some(why) => Err(refused(&why)),
             None => Ok(()),
         }
     }
@@ -251,4 +254,12 @@ fn remote(leader: NodeId, status: tonic::Status) -> Error {
         }
         code => Error::Remote { code: code as i32, message: status.message().to_owned() },
     }
+}
+
+/// The answer to an ARCHIVED write while the leader refuses to archive.
+fn refused(why: &str) -> Error {
+    Error::ArchiveBehind(format!(
+        "ARCHIVED writes are refused: this leader archives nothing ({why}); a write refused before it was \
+         proposed was not applied, one refused while it waited for the archive was committed but not archived"
+    ))
 }

@@ -69,22 +69,43 @@ pub async fn claim(archive: &Archive, info: &ArchiveInfo) -> Result<Claim, Strin
     Ok(if found.history_id == info.history_id { Claim::Ours } else { Claim::Foreign(found) })
 }
 
+/// What probing a store's create-only puts found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The second create-only put was refused: the store can fence a deposed writer.
+    Fenced,
+    /// The store overwrote, or does not do create-only puts: nothing may be archived there.
+    Unfenced(String),
+    /// The probe itself failed (the network, a conflict): try again.
+    Failed(String),
+}
+
 /// Checks that the store refuses to overwrite an object on a create-only put, which every
 /// fence here relies on: a store that quietly overwrites is refused, never raced.
-pub async fn probe(archive: &Archive, marker: &str) -> Result<(), String> {
+pub async fn probe(archive: &Archive, marker: &str) -> Probe {
     let path = archive.path(&format!("probe/{marker}"));
     let create = || PutOptions { mode: PutMode::Create, ..PutOptions::default() };
     let first = archive.store.put_opts(&path, "probe".into(), create()).await;
-    let second = archive.store.put_opts(&path, "probe".into(), create()).await;
+    let second = match &first {
+        Ok(_) => Some(archive.store.put_opts(&path, "probe".into(), create()).await),
+        Err(_) => None,
+    };
     let _ = archive.store.delete(&path).await;
-    match (first, second) {
-        (Ok(_), Err(object_store::Error::AlreadyExists { .. })) => Ok(()),
-        (Err(e), _) => Err(format!("{} cannot take a create-only put ({e})", archive.url)),
-        (Ok(_), Ok(_)) => Err(format!(
-            "{} overwrote an object on a create-only put (If-None-Match: *): it cannot fence a deposed leader, \
-             so nothing is archived there; use a store that honours conditional writes (docs/archive-format.md)",
+    let unfenced = |how: String| {
+        Probe::Unfenced(format!(
+            "{} {how}: it cannot fence a deposed leader, so nothing is archived there; use a store that honours \
+             conditional writes (If-None-Match: *, docs/archive-format.md)",
             archive.url
-        )),
-        (Ok(_), Err(e)) => Err(format!("{} failed the create-only probe: {e}", archive.url)),
+        ))
+    };
+    match (first, second) {
+        (Ok(_), Some(Err(object_store::Error::AlreadyExists { .. }))) => Probe::Fenced,
+        (Ok(_), Some(Ok(_))) => unfenced("overwrote an object on a create-only put".into()),
+        (Err(e @ object_store::Error::NotImplemented { .. }), _)
+        | (Ok(_), Some(Err(e @ object_store::Error::NotImplemented { .. }))) => {
+            unfenced(format!("does not take create-only puts ({e})"))
+        }
+        (Err(e), _) | (Ok(_), Some(Err(e))) => Probe::Failed(format!("probing {}: {e}", archive.url)),
+        (Ok(_), None) => Probe::Failed("the probe did not run".into()),
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use keepsake_archive::entry::archived;
 use keepsake_archive::head;
-use keepsake_archive::info::{self, ArchiveInfo, Claim};
+use keepsake_archive::info::{self, ArchiveInfo, Claim, Probe};
 use keepsake_archive::proto::ArchivedEntry;
 use keepsake_archive::segment::{self, Link, Segment};
 use keepsake_archive::snapshot::{decode_manifest, manifest_name, parse_manifest_name};
@@ -231,16 +231,31 @@ impl Archiver {
             Some(found) if found.history() == Some(history) => None,
             Some(found) => Some(Claim::Foreign(found)),
             // An archive from before histories had ids: this history may adopt it only if it
-            // cannot be another's.
-            None => match end.last().and_then(|a| self.past_my_log(a)) {
-                Some(problem) => return Err(NotYet::Refuse(problem)),
-                None => Some(Claim::Ours),
-            },
+            // cannot be another's — it does not reach past this log, and its head (if it names
+            // a history, as a root whose info was deleted would) names this one.
+            None => {
+                if let Some(problem) = end.last().and_then(|a| self.past_my_log(a)) {
+                    return Err(NotYet::Refuse(problem));
+                }
+                let head = head::read(&self.archive).await.map_err(NotYet::Retry)?;
+                match head.and_then(|h| h.history()).filter(|h| *h != history) {
+                    Some(other) => Some(Claim::Foreign(ArchiveInfo {
+                        format: info::FORMAT,
+                        cluster_id: format!("(unknown: {} is missing; head names it)", info::OBJECT),
+                        history_id: other.to_hex(),
+                        parent_history_id: None,
+                        created_at_us: 0,
+                    })),
+                    None => Some(Claim::Ours),
+                }
+            }
         };
         if !matches!(claim, Some(Claim::Foreign(_))) {
-            info::probe(&self.archive, &format!("{}-{term}-{}", self.node_id, now_us()))
-                .await
-                .map_err(NotYet::Refuse)?;
+            match info::probe(&self.archive, &format!("{}-{term}-{}", self.node_id, now_us())).await {
+                Probe::Fenced => {}
+                Probe::Unfenced(problem) => return Err(NotYet::Refuse(problem)),
+                Probe::Failed(e) => return Err(NotYet::Retry(e)),
+            }
         }
         let claim = match claim {
             Some(Claim::Ours) => {
@@ -325,8 +340,13 @@ impl Archiver {
     async fn lead(&self) {
         // Until the archive's last index is known, nothing counts as archived: what this node
         // read from `head` as a follower is not proof enough for an ARCHIVED write's answer.
+        // The wait is timed from the oldest entry the archive is known to lack; with nothing
+        // known yet, from now (an old entry 0 would pause every write at once).
         let known = self.status.borrow().archived_index;
-        let began = self.wait_began(known).await;
+        let began = match known {
+            Some(_) => self.wait_began(known).await,
+            None => now_us(),
+        };
         self.update(|s| {
             s.uploading = true;
             s.owned = false;
@@ -495,7 +515,8 @@ impl Archiver {
         let path = self.archive.path(&segment.object_name());
         let same = |existing: &[u8]| {
             let other = Segment::decode(path.as_ref(), existing).map_err(|e| e.to_string())?;
-            if other.header.history != segment.header.history {
+            // A format 1 segment (an upgrading cluster's older leader) holds no history id.
+            if other.header.history.is_some() && other.header.history != segment.header.history {
                 return Err(format!(
                     "it belongs to history {}",
                     other.header.history.map_or("(none: written before histories had ids)".into(), |h| h.to_hex())

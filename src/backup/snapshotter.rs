@@ -255,8 +255,11 @@ impl Snapshotter {
                 let path = self.archive.path(&name);
                 put_new(self.archive.store.as_ref(), &path, encode_manifest(&manifest).into(), |existing| {
                     let other = decode_manifest(path.as_ref(), existing).map_err(|e| e.to_string())?;
-                    let same = (&other.history_id, other.index, other.term, &other.digest)
-                        == (&manifest.history_id, manifest.index, manifest.term, &manifest.digest);
+                    // A manifest from before history ids names none.
+                    let history = other.history_id.is_empty() || other.history_id == manifest.history_id;
+                    let same = history
+                        && (other.index, other.term, &other.digest)
+                            == (manifest.index, manifest.term, &manifest.digest);
                     if same {
                         Ok(())
                     } else {

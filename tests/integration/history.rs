@@ -59,7 +59,8 @@ async fn a_second_cluster_with_the_same_id_and_archive_refuses_and_the_first_los
     bounded(store.put(request(archived_put("a", "first"), Duration::from_secs(20)))).await.expect("archived");
 
     // Rendered from the same config and running at the same time, the second cluster commits
-    // more entries than the first has archived: "the archive is past my log" cannot see it.
+    // more entries than the first has archived, so the only check before history ids (the
+    // archive is past my log) could not see it; archive-info.json names the first's history.
     let second = Cluster::builder().archive_s3(&s3, "shared").start().await;
     let leader2 = second.wait_for_leader(LEADER_TIMEOUT).await;
     let mut store2 = second.store(leader2);
@@ -180,7 +181,8 @@ async fn verify_and_restore_name_an_entry_skipped_inside_a_segment() {
         .find(|s| s.last - s.first >= 3)
         .expect("a segment of several entries before the last")
         .clone();
-    // Drop one entry and renumber the rest, checksums and all: only the links can tell.
+    // Drop one entry and renumber the rest, checksums and all: the segment decodes, and the
+    // gap it leaves (or the digest it no longer replays to) gives it away.
     let forged = rewrite_segment(&cluster, &victim.name, |s| {
         let (history, prev) = (s.header.history.expect("a history"), s.header.prev);
         let mut entries = s.entries;
@@ -220,10 +222,30 @@ async fn verify_and_restore_name_a_forged_head() {
     assert_ne!(code, 0, "{text}");
     assert!(text.contains(&other.to_hex()) && text.contains("head"), "{text}");
     // This history's head claiming more than the segments hold is named too.
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let ours = HistoryId::parse(&backup_status(&cluster, leader).await.history_id).expect("the leader's history");
-    cluster.put_archive_object(&head, keepsake_archive::head::encode(last + 1000, ours, 99)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_and_restore_name_a_changed_entry_by_the_link_of_the_segment_after_it() {
+    let s3 = S3Server::start();
+    let cluster = archived_cluster(&s3, "relink").await;
+    let segments = cluster.segment_objects().await;
+    assert!(segments.len() >= 3, "{segments:?}");
+    let victim = segments[segments.len() / 2].clone();
+    // The last entry keeps its index and its effect on the state (only its term changes), and
+    // every checksum is recomputed: the digests still replay, only the next segment's link
+    // to that entry shows it.
+    rewrite_segment(&cluster, &victim.name, |s| {
+        let (history, prev) = (s.header.history.expect("a history"), s.header.prev);
+        let mut entries = s.entries;
+        entries.last_mut().expect("an entry").term += 1;
+        Segment::new(&s.header.cluster_id, entries, s.header.digest_after).in_history(history, prev)
+    })
+    .await;
+    let expected = format!("continues from entry {}", victim.last);
     let (code, text) = verify_cli(&cluster);
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("newest segments are missing"), "{text}");
+    assert!(text.contains(&expected), "verify names the broken link: {text}");
+    let (code, text) = restore_latest(&cluster, "relink-restored");
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains(&expected), "restore names the broken link: {text}");
 }
