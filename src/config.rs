@@ -70,6 +70,9 @@ pub struct ArchiveConfig {
     /// How far back a restore can reach (e.g. `30d`, `12h`); older snapshots and segments are
     /// deleted once no restore inside the window can need them. Empty or `0`: keep everything.
     pub retention: String,
+    /// Retention leaves a chunk no manifest names alone until it is this old: it may belong
+    /// to a snapshot a leader of an earlier term is still writing.
+    pub chunk_grace_seconds: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -89,6 +92,7 @@ impl Default for ArchiveConfig {
             snapshot_every_entries: 100_000,
             snapshot_every_seconds: 3600,
             retention: "30d".into(),
+            chunk_grace_seconds: 3600,
         }
     }
 }

@@ -5,10 +5,12 @@
 //! Invariant: `head` may lag the listing, never lead it: the leader writes it only once the
 //! segments up to its index are uploaded, or the archive snapshot at its index that bridges a
 //! gap. So a listing read after `head` whose segments and snapshots end before it has lost
-//! objects. A reader trusts a head only for the history it names (`Head::history`).
+//! objects. A reader trusts a head only for the history it names (`Head::history`). Writers
+//! are fenced by term: `write` replaces a head only by a compare-and-swap on its version, and
+//! never one a leader of a later term wrote.
 
 use keepsake_raft::HistoryId;
-use object_store::ObjectStoreExt;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
 use crate::store::Archive;
@@ -33,7 +35,8 @@ impl Head {
     }
 }
 
-/// The object's bytes for `index` in `history`, written by a leader of `term`.
+/// The object's bytes for `index` in `history`, written by a leader of `term` (tests forge
+/// heads with it).
 pub fn encode(index: u64, history: HistoryId, term: u64) -> Vec<u8> {
     let head = Head { archived_index: index, history_id: Some(history.to_hex()), term };
     serde_json::to_vec(&head).expect("a head encodes")
@@ -41,11 +44,87 @@ pub fn encode(index: u64, history: HistoryId, term: u64) -> Vec<u8> {
 
 /// The head, None while the archive has none.
 pub async fn read(archive: &Archive) -> Result<Option<Head>, String> {
+    Ok(read_versioned(archive).await?.map(|(head, _)| head))
+}
+
+/// The head and the version a compare-and-swap must name to replace it.
+async fn read_versioned(archive: &Archive) -> Result<Option<(Head, UpdateVersion)>, String> {
     let path = archive.path(OBJECT);
-    let bytes = match archive.store.get(&path).await {
-        Ok(got) => got.bytes().await.map_err(|e| format!("reading {path}: {e}"))?,
+    let got = match archive.store.get(&path).await {
+        Ok(got) => got,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(format!("reading {path}: {e}")),
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("{path} is malformed: {e}"))
+    let version = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
+    let bytes = got.bytes().await.map_err(|e| format!("reading {path}: {e}"))?;
+    let head = serde_json::from_slice(&bytes).map_err(|e| format!("{path} is malformed: {e}"))?;
+    Ok(Some((head, version)))
+}
+
+/// Why a head was not written.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotWritten {
+    /// A leader of a later term, or of another history, wrote it: this writer no longer leads
+    /// the archive.
+    Superseded(String),
+    /// The store failed; the head is only a shortcut, so the next write tries again.
+    Store(String),
+}
+
+/// A leader's writer of `head`: it remembers the version it last wrote, so that each update is
+/// one conditional put.
+#[derive(Debug)]
+pub struct Writer {
+    history: HistoryId,
+    term: u64,
+    version: Option<UpdateVersion>,
+}
+
+impl Writer {
+    pub fn new(history: HistoryId, term: u64) -> Writer {
+        Writer { history, term, version: None }
+    }
+
+    /// Moves `head` to `index`. Replaces only the version this writer last read or wrote, so a
+    /// head a newer leader wrote in between is re-read, and then left alone. A local directory
+    /// cannot compare-and-swap: there the head is written after the same read check (a local
+    /// archive serves one machine; `backup status` says it is not off-box).
+    pub async fn write(&mut self, archive: &Archive, index: u64) -> Result<(), NotWritten> {
+        let path = archive.path(OBJECT);
+        for _ in 0..3 {
+            let mode = match self.version.take() {
+                Some(version) => PutMode::Update(version),
+                None => match read_versioned(archive).await.map_err(NotWritten::Store)? {
+                    None => PutMode::Create,
+                    Some((head, version)) => {
+                        if head.term > self.term || head.history().is_some_and(|h| h != self.history) {
+                            return Err(NotWritten::Superseded(format!(
+                                "{path} was written by the leader of term {} (history {}): this node, of term {}, \
+                                 no longer leads the archive",
+                                head.term,
+                                head.history_id.as_deref().unwrap_or("none"),
+                                self.term
+                            )));
+                        }
+                        PutMode::Update(version)
+                    }
+                },
+            };
+            let bytes = encode(index, self.history, self.term);
+            let options = PutOptions { mode: mode.clone(), ..PutOptions::default() };
+            match archive.store.put_opts(&path, bytes.clone().into(), options).await {
+                Ok(done) => {
+                    self.version = Some(UpdateVersion { e_tag: done.e_tag, version: done.version });
+                    return Ok(());
+                }
+                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {}
+                Err(object_store::Error::NotImplemented { .. }) if matches!(mode, PutMode::Update(_)) => {
+                    archive.store.put(&path, bytes.into()).await.map_err(|e| NotWritten::Store(e.to_string()))?;
+                    return Ok(());
+                }
+                Err(e) => return Err(NotWritten::Store(format!("writing {path}: {e}"))),
+            }
+        }
+        Err(NotWritten::Store(format!("{path} kept changing under this writer")))
+    }
 }

@@ -29,7 +29,7 @@ use crate::lease::{LeaseGuard, LEASE_DURATION};
 use crate::proto::{ArchivedEntry, SnapshotManifest};
 use crate::segment::{Link, Segment};
 use crate::snapshot::{
-    chunk_name, chunks_missing, decode_manifest, parse_chunk_name, parse_manifest_name, records, Chunk,
+    chunk_name, chunks_missing, decode_manifest, parse_chunk_name, parse_manifest_name, records, Chunk, ChunkId,
 };
 use crate::store::Archive;
 use crate::verify::{list, Listed};
@@ -124,7 +124,7 @@ async fn base_snapshot(
 ) -> Result<(Option<(String, SnapshotManifest)>, Vec<String>), RestoreError> {
     let prefix = archive.path("snapshots");
     let objects: Vec<object_store::ObjectMeta> = archive.store.list(Some(&prefix)).try_collect().await?;
-    let listed_chunks: HashSet<[u8; 32]> =
+    let listed_chunks: HashSet<ChunkId> =
         objects.iter().filter_map(|o| parse_chunk_name(o.location.as_ref())).collect();
     let mut manifests: Vec<(u64, String)> = objects
         .iter()
@@ -173,12 +173,10 @@ async fn load_snapshot(
             lease.renew().await?;
             renewed = Instant::now();
         }
-        let hash: [u8; 32] = c
-            .hash
-            .as_slice()
-            .try_into()
-            .map_err(|_| RestoreError::Archive(format!("{name}: chunk {n} has a hash that is not 32 bytes")))?;
-        let object = archive.path(&chunk_name(&hash)).to_string();
+        let id = ChunkId::of(c)
+            .ok_or_else(|| RestoreError::Archive(format!("{name}: chunk {n} has a hash that is not 32 bytes")))?;
+        let hash = id.hash;
+        let object = archive.path(&chunk_name(&id)).to_string();
         let bytes = match archive.store.get(&object_store::path::Path::from(object.as_str())).await {
             Ok(got) => got.bytes().await?,
             Err(object_store::Error::NotFound { .. }) => {

@@ -46,24 +46,52 @@ pub fn parse_manifest_name(name: &str) -> Option<u64> {
     file.parse().ok()
 }
 
-pub fn chunk_name(hash: &[u8; 32]) -> String {
-    format!("snapshots/chunks/{}.chunk", hex(hash))
+/// One chunk object: its content hash, under the Raft term of the leader that wrote it. A
+/// leader names in its manifests only chunks of its own term (copying an older term's object
+/// where the content is the same), and deletes only chunks of its own term or older: so a
+/// deposed leader's retention can never delete a chunk a newer leader's manifest names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId {
+    /// 0: a format 1 chunk, written before chunks had terms.
+    pub term: u64,
+    pub hash: [u8; 32],
 }
 
-/// The hash a chunk object name states, if it is one.
-pub fn parse_chunk_name(name: &str) -> Option<[u8; 32]> {
-    let file = name.rsplit('/').next()?.strip_suffix(".chunk")?;
+impl ChunkId {
+    /// The id a manifest's reference names (None: a hash that is not 32 bytes).
+    pub fn of(c: &ChunkRef) -> Option<ChunkId> {
+        Some(ChunkId { term: c.term, hash: c.hash.as_slice().try_into().ok()? })
+    }
+}
+
+/// The object name of a chunk.
+pub fn chunk_name(id: &ChunkId) -> String {
+    match id.term {
+        0 => format!("snapshots/chunks/{}.chunk", hex(&id.hash)),
+        term => format!("snapshots/chunks/{term:020}/{}.chunk", hex(&id.hash)),
+    }
+}
+
+/// The chunk a chunk object name states, if it is one.
+pub fn parse_chunk_name(name: &str) -> Option<ChunkId> {
+    let mut parts = name.rsplit('/');
+    let file = parts.next()?.strip_suffix(".chunk")?;
+    let term = match parts.next()? {
+        "chunks" => 0,
+        dir if dir.len() == 20 => dir.parse().ok().filter(|t| *t > 0)?,
+        _ => return None,
+    };
     let bytes: Vec<u8> = (0..file.len())
         .step_by(2)
         .map(|i| file.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
         .collect::<Option<_>>()?;
-    bytes.try_into().ok()
+    Some(ChunkId { term, hash: bytes.try_into().ok()? })
 }
 
-/// How many of a manifest's `chunks` are not among `listed` (hashes read from a listing with
+/// How many of a manifest's `chunks` are not among `listed` (read from a listing with
 /// `parse_chunk_name`); a hash that is not 32 bytes counts as missing.
-pub fn chunks_missing(chunks: &[ChunkRef], listed: &HashSet<[u8; 32]>) -> usize {
-    chunks.iter().filter(|c| <[u8; 32]>::try_from(c.hash.as_slice()).map_or(true, |h| !listed.contains(&h))).count()
+pub fn chunks_missing(chunks: &[ChunkRef], listed: &HashSet<ChunkId>) -> usize {
+    chunks.iter().filter(|c| ChunkId::of(c).is_none_or(|id| !listed.contains(&id))).count()
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -293,9 +321,16 @@ mod tests {
     #[test]
     fn names_round_trip() {
         assert_eq!(parse_manifest_name(&manifest_name(42)), Some(42));
-        let h = [7u8; 32];
-        assert_eq!(parse_chunk_name(&chunk_name(&h)), Some(h));
+        for term in [0, 1, 77] {
+            let id = ChunkId { term, hash: [7u8; 32] };
+            assert_eq!(parse_chunk_name(&format!("root/{}", chunk_name(&id))), Some(id));
+        }
         assert_eq!(parse_chunk_name("snapshots/chunks/zz.chunk"), None);
+        assert_eq!(
+            parse_chunk_name(&format!("snapshots/chunks/3/{}.chunk", hex(&[1; 32]))),
+            None,
+            "terms have 20 digits"
+        );
     }
 
     proptest! {

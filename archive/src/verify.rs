@@ -14,7 +14,7 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 
 use crate::chain::{check_link, Expect};
 use crate::segment::{entry_hash, parse_object_name, Link, Segment};
-use crate::snapshot::{chunk_name, decode_manifest, parse_manifest_name, Chunk};
+use crate::snapshot::{chunk_name, decode_manifest, parse_manifest_name, Chunk, ChunkId};
 use crate::store::Archive;
 
 /// One segment as listed.
@@ -188,7 +188,7 @@ async fn verify_snapshots(
     report: &mut Report,
 ) -> Result<Vec<u64>, object_store::Error> {
     let objects: Vec<ObjectMeta> = archive.store.list(Some(&archive.path("snapshots"))).try_collect().await?;
-    let mut checked: BTreeMap<[u8; 32], bool> = BTreeMap::new();
+    let mut checked: BTreeMap<ChunkId, bool> = BTreeMap::new();
     let mut good = Vec::new();
     for o in &objects {
         let Some(index) = parse_manifest_name(o.location.as_ref()) else { continue };
@@ -215,12 +215,16 @@ async fn verify_snapshots(
             ok = false;
         }
         for c in &m.chunks {
-            let Ok(hash) = <[u8; 32]>::try_from(c.hash.as_slice()) else { continue };
-            if let Some(fine) = checked.get(&hash) {
+            let Some(id) = ChunkId::of(c) else {
+                report.problems.push(format!("{name}: names a chunk whose hash is not 32 bytes"));
+                ok = false;
+                continue;
+            };
+            if let Some(fine) = checked.get(&id) {
                 ok &= *fine;
                 continue;
             }
-            let object = archive.path(&chunk_name(&hash));
+            let (hash, object) = (id.hash, archive.path(&chunk_name(&id)));
             let fine = match archive.store.get(&object).await {
                 Ok(got) => {
                     let bytes = got.bytes().await?;
@@ -239,7 +243,7 @@ async fn verify_snapshots(
                 }
                 Err(e) => return Err(e),
             };
-            checked.insert(hash, fine);
+            checked.insert(id, fine);
             ok &= fine;
         }
         if ok {

@@ -121,6 +121,7 @@ impl Archiver {
         self.update(|s| {
             s.owned = false;
             s.history = None;
+            s.term = 0;
             s.refused = problem.to_owned();
             s.last_error = problem.to_owned();
         });
@@ -147,6 +148,7 @@ impl Archiver {
             s.uploading = false;
             s.owned = false;
             s.history = None;
+            s.term = 0;
             s.refused.clear();
         });
         let mut metrics = self.raft.metrics();
@@ -351,6 +353,7 @@ impl Archiver {
             s.uploading = true;
             s.owned = false;
             s.history = None;
+            s.term = 0;
             s.pending_since_us = began;
             s.archived_index = None;
         });
@@ -372,6 +375,7 @@ impl Archiver {
             }
         };
         let Office { history, term, archived, mut prev } = office;
+        let mut head = head::Writer::new(history, term);
         tracing::info!(archived = ?archived, %history, "archiving as leader");
         if let Some(a) = archived {
             self.gate.set_limit(a);
@@ -382,6 +386,7 @@ impl Archiver {
             s.pending_since_us = began;
             s.owned = true;
             s.history = Some(history);
+            s.term = term;
             s.refused.clear();
         });
         let mut archived = archived;
@@ -431,7 +436,7 @@ impl Archiver {
                 }
             };
             if entries.first().map(|e| e.log_id.index) != Some(next) {
-                if let Some(link) = self.bridge(next, "the log no longer holds it", history, term).await {
+                if let Some(link) = self.bridge(next, "the log no longer holds it", &mut head).await {
                     archived = link.point().map(|(index, _)| index);
                     prev = link;
                 }
@@ -446,7 +451,9 @@ impl Archiver {
                     prev = link_after;
                     waiting.archived(last, committed, read_at, self.log.committed_index());
                     self.gate.set_limit(last);
-                    self.write_head(last, history, term).await;
+                    if !self.write_head(&mut head, last).await {
+                        return;
+                    }
                     self.update(|s| {
                         s.archived_index = Some(last);
                         s.pending_since_us = waiting.since_us();
@@ -458,7 +465,7 @@ impl Archiver {
                 }
                 Upload::NoDigest => {
                     if let Some(link) =
-                        self.bridge(next, "its digest is older than the digest history", history, term).await
+                        self.bridge(next, "its digest is older than the digest history", &mut head).await
                     {
                         archived = link.point().map(|(index, _)| index);
                         prev = link;
@@ -477,12 +484,12 @@ impl Archiver {
     /// Where the segments cannot go on from `next` (a Raft snapshot replaced the log there, or
     /// the digest history no longer reaches it), the archive goes on from an archive snapshot of
     /// the current state instead of stopping at a gap. Returns the link to that snapshot.
-    async fn bridge(&self, next: u64, why: &str, history: HistoryId, term: u64) -> Option<Link> {
+    async fn bridge(&self, next: u64, why: &str, head: &mut head::Writer) -> Option<Link> {
         match self.snapshotter.upload_base().await {
             Ok(up) if up.index >= next => {
                 tracing::warn!(index = up.index, "archived a snapshot in place of entries {next}-{}: {why}", up.index);
                 self.gate.set_limit(up.index);
-                self.write_head(up.index, history, term).await;
+                self.write_head(head, up.index).await;
                 self.update(|s| {
                     s.archived_index = Some(up.index);
                     s.last_error.clear();
@@ -567,11 +574,26 @@ impl Archiver {
         }
     }
 
-    async fn write_head(&self, index: u64, history: HistoryId, term: u64) {
-        let bytes = head::encode(index, history, term);
-        if let Err(e) = self.archive.store.put(&self.archive.path(head::OBJECT), bytes.into()).await {
-            // Only a shortcut for followers; the listing stays right.
-            tracing::warn!(error = %e, "cannot update the archive head (followers hold their purge gate lower)");
+    /// Moves `head`; false when a newer leader wrote it (this node no longer leads the
+    /// archive, whatever its Raft metrics still say: openraft 0.9 does not step down on a lost
+    /// quorum).
+    async fn write_head(&self, head: &mut head::Writer, index: u64) -> bool {
+        match head.write(&self.archive, index).await {
+            Ok(()) => true,
+            Err(head::NotWritten::Superseded(why)) => {
+                self.fail("archiving", why);
+                self.update(|s| {
+                    s.owned = false;
+                    s.term = 0;
+                });
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                false
+            }
+            Err(head::NotWritten::Store(e)) => {
+                // Only a shortcut for followers; the listing stays right.
+                tracing::warn!(error = %e, "cannot update the archive head (followers hold their purge gate lower)");
+                true
+            }
         }
     }
 }

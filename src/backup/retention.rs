@@ -5,22 +5,26 @@
 //! start — stays, with every snapshot and segment after it (so the newest snapshot and the
 //! segments after it always stay); nothing is deleted while any lease is live; a chunk goes only
 //! when no kept manifest names it, no snapshot being written has pinned it, and it is over an
-//! hour old. Manifests go before the segments and chunks they start from.
+//! hour old (`archive.chunk_grace_seconds`). Manifests go before the segments and chunks they
+//! start from.
+//!
+//! Fencing: a leader of term T deletes no chunk of a later term. A new leader names in its
+//! manifests only chunks of its own term, so a deposed leader's retention, however late it
+//! runs, never deletes a chunk a newer manifest names. What else it deletes (manifests older
+//! than its base, the segments such a base covers) a newer leader, seeing at least the same
+//! snapshots, would delete too.
 
 use std::collections::HashSet;
 
 use futures::TryStreamExt;
 use keepsake_archive::segment::parse_object_name;
-use keepsake_archive::snapshot::{decode_manifest, parse_chunk_name, parse_manifest_name};
+use keepsake_archive::snapshot::{decode_manifest, parse_chunk_name, parse_manifest_name, ChunkId};
 use keepsake_archive::store::Archive;
 use keepsake_raft::clock::now_us;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
 use crate::config::ArchiveConfig;
-
-/// An unreferenced chunk younger than this may belong to a snapshot still being written.
-const CHUNK_GRACE_US: i64 = 3_600_000_000;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -37,8 +41,14 @@ async fn list(archive: &Archive, dir: &str) -> Result<Vec<ObjectMeta>, object_st
     archive.store.list(Some(&archive.path(dir))).try_collect().await
 }
 
-/// Applies `config.retention` to the archive; `pinned` chunks belong to snapshots being written.
-pub async fn apply(archive: &Archive, config: &ArchiveConfig, pinned: &HashSet<[u8; 32]>) -> Result<Report, String> {
+/// Applies `config.retention` to the archive as the leader of `term`; `pinned` chunks belong to
+/// snapshots being written.
+pub async fn apply(
+    archive: &Archive,
+    config: &ArchiveConfig,
+    term: u64,
+    pinned: &HashSet<ChunkId>,
+) -> Result<Report, String> {
     let Some(window) = config.retention()? else { return Ok(Report::default()) };
     if keepsake_archive::lease::held(archive).await? {
         return Ok(Report { held: true, ..Report::default() });
@@ -60,17 +70,18 @@ pub async fn apply(archive: &Archive, config: &ArchiveConfig, pinned: &HashSet<[
             .map_err(|e| format!("reading {name}: {e}"))?;
         // A damaged manifest stops retention: it cannot tell what the snapshot needs.
         let m = decode_manifest(&name, &bytes).map_err(|e| e.to_string())?;
-        let chunks: Vec<[u8; 32]> = m.chunks.iter().filter_map(|c| c.hash.as_slice().try_into().ok()).collect();
+        let chunks: Vec<ChunkId> = m.chunks.iter().filter_map(ChunkId::of).collect();
         manifests.push((index, m.last_write_us, chunks, o.location.clone()));
     }
     // Only a complete snapshot (every chunk it names is there) can be the base.
-    let present: HashSet<[u8; 32]> = objects.iter().filter_map(|o| parse_chunk_name(o.location.as_ref())).collect();
-    let complete = |chunks: &[[u8; 32]]| chunks.iter().all(|c| present.contains(c));
+    let present: HashSet<ChunkId> = objects.iter().filter_map(|o| parse_chunk_name(o.location.as_ref())).collect();
+    let complete = |chunks: &[ChunkId]| chunks.iter().all(|c| present.contains(c));
     let Some(base) = manifests.iter().filter(|m| m.1 <= cutoff && complete(&m.2)).map(|m| m.0).max() else {
         return Ok(Report::default());
     };
     let mut report = Report { base: Some(base), ..Report::default() };
-    let mut kept: HashSet<[u8; 32]> = pinned.clone();
+    keepsake_raft::crash::point("retention-before-delete");
+    let mut kept: HashSet<ChunkId> = pinned.clone();
     for (index, _, chunks, location) in &manifests {
         if *index < base {
             delete(archive, location).await?;
@@ -85,9 +96,10 @@ pub async fn apply(archive: &Archive, config: &ArchiveConfig, pinned: &HashSet<[
             report.segments += 1;
         }
     }
+    let grace_us = config.chunk_grace_seconds as i64 * 1_000_000;
     for o in &objects {
-        let Some(hash) = parse_chunk_name(o.location.as_ref()) else { continue };
-        if !kept.contains(&hash) && o.last_modified.timestamp_micros() < now_us() - CHUNK_GRACE_US {
+        let Some(id) = parse_chunk_name(o.location.as_ref()) else { continue };
+        if id.term <= term && !kept.contains(&id) && o.last_modified.timestamp_micros() < now_us() - grace_us {
             delete(archive, &o.location).await?;
             report.chunks += 1;
         }

@@ -17,11 +17,12 @@ use futures::TryStreamExt;
 use keepsake_archive::proto::{ChunkRef, ResyncRange, SnapshotManifest};
 use keepsake_archive::snapshot::{
     chunk_name, chunks_missing, decode_manifest, encode_manifest, manifest_name, parse_chunk_name, parse_manifest_name,
-    Chunker,
+    ChunkId, Chunker,
 };
 use keepsake_archive::store::{put, put_new, Archive};
 use keepsake_raft::clock::now_us;
 use keepsake_raft::{NodeId, Raft};
+use object_store::ObjectStoreExt;
 use tokio::sync::{mpsc, watch, Mutex};
 
 use super::retention;
@@ -50,7 +51,9 @@ pub struct Snapshotter {
 #[derive(Default)]
 struct Known {
     listed: bool,
-    chunks: HashSet<[u8; 32]>,
+    /// Every chunk object listed or written, and one of them for each content hash.
+    chunks: HashSet<ChunkId>,
+    by_hash: HashMap<[u8; 32], ChunkId>,
     /// (index, created_at_us) of the newest manifest.
     newest: Option<(u64, i64)>,
     /// When this leader listed the archive: with no snapshot there yet, the schedule in time
@@ -58,8 +61,15 @@ struct Known {
     listed_at_us: i64,
     /// Chunks of snapshots being written, with how many uploads hold each: retention leaves
     /// them alone.
-    pinned: HashMap<[u8; 32], usize>,
+    pinned: HashMap<ChunkId, usize>,
     last_retention_us: i64,
+}
+
+impl Known {
+    fn learn(&mut self, id: ChunkId) {
+        self.chunks.insert(id);
+        self.by_hash.insert(id.hash, id);
+    }
 }
 
 /// What an uploaded snapshot was.
@@ -187,7 +197,11 @@ impl Snapshotter {
     async fn apply_retention(&self) -> Result<(), String> {
         let mut known = self.known.lock().await;
         known.last_retention_us = now_us();
-        retention::apply(&self.archive, &self.config, &known.pinned.keys().copied().collect())
+        let term = self.status.borrow().term;
+        if term == 0 {
+            return Err("retention: this node does not own the archive".into());
+        }
+        retention::apply(&self.archive, &self.config, term, &known.pinned.keys().copied().collect())
             .await
             .map_err(|e| format!("retention: {e}"))?;
         known.listed = false; // what retention deleted is no longer there
@@ -209,7 +223,11 @@ impl Snapshotter {
         let prefix = self.archive.path("snapshots");
         let objects: Vec<_> =
             self.archive.store.list(Some(&prefix)).try_collect().await.map_err(|e| format!("listing: {e}"))?;
-        known.chunks = objects.iter().filter_map(|o| parse_chunk_name(o.location.as_ref())).collect();
+        known.chunks.clear();
+        known.by_hash.clear();
+        for id in objects.iter().filter_map(|o| parse_chunk_name(o.location.as_ref())) {
+            known.learn(id);
+        }
         let newest = objects
             .iter()
             .filter_map(|o| Some((parse_manifest_name(o.location.as_ref())?, o.last_modified.timestamp_micros())))
@@ -272,13 +290,11 @@ impl Snapshotter {
             }
             .await;
             let mut known = self.known.lock().await;
-            for c in &manifest.chunks {
-                if let Ok(hash) = <[u8; 32]>::try_from(c.hash.as_slice()) {
-                    if let Some(n) = known.pinned.get_mut(&hash) {
-                        *n -= 1;
-                        if *n == 0 {
-                            known.pinned.remove(&hash);
-                        }
+            for id in manifest.chunks.iter().filter_map(ChunkId::of) {
+                if let Some(n) = known.pinned.get_mut(&id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        known.pinned.remove(&id);
                     }
                 }
             }
@@ -307,7 +323,7 @@ impl Snapshotter {
     /// How many of `chunks` are not in the archive's listing now.
     async fn chunks_gone(&self, chunks: &[ChunkRef]) -> Result<usize, String> {
         let prefix = self.archive.path("snapshots/chunks");
-        let listed: HashSet<[u8; 32]> = self
+        let listed: HashSet<ChunkId> = self
             .archive
             .store
             .list(Some(&prefix))
@@ -336,20 +352,36 @@ impl Snapshotter {
             }
             Ok::<_, keepsake_raft::StoreError>(header)
         });
+        // Chunks go under this leader's term; one an earlier term wrote is copied inside the
+        // store rather than named where it is (retention: a deposed leader may delete it).
+        let term = self.status.borrow().term;
+        if term == 0 {
+            return Err("this node does not own the archive".into());
+        }
         let mut up = Uploaded { index: 0, term: 0, digest: [0; 32], chunks: 0, new_chunks: 0, new_bytes: 0 };
         let mut refs = Vec::new();
         while let Some(chunk) = rx.recv().await {
-            if !known.chunks.contains(&chunk.hash) {
-                let bytes = bytes::Bytes::from(chunk.encode());
-                up.new_bytes += bytes.len() as u64;
-                let name = chunk_name(&chunk.hash);
-                put(self.archive.store.as_ref(), &self.archive.path(&name), bytes)
-                    .await
-                    .map_err(|e| format!("uploading {name}: {e}"))?;
-                known.chunks.insert(chunk.hash);
-                up.new_chunks += 1;
+            let id = ChunkId { term, hash: chunk.hash };
+            if !known.chunks.contains(&id) {
+                let to = self.archive.path(&chunk_name(&id));
+                let copied = match known.by_hash.get(&chunk.hash) {
+                    Some(from) => self.archive.store.copy(&self.archive.path(&chunk_name(from)), &to).await.is_ok(),
+                    None => false,
+                };
+                if !copied {
+                    let bytes = bytes::Bytes::from(chunk.encode());
+                    up.new_bytes += bytes.len() as u64;
+                    put(self.archive.store.as_ref(), &to, bytes).await.map_err(|e| format!("uploading {to}: {e}"))?;
+                    up.new_chunks += 1;
+                }
+                known.learn(id);
             }
-            refs.push(ChunkRef { hash: chunk.hash.to_vec(), bytes: chunk.body.len() as u64, records: chunk.records });
+            refs.push(ChunkRef {
+                hash: chunk.hash.to_vec(),
+                bytes: chunk.body.len() as u64,
+                records: chunk.records,
+                term,
+            });
         }
         let header = reading
             .await
@@ -360,8 +392,8 @@ impl Snapshotter {
         up.chunks = refs.len();
         // The lock is held from the existence checks to here, so retention (which takes it too)
         // cannot have deleted any of these chunks; pinned, it leaves them until the manifest is in.
-        for hash in refs.iter().filter_map(|c| <[u8; 32]>::try_from(c.hash.as_slice()).ok()) {
-            *known.pinned.entry(hash).or_default() += 1;
+        for id in refs.iter().filter_map(ChunkId::of) {
+            *known.pinned.entry(id).or_default() += 1;
         }
         let history = self.status.borrow().history.ok_or("this node does not own the archive (no history yet)")?;
         up.term = applied.leader_id.term;

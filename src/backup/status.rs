@@ -25,4 +25,7 @@ pub struct ArchiveStatus {
     pub refused: String,
     /// The history this node archives as, once it owns the root.
     pub history: Option<keepsake_raft::HistoryId>,
+    /// The Raft term this node owns the root in (0: it does not): chunks it writes go under
+    /// this term, and it deletes none of a later one (keepsake_archive::snapshot::ChunkId).
+    pub term: u64,
 }

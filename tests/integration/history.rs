@@ -249,3 +249,70 @@ async fn verify_and_restore_name_a_changed_entry_by_the_link_of_the_segment_afte
     assert_ne!(code, 0, "{text}");
     assert!(text.contains(&expected), "restore names the broken link: {text}");
 }
+
+/// Retention on a leader that no longer leads: frozen after it chose what to delete, and let
+/// go once a newer leader has written a snapshot of the same state. The chunks it deletes are
+/// ones the newer snapshot would have shared had chunks not been kept per term, so a newer
+/// leader's manifest never names a chunk a deposed one may delete (bug 13's window, closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs the failpoints feature: ops/test.sh turns it on")]
+async fn a_deposed_leaders_retention_deletes_nothing_a_newer_leaders_snapshot_names() {
+    const STOP: &str = "retention-before-delete";
+    const GRACE: Duration = Duration::from_secs(3);
+    let s3 = S3Server::start();
+    let cluster = Cluster::builder()
+        .archive_s3(&s3, "deposed")
+        .archive_snapshots_on_demand()
+        .archive_option("retention", "\"1s\"")
+        .archive_option("chunk_grace_seconds", &GRACE.as_secs().to_string())
+        .start()
+        .await;
+    let clients = cluster.stores(&cluster.ids());
+    write_items(&clients, "d", "base", 0..300, 8).await;
+    let (code, text) = cluster_cli(&cluster, &["backup", "snapshot", "--timeout", "60s"]);
+    assert_eq!(code, 0, "the base snapshot: {text}");
+    write_items(&clients, "d", "more", 0..100, 8).await;
+
+    // A leader dies with a snapshot's chunks uploaded and no manifest naming them.
+    let deposed = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    cluster.kill(deposed);
+    cluster.restart_crashing_at(deposed, "archive-chunks-uploaded");
+    cluster.make_leader(deposed).await;
+    let (code, text) = cluster_cli(&cluster, &["backup", "snapshot", "--timeout", "20s"]);
+    assert_ne!(code, 0, "{text}");
+    cluster.wait_for_crash(deposed, "archive-chunks-uploaded", Duration::from_secs(30)).await;
+    // Past the grace, it leads again and its retention picks those chunks to delete; it is
+    // frozen right there, and a newer leader takes over.
+    tokio::time::sleep(GRACE + Duration::from_millis(500)).await;
+    cluster.restart_stopping_at(deposed, STOP);
+    cluster.make_leader(deposed).await;
+    cluster.wait_for_stop(deposed, STOP, Duration::from_secs(30)).await;
+    // A restore lease keeps the newer leader's own retention off those chunks meanwhile.
+    let archive = cluster.open_archive();
+    let lease = keepsake_archive::lease::LeaseGuard::take(&archive, "test").await.expect("a lease");
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != deposed).collect();
+    let newer = eventually(Duration::from_secs(20), || async {
+        for id in &others {
+            if cluster.get_node_status(*id).await.ok()?.role == "leader" {
+                return Some(*id);
+            }
+        }
+        None
+    })
+    .await
+    .expect("a newer leader while the deposed one is frozen");
+    // Asked directly: the frozen node would hold a request to its whole timeout.
+    let (code, text) =
+        keepsake_cli(&["backup", "snapshot", "--timeout", "60s", "--endpoints", &cluster.client_addr(newer)]);
+    assert_eq!(code, 0, "the newer leader's snapshot of the same state: {text}");
+
+    cluster.resume(deposed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    lease.release().await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    assert_ne!(leader, deposed, "leadership stayed with the newer leader");
+    let (code, text) = verify_cli(&cluster);
+    assert_eq!(code, 0, "every chunk the newer snapshot names is there: {text}");
+    let (code, text) = archive_cli(&cluster, &["drill", "--endpoints", &cluster.client_addr(leader)]);
+    assert_eq!(code, 0, "the drill matches: {text}");
+}
