@@ -73,6 +73,9 @@ pub struct ArchiveConfig {
     /// Retention leaves a chunk no manifest names alone until it is this old: it may belong
     /// to a snapshot a leader of an earlier term is still writing.
     pub chunk_grace_seconds: u64,
+    /// The leader re-reads this many bytes of archive chunks a second, checking each against
+    /// its hash and rewriting a damaged one from its own state (0: only `backup scrub`).
+    pub scrub_bytes_per_second: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -93,6 +96,7 @@ impl Default for ArchiveConfig {
             snapshot_every_seconds: 3600,
             retention: "30d".into(),
             chunk_grace_seconds: 3600,
+            scrub_bytes_per_second: 1 << 20,
         }
     }
 }

@@ -91,6 +91,9 @@ pub enum RestoreError {
     NotReached(String),
     #[error("the archive is broken: {0}")]
     Archive(String),
+    /// One object of an archive snapshot is damaged: the restore can start from another.
+    #[error("the archive is broken: {0}")]
+    Damaged(String),
     #[error("reading the archive: {0}")]
     Store(#[from] object_store::Error),
     #[error("local store: {0}")]
@@ -114,14 +117,14 @@ fn chain(listed: &[Listed], from: u64) -> (Vec<Listed>, Option<u64>) {
     (out, None)
 }
 
-/// The newest archive snapshot a restore to `target` can start from (None: start at index 0),
-/// and the newer ones passed over because a chunk they name is missing (a deposed leader's
-/// retention can delete one; see `snapshotter::upload`), each with how many are missing.
-async fn base_snapshot(
+/// The archive snapshots a restore to `target` can start from, newest first (none: start at
+/// index 0), and the newer ones passed over: a chunk they name is missing (a deposed leader's
+/// retention could once delete one), the manifest is damaged, or it names another history.
+async fn base_snapshots(
     archive: &Archive,
     target: Target,
     expect: &mut Expect,
-) -> Result<(Option<(String, SnapshotManifest)>, Vec<String>), RestoreError> {
+) -> Result<(Vec<(String, SnapshotManifest)>, Vec<String>), RestoreError> {
     let prefix = archive.path("snapshots");
     let objects: Vec<object_store::ObjectMeta> = archive.store.list(Some(&prefix)).try_collect().await?;
     let listed_chunks: HashSet<ChunkId> =
@@ -131,13 +134,19 @@ async fn base_snapshot(
         .filter_map(|o| Some((parse_manifest_name(o.location.as_ref())?, o.location.to_string())))
         .collect();
     manifests.sort();
-    let mut passed_over = Vec::new();
+    let (mut usable, mut passed_over) = (Vec::new(), Vec::new());
     for (index, name) in manifests.into_iter().rev() {
         if matches!(target, Target::Index(i) if index > i) {
             continue;
         }
         let bytes = archive.store.get(&object_store::path::Path::from(name.as_str())).await?.bytes().await?;
-        let m = decode_manifest(&name, &bytes).map_err(|e| RestoreError::Archive(e.to_string()))?;
+        let m = match decode_manifest(&name, &bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                passed_over.push(format!("{name} ({e})"));
+                continue;
+            }
+        };
         if matches!(target, Target::Time(t) if m.last_write_us > t) {
             continue;
         }
@@ -150,9 +159,9 @@ async fn base_snapshot(
             passed_over.push(format!("{name} ({missing} of its {} chunks missing)", m.chunks.len()));
             continue;
         }
-        return Ok((Some((name, m)), passed_over));
+        usable.push((name, m));
     }
-    Ok((None, passed_over))
+    Ok((usable, passed_over))
 }
 
 /// Loads an archive snapshot's chunks into `store`, checking each chunk's hash and, at the end,
@@ -180,14 +189,14 @@ async fn load_snapshot(
         let bytes = match archive.store.get(&object_store::path::Path::from(object.as_str())).await {
             Ok(got) => got.bytes().await?,
             Err(object_store::Error::NotFound { .. }) => {
-                return Err(RestoreError::Archive(format!("{object}, named by {name}, is missing")))
+                return Err(RestoreError::Damaged(format!("{object}, named by {name}, is missing")))
             }
             Err(e) => return Err(e.into()),
         };
         report.bytes += bytes.len() as u64;
-        let chunk = Chunk::decode(&object, &bytes, &hash).map_err(|e| RestoreError::Archive(e.to_string()))?;
-        for (tag, key, value) in records(&object, &chunk.body).map_err(|e| RestoreError::Archive(e.to_string()))? {
-            loader.record(tag, key, value, &object).map_err(|e| RestoreError::Archive(e.to_string()))?;
+        let chunk = Chunk::decode(&object, &bytes, &hash).map_err(|e| RestoreError::Damaged(e.to_string()))?;
+        for (tag, key, value) in records(&object, &chunk.body).map_err(|e| RestoreError::Damaged(e.to_string()))? {
+            loader.record(tag, key, value, &object).map_err(|e| RestoreError::Damaged(e.to_string()))?;
         }
         progress(&format!("snapshot {name}: chunk {}/{}", n + 1, m.chunks.len()));
     }
@@ -203,7 +212,7 @@ async fn load_snapshot(
         ..MachineMeta::default()
     };
     store.machine.load_archived(loader, expected).await.map_err(|e| {
-        RestoreError::Archive(format!("{name}: {e}: refusing a state that differs from the one archived"))
+        RestoreError::Damaged(format!("{name}: {e}: refusing a state that differs from the one archived"))
     })?;
     report.snapshot_index = Some(m.index);
     report.index = m.index;
@@ -307,9 +316,32 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
         expect.head(h).map_err(|p| RestoreError::Archive(format!("{p}; refusing to trust it")))?;
     }
     let head = head.map(|h| h.archived_index);
-    let (base, passed_over) = base_snapshot(&plan.archive, plan.target, &mut expect).await?;
+    let (bases, mut passed_over) = base_snapshots(&plan.archive, plan.target, &mut expect).await?;
     for name in &passed_over {
         progress(&format!("passing over snapshot {name}"));
+    }
+    // The newest snapshot that loads whole; one with a damaged chunk is passed over like one
+    // with a missing chunk, and the restore starts again, from the one before it or from 0.
+    let mut report = Report::default();
+    let mut base = None;
+    let mut store = keepsake_raft::open(dir)?;
+    for (name, m) in bases {
+        match load_snapshot(&plan.archive, &mut store, &name, &m, &mut report, progress, lease).await {
+            Ok(()) => {
+                base = Some((name, m));
+                break;
+            }
+            Err(RestoreError::Damaged(problem)) => {
+                progress(&format!("passing over snapshot {name}: {problem}"));
+                passed_over.push(format!("{name} ({problem})"));
+                drop(store);
+                std::fs::remove_dir_all(dir)
+                    .map_err(|e| RestoreError::Refused(format!("cannot clear {}: {e}", dir.display())))?;
+                store = keepsake_raft::open(dir)?;
+                report = Report::default();
+            }
+            Err(e) => return Err(e),
+        }
     }
     // A gap the passed-over snapshots would have bridged is theirs to explain.
     let passed = |message: String| {
@@ -317,7 +349,7 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
             RestoreError::Archive(message)
         } else {
             RestoreError::Archive(format!(
-                "{message}; passed over the newer snapshot(s) {}, which name missing chunks",
+                "{message}; passed over the newer snapshot(s) {}, which name missing or damaged chunks",
                 passed_over.join(", ")
             ))
         }
@@ -341,12 +373,10 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
         }
     }
     let (segments, gap) = chain(&listed, from);
-    let mut store = keepsake_raft::open(dir)?;
-    let mut report = Report { passed_over: passed_over.clone(), ..Report::default() };
+    report.passed_over = passed_over.clone();
     // What the next segment must continue from.
     let mut before = Link::None;
-    if let Some((name, m)) = &base {
-        load_snapshot(&plan.archive, &mut store, name, m, &mut report, progress, lease).await?;
+    if let Some((_, m)) = &base {
         let digest = m.digest.as_slice().try_into().unwrap_or([0; 32]);
         before = Link::Snapshot { index: m.index, term: m.term, digest };
     }

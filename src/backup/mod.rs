@@ -2,10 +2,11 @@
 //! archive, whose formats and readers live in the keepsake-archive crate.
 //!
 //! `archiver` is the leader's upload loop that keeps the archive gap-free and holds the purge
-//! gate, publishing its `status`; `snapshotter` uploads archive snapshots, and `retention`
-//! deletes what no restore in the window needs.
+//! gate, publishing its `status`; `snapshotter` uploads archive snapshots, `retention`
+//! deletes what no restore in the window needs, and `scrub` re-checks and repairs chunks.
 
 pub mod archiver;
 pub mod retention;
+pub mod scrub;
 pub mod snapshotter;
 pub mod status;

@@ -1,8 +1,8 @@
 //! Retention: deletes from the archive only what no restore inside the window can need, and
 //! nothing while a restore or drill holds a lease on it (`keepsake_archive::lease`).
 //!
-//! Invariant: the base — the newest snapshot whose last write is at or before the window's
-//! start — stays, with every snapshot and segment after it (so the newest snapshot and the
+//! Invariant: the base — the newest whole snapshot (every chunk there, none found damaged by a
+//! scrub) whose last write is at or before the window's start — stays, with every snapshot and segment after it (so the newest snapshot and the
 //! segments after it always stay); nothing is deleted while any lease is live; a chunk goes only
 //! when no kept manifest names it, no snapshot being written has pinned it, and it is over an
 //! hour old (`archive.chunk_grace_seconds`). Manifests go before the segments and chunks they
@@ -42,12 +42,14 @@ async fn list(archive: &Archive, dir: &str) -> Result<Vec<ObjectMeta>, object_st
 }
 
 /// Applies `config.retention` to the archive as the leader of `term`; `pinned` chunks belong to
-/// snapshots being written.
+/// snapshots being written; `damaged` ones failed a scrub and could not be rebuilt, so no
+/// snapshot naming one is taken as the base.
 pub async fn apply(
     archive: &Archive,
     config: &ArchiveConfig,
     term: u64,
     pinned: &HashSet<ChunkId>,
+    damaged: &HashSet<ChunkId>,
 ) -> Result<Report, String> {
     let Some(window) = config.retention()? else { return Ok(Report::default()) };
     if keepsake_archive::lease::held(archive).await? {
@@ -75,7 +77,7 @@ pub async fn apply(
     }
     // Only a complete snapshot (every chunk it names is there) can be the base.
     let present: HashSet<ChunkId> = objects.iter().filter_map(|o| parse_chunk_name(o.location.as_ref())).collect();
-    let complete = |chunks: &[ChunkId]| chunks.iter().all(|c| present.contains(c));
+    let complete = |chunks: &[ChunkId]| chunks.iter().all(|c| present.contains(c) && !damaged.contains(c));
     let Some(base) = manifests.iter().filter(|m| m.1 <= cutoff && complete(&m.2)).map(|m| m.0).max() else {
         return Ok(Report::default());
     };

@@ -8,7 +8,7 @@
 //! a chunk that a snapshot being written is about to name; and since a node that no longer
 //! leads may not know it yet, the chunks are listed again before the manifest goes up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +25,8 @@ use keepsake_raft::{NodeId, Raft};
 use object_store::ObjectStoreExt;
 use tokio::sync::{mpsc, watch, Mutex};
 
-use super::retention;
 use super::status::ArchiveStatus;
+use super::{retention, scrub};
 use crate::config::ArchiveConfig;
 
 /// How long an on-demand snapshot waits for a new leader's archiver to confirm the archive.
@@ -45,6 +45,19 @@ pub struct Snapshotter {
     known: Mutex<Known>,
     /// `Known::newest`, readable without waiting for an upload (for `backup status`).
     newest: std::sync::Mutex<Option<(u64, i64)>>,
+    /// What scrubbing found, readable at any time (for `backup status` and `/metrics`).
+    scrubbed: std::sync::Mutex<Scrubbed>,
+}
+
+/// What scrubbing has found on this node since it started.
+#[derive(Debug, Default, Clone)]
+pub struct Scrubbed {
+    pub chunks: u64,
+    pub bytes: u64,
+    pub repaired: u64,
+    /// Damaged chunks this node's state could not rebuild (object names).
+    pub damaged: BTreeSet<String>,
+    damaged_ids: HashSet<ChunkId>,
 }
 
 /// What this leader knows of the archive's snapshots (re-listed after every leader change).
@@ -63,6 +76,8 @@ struct Known {
     /// them alone.
     pinned: HashMap<ChunkId, usize>,
     last_retention_us: i64,
+    /// Where the running scrub pass resumes (after this chunk; None: from the start).
+    scrub_after: Option<ChunkId>,
 }
 
 impl Known {
@@ -105,6 +120,7 @@ impl Snapshotter {
             status,
             known: Mutex::default(),
             newest: std::sync::Mutex::default(),
+            scrubbed: std::sync::Mutex::default(),
         }
     }
 
@@ -116,6 +132,43 @@ impl Snapshotter {
     fn set_newest(&self, known: &mut Known, newest: Option<(u64, i64)>) {
         known.newest = newest;
         *self.newest.lock().unwrap_or_else(|e| e.into_inner()) = newest;
+    }
+
+    pub fn scrubbed(&self) -> Scrubbed {
+        self.scrubbed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Checks chunks from where the last part stopped, `budget` bytes of them (None: a whole
+    /// pass from the start), and records what it found.
+    async fn scrub(&self, budget: Option<u64>) -> Result<scrub::Report, String> {
+        let mut known = self.known.lock().await;
+        self.refresh(&mut known).await?;
+        let chunks: BTreeSet<ChunkId> = known.chunks.iter().copied().collect();
+        let after = if budget.is_some() { known.scrub_after } else { None };
+        let (report, resume) = scrub::check(&self.archive, &chunks, after, budget, &self.data_dir).await?;
+        known.scrub_after = resume;
+        let mut s = self.scrubbed.lock().unwrap_or_else(|e| e.into_inner());
+        s.chunks += report.chunks;
+        s.bytes += report.bytes;
+        s.repaired += report.repaired.len() as u64;
+        for name in &report.repaired {
+            s.damaged.remove(name);
+        }
+        s.damaged.extend(report.damaged.iter().cloned());
+        s.damaged_ids = chunks
+            .iter()
+            .filter(|id| s.damaged.contains(&self.archive.path(&chunk_name(id)).to_string()))
+            .copied()
+            .collect();
+        Ok(report)
+    }
+
+    /// On demand: one whole scrub pass.
+    pub async fn scrub_now(&self) -> Result<scrub::Report, String> {
+        if !self.is_leader() || !self.status.borrow().owned {
+            return Err("this node is not the leader archiving now".into());
+        }
+        self.scrub(None).await
     }
 
     fn is_leader(&self) -> bool {
@@ -172,6 +225,10 @@ impl Snapshotter {
         if by_entries || by_time || now_us() - last_retention >= 3_600_000_000 {
             self.apply_retention().await?;
         }
+        // One tick's share of the scrub (a tick is about a second).
+        if self.config.scrub_bytes_per_second > 0 {
+            self.scrub(Some(self.config.scrub_bytes_per_second)).await?;
+        }
         Ok(())
     }
 
@@ -201,7 +258,8 @@ impl Snapshotter {
         if term == 0 {
             return Err("retention: this node does not own the archive".into());
         }
-        retention::apply(&self.archive, &self.config, term, &known.pinned.keys().copied().collect())
+        let damaged = self.scrubbed.lock().unwrap_or_else(|e| e.into_inner()).damaged_ids.clone();
+        retention::apply(&self.archive, &self.config, term, &known.pinned.keys().copied().collect(), &damaged)
             .await
             .map_err(|e| format!("retention: {e}"))?;
         known.listed = false; // what retention deleted is no longer there

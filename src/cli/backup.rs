@@ -7,7 +7,7 @@ use serde_json::json;
 use super::client::{request, with_failover, Failure};
 use super::{ClientOpts, Output};
 use crate::proto::v1::admin_client::AdminClient;
-use crate::proto::v1::{BackupSnapshotRequest, BackupStatusRequest};
+use crate::proto::v1::{BackupScrubRequest, BackupSnapshotRequest, BackupStatusRequest};
 
 #[derive(Subcommand)]
 pub enum BackupCommand {
@@ -15,6 +15,9 @@ pub enum BackupCommand {
     Status(StatusArgs),
     /// Take an archive snapshot now (on the leader); give it a --timeout long enough to upload.
     Snapshot(StatusArgs),
+    /// Re-read every archive chunk now (on the leader), rewrite damaged ones from its state;
+    /// exit 1 if one could not be rebuilt.
+    Scrub(StatusArgs),
     /// The archive's snapshots and segments, from the object store.
     List(ArchiveArgs),
     /// Check every segment's checksums, the index continuity and overlaps; exit 1 on a fault.
@@ -67,6 +70,7 @@ pub async fn run(cmd: BackupCommand) -> Result<(), Failure> {
         BackupCommand::List(a) => return list(a).await,
         BackupCommand::Verify(a) => return verify(a).await,
         BackupCommand::Snapshot(a) => return snapshot(a).await,
+        BackupCommand::Scrub(a) => return scrub(a).await,
         BackupCommand::Status(a) => {
             let s = status(&a.opts).await?;
             match a.opts.output {
@@ -80,6 +84,8 @@ pub async fn run(cmd: BackupCommand) -> Result<(), Failure> {
                         "bytes_uploaded": s.bytes_uploaded, "uploading": s.uploading, "lag_bytes": s.lag_bytes,
                         "newest_snapshot_index": s.newest_snapshot_index, "newest_snapshot_unix_us": s.newest_snapshot_unix_us,
                         "local_directory": s.local_directory, "refused": s.refused, "history_id": s.history_id,
+                        "scrubbed_chunks": s.scrubbed_chunks, "scrubbed_bytes": s.scrubbed_bytes,
+                        "repaired_chunks": s.repaired_chunks, "damaged_chunks": s.damaged_chunks,
                     })
                 ),
                 Output::Text => {
@@ -113,6 +119,13 @@ pub async fn run(cmd: BackupCommand) -> Result<(), Failure> {
                             println!("newest snapshot: index {i}, written {when}");
                         }
                         None => println!("newest snapshot: none yet"),
+                    }
+                    println!(
+                        "scrubbed:       {} chunks, {} bytes; {} repaired",
+                        s.scrubbed_chunks, s.scrubbed_bytes, s.repaired_chunks
+                    );
+                    for name in &s.damaged_chunks {
+                        println!("DAMAGED chunk:  {name}");
                     }
                     if !s.last_error.is_empty() {
                         println!("last error:     {}", s.last_error);
@@ -207,6 +220,34 @@ async fn snapshot(a: StatusArgs) -> Result<(), Failure> {
         ),
     }
     Ok(())
+}
+
+async fn scrub(a: StatusArgs) -> Result<(), Failure> {
+    let r = with_failover(&a.opts, |ch| {
+        let opts = a.opts.clone();
+        async move { AdminClient::new(ch).backup_scrub(request(&opts, BackupScrubRequest {})).await }
+    })
+    .await?
+    .into_inner();
+    match a.opts.output {
+        Output::Json => {
+            println!("{}", json!({"chunks": r.chunks, "bytes": r.bytes, "repaired": r.repaired, "damaged": r.damaged}))
+        }
+        Output::Text => {
+            println!("scrubbed {} chunks, {} bytes", r.chunks, r.bytes);
+            for name in &r.repaired {
+                println!("repaired: {name}");
+            }
+            for name in &r.damaged {
+                println!("DAMAGED:  {name} (this node's state no longer holds it)");
+            }
+        }
+    }
+    if r.damaged.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure { message: format!("{} chunk(s) are damaged and could not be rebuilt", r.damaged.len()), code: 1 })
+    }
 }
 
 /// The cluster's archive status, from its leader (a follower passes the request on).

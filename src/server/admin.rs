@@ -229,6 +229,26 @@ impl Admin for AdminService {
         }
     }
 
+    async fn backup_scrub(
+        &self,
+        request: Request<BackupScrubRequest>,
+    ) -> Result<Response<BackupScrubResponse>, Status> {
+        on_leader!(self, request, backup_scrub);
+        let deadline = deadline::of(&request, Duration::from_secs(3600));
+        match tokio::time::timeout_at(deadline, self.replica.archive().snapshotter.scrub_now()).await {
+            Ok(Ok(r)) => Ok(Response::new(BackupScrubResponse {
+                chunks: r.chunks,
+                bytes: r.bytes,
+                repaired: r.repaired,
+                damaged: r.damaged,
+            })),
+            Ok(Err(e)) => Err(Status::unavailable(format!("the scrub failed: {e}; retry"))),
+            Err(_) => Err(Status::deadline_exceeded(
+                "the scrub did not finish before the deadline; give it a longer --timeout (what it checked counts)",
+            )),
+        }
+    }
+
     async fn digest(&self, request: Request<DigestRequest>) -> Result<Response<DigestResponse>, Status> {
         let index = request.into_inner().index;
         let reader = self.replica.consensus().reader();
@@ -254,6 +274,7 @@ impl Admin for AdminService {
 pub fn backup_status(r: &Replica) -> BackupStatusResponse {
     let s = r.archive().status.borrow().clone();
     let newest = r.archive().snapshotter.newest();
+    let scrubbed = r.archive().snapshotter.scrubbed();
     let committed = r.consensus().committed_index();
     let next = s.archived_index.map_or(0, |a| a + 1);
     let lag_seconds = if s.pending_since_us == 0 {
@@ -279,6 +300,10 @@ pub fn backup_status(r: &Replica) -> BackupStatusResponse {
         local_directory: !keepsake_archive::store::is_object_storage(&r.archive().url),
         refused: s.refused,
         history_id: s.history.map(|h| h.to_hex()).unwrap_or_default(),
+        scrubbed_chunks: scrubbed.chunks,
+        scrubbed_bytes: scrubbed.bytes,
+        repaired_chunks: scrubbed.repaired,
+        damaged_chunks: scrubbed.damaged.into_iter().collect(),
     }
 }
 

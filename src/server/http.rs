@@ -116,6 +116,24 @@ async fn metrics(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
     );
     counter(
         &mut out,
+        "keepsake_archive_scrubbed_bytes_total",
+        "Archive chunk bytes this node's scrub re-read and checked.",
+        b.scrubbed_bytes as f64,
+    );
+    counter(
+        &mut out,
+        "keepsake_archive_repaired_chunks_total",
+        "Damaged archive chunks this node's scrub rewrote from its state.",
+        b.repaired_chunks as f64,
+    );
+    g(
+        &mut out,
+        "keepsake_archive_damaged_chunks",
+        "Archive chunks found damaged that this node could not rebuild.",
+        b.damaged_chunks.len() as f64,
+    );
+    counter(
+        &mut out,
         "keepsake_archive_uploaded_segments_total",
         "Segments this node uploaded.",
         b.segments_uploaded as f64,

@@ -316,3 +316,57 @@ async fn a_deposed_leaders_retention_deletes_nothing_a_newer_leaders_snapshot_na
     let (code, text) = archive_cli(&cluster, &["drill", "--endpoints", &cluster.client_addr(leader)]);
     assert_eq!(code, 0, "the drill matches: {text}");
 }
+
+/// One chunk, shared by every archive snapshot, has a bit flipped in the bucket: `verify`
+/// names it, a restore to the latest point still gets there (passing over every snapshot and
+/// replaying the segments), and a scrub rewrites the chunk from the leader's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_chunk_shared_by_every_snapshot_is_routed_around_named_and_repaired() {
+    use keepsake_archive::snapshot::{chunk_name, decode_manifest, ChunkId};
+    let s3 = S3Server::start();
+    let cluster = Cluster::builder()
+        .archive_s3(&s3, "scrub")
+        .archive_snapshots_on_demand()
+        .archive_option("scrub_bytes_per_second", "0")
+        .start()
+        .await;
+    let clients = cluster.stores(&cluster.ids());
+    write_items(&clients, "s", "a", 0..300, 8).await;
+    let (code, text) = cluster_cli(&cluster, &["backup", "snapshot", "--timeout", "60s"]);
+    assert_eq!(code, 0, "{text}");
+    write_items(&clients, "s", "z", 0..50, 8).await;
+    let (code, text) = cluster_cli(&cluster, &["backup", "snapshot", "--timeout", "60s"]);
+    assert_eq!(code, 0, "{text}");
+
+    let archive = cluster.open_archive();
+    let snapshots = keepsake_archive::verify::list_snapshots(&archive).await.expect("list");
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    let mut named: Vec<std::collections::BTreeSet<ChunkId>> = Vec::new();
+    for (_, name, _) in &snapshots {
+        let m = decode_manifest(name, &cluster.archive_object(name).await).expect("a manifest");
+        named.push(m.chunks.iter().filter_map(ChunkId::of).collect());
+    }
+    let shared = *named[0].intersection(&named[1]).next().expect("a chunk both snapshots name");
+    let object = format!("{}/{}", archive.root, chunk_name(&shared));
+    let mut bytes = cluster.archive_object(&object).await;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x04;
+    cluster.put_archive_object(&object, bytes).await;
+
+    let (code, text) = verify_cli(&cluster);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&object), "verify names the chunk: {text}");
+
+    let new = Cluster::builder().nodes(1).cluster_id("scrub-restored").no_bootstrap().prepare();
+    let (code, text) = restore_cli(&cluster, &new, &["--output", "json"]);
+    assert_eq!(code, 0, "the restore routes around the damaged chunk: {text}");
+    let report = json_line(&text);
+    assert_eq!(report["items"].as_u64(), Some(350 + SYSTEM_ITEMS), "it reaches the latest point: {text}");
+    assert_eq!(report["passed_over"].as_array().map(Vec::len), Some(2), "both snapshots are passed over: {text}");
+
+    let (code, text) = cluster_cli(&cluster, &["backup", "scrub", "--timeout", "60s"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(&format!("repaired: {object}")), "the scrub rewrites the chunk: {text}");
+    let (code, text) = verify_cli(&cluster);
+    assert_eq!(code, 0, "the archive verifies once scrubbed: {text}");
+}

@@ -1,0 +1,109 @@
+//! Scrub: re-reads the archive's chunks and checks each against its content hash, on the
+//! leader, within a byte budget per second (`archive.scrub_bytes_per_second`) or in one pass on
+//! demand (`keepsake backup scrub`). A chunk is uploaded once and then shared by every later
+//! snapshot of its term, so one flipped bit there would spoil every one of them.
+//!
+//! Invariant: a damaged chunk is replaced only by bytes that hash to its name — rebuilt from
+//! this node's own state where that state still holds the same records — so a repair can never
+//! make anything worse; one that cannot be rebuilt is reported (and retention does not take a
+//! snapshot naming it as its base).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+
+use keepsake_archive::snapshot::{chunk_name, Chunk, ChunkId, Chunker};
+use keepsake_archive::store::{put, Archive};
+use object_store::ObjectStoreExt;
+
+/// What a scrub pass (or part of one) found.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Chunks found damaged or missing and rewritten whole from this node's state.
+    pub repaired: Vec<String>,
+    /// Chunks found damaged that this node's state no longer holds.
+    pub damaged: Vec<String>,
+}
+
+/// Checks `chunks` in order, from the first after `after`, until `budget` bytes are read (or
+/// all, with None). Returns what it found and the chunk the next part resumes after (None:
+/// the pass is complete).
+pub async fn check(
+    archive: &Archive,
+    chunks: &BTreeSet<ChunkId>,
+    after: Option<ChunkId>,
+    budget: Option<u64>,
+    state: &Path,
+) -> Result<(Report, Option<ChunkId>), String> {
+    let mut report = Report::default();
+    let mut bad: Vec<ChunkId> = Vec::new();
+    let (mut last, mut complete) = (after, true);
+    let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+    for id in chunks.range((start, std::ops::Bound::Unbounded)) {
+        if budget.is_some_and(|b| report.bytes >= b) {
+            complete = false;
+            break;
+        }
+        last = Some(*id);
+        let path = archive.path(&chunk_name(id));
+        let bytes = match archive.store.get(&path).await {
+            Ok(got) => got.bytes().await.map_err(|e| format!("reading {path}: {e}"))?,
+            // Retention deleted it since the listing: nothing to check.
+            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(format!("reading {path}: {e}")),
+        };
+        report.chunks += 1;
+        report.bytes += bytes.len() as u64;
+        if Chunk::decode(path.as_ref(), &bytes, &id.hash).is_err() {
+            tracing::error!(chunk = %path, "scrub: the chunk does not match its hash");
+            bad.push(*id);
+        }
+    }
+    if !bad.is_empty() {
+        repair(archive, &bad, state, &mut report).await?;
+    }
+    Ok((report, if complete { None } else { last }))
+}
+
+/// Rewrites each damaged chunk from the node's current Raft snapshot file, where a chunk of it
+/// has the same hash; the rest are reported as damaged.
+async fn repair(archive: &Archive, bad: &[ChunkId], state: &Path, report: &mut Report) -> Result<(), String> {
+    let wanted: HashSet<[u8; 32]> = bad.iter().map(|id| id.hash).collect();
+    let path = keepsake_raft::current_snapshot_path(state);
+    let rebuilt: HashMap<[u8; 32], Chunk> = tokio::task::spawn_blocking(move || {
+        let mut found = HashMap::new();
+        let mut chunker = Chunker::default();
+        let mut keep = |chunk: Chunk| {
+            if wanted.contains(&chunk.hash) {
+                found.insert(chunk.hash, chunk);
+            }
+        };
+        keepsake_raft::read_snapshot_records(&path, |tag, key, value| {
+            chunker.push(tag, key, value).into_iter().for_each(&mut keep);
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        if let Some(chunk) = chunker.finish() {
+            keep(chunk);
+        }
+        Ok::<_, String>(found)
+    })
+    .await
+    .map_err(|e| format!("rebuilding chunks: {e}"))??;
+    for id in bad {
+        let name = archive.path(&chunk_name(id)).to_string();
+        match rebuilt.get(&id.hash) {
+            Some(chunk) => {
+                // Content-addressed: the only bytes with this name are these.
+                put(archive.store.as_ref(), &archive.path(&chunk_name(id)), chunk.encode().into())
+                    .await
+                    .map_err(|e| format!("rewriting {name}: {e}"))?;
+                tracing::warn!(chunk = %name, "scrub: rewrote a damaged chunk from this node's state");
+                report.repaired.push(name);
+            }
+            None => report.damaged.push(name),
+        }
+    }
+    Ok(())
+}
