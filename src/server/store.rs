@@ -218,4 +218,46 @@ impl Store for StoreService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    type WatchArchivedStream = ResponseStream<ArchivedPosition>;
+
+    async fn watch_archived(
+        &self,
+        _: Request<WatchArchivedRequest>,
+    ) -> Result<Response<Self::WatchArchivedStream>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        let mut archive = self.replica.archive().status.clone();
+        let reader = self.replica.consensus().reader().clone();
+        tokio::spawn(async move {
+            let mut sent = None;
+            loop {
+                let index = archive.borrow_and_update().archived_index;
+                if let Some(index) = index.filter(|i| sent.is_none_or(|s| *i > s)) {
+                    // The revision there is known once this node has applied that far.
+                    let mut applied = reader.watch();
+                    tokio::select! {
+                        reached = applied.wait_for(|p| p.index >= index) => if reached.is_err() { return },
+                        _ = tx.closed() => return,
+                    }
+                    match reader.digest_at(index).await {
+                        Ok(Some(point)) => {
+                            let position = ArchivedPosition { log_index: index, revision: point.revision };
+                            if tx.send(Ok(position)).await.is_err() {
+                                return;
+                            }
+                        }
+                        // Older than this node's digest history: the next position will do.
+                        Ok(None) => {}
+                        Err(e) => return drop(tx.send(Err(status::from_store(e))).await),
+                    }
+                    sent = Some(index);
+                }
+                tokio::select! {
+                    changed = archive.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 }

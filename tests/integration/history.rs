@@ -370,3 +370,41 @@ async fn a_damaged_chunk_shared_by_every_snapshot_is_routed_around_named_and_rep
     let (code, text) = verify_cli(&cluster);
     assert_eq!(code, 0, "the archive verifies once scrubbed: {text}");
 }
+
+/// A gateway that writes QUORUM learns from `WatchArchived` when its writes reach object
+/// storage: positions never go back, and once one covers a write's revision, the archive holds
+/// that write's log index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_archived_tells_a_gateway_when_its_quorum_writes_are_in_the_archive() {
+    use futures::StreamExt;
+    let s3 = S3Server::start();
+    let cluster = Cluster::builder().archive_s3(&s3, "receipts").start().await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let follower = cluster.other(&[leader]);
+    let mut stream = bounded(cluster.store(follower).watch_archived(request(WatchArchivedRequest {}, LONG)))
+        .await
+        .expect("a WatchArchived stream on a follower");
+    let mut store = cluster.store(leader);
+    let mut last = PutResponse::default();
+    for i in 0..50 {
+        last = put(&mut store, "g", "c", &item_id(i), "quorum").await.expect("a QUORUM write");
+    }
+    let mut seen: Vec<ArchivedPosition> = Vec::new();
+    let covered = within(Duration::from_secs(20), async {
+        while let Some(position) = stream.next().await {
+            let position = position.expect("a position");
+            seen.push(position);
+            if position.revision >= last.revision {
+                return position;
+            }
+        }
+        panic!("the stream ended: {seen:?}");
+    })
+    .await;
+    assert!(seen.windows(2).all(|w| w[0].log_index < w[1].log_index && w[0].revision <= w[1].revision), "{seen:?}");
+    assert!(covered.log_index >= last.log_index, "{covered:?} covers {last:?}");
+    let archived = cluster.segment_objects().await.iter().map(|s| s.last).max().unwrap_or(0);
+    assert!(archived >= covered.log_index, "the archive holds index {} ({archived} listed)", covered.log_index);
+}
+
+const LONG: Duration = Duration::from_secs(60);
