@@ -209,15 +209,34 @@ impl Archiver {
         })
     }
 
-    /// What the listing says the archive ends with.
-    async fn end(&self) -> Result<End, object_store::Error> {
-        let segments: Vec<_> = self.archive.store.list(Some(&self.archive.path("segments"))).try_collect().await?;
-        let snapshots: Vec<_> = self.archive.store.list(Some(&self.archive.path("snapshots"))).try_collect().await?;
-        let segment = segments
-            .iter()
-            .filter_map(|o| Some((segment::parse_object_name(o.location.as_ref())?.1, o.location.clone())))
-            .max_by_key(|(last, _)| *last);
+    /// What the listing says the archive ends with. With `head` (this history's), only the
+    /// segments that can reach past it are listed: `head` never leads the listing, and a
+    /// segment holds at most `MAX_ENTRIES_PER_SEGMENT` entries, so the end is in a segment
+    /// starting after `head - MAX_ENTRIES_PER_SEGMENT` (or a snapshot). An election then reads
+    /// a page or two, not the archive's millions of segments; should that find nothing
+    /// reaching `head` (objects lost), the whole listing decides, as without a head.
+    async fn end(&self, head: Option<u64>) -> Result<End, object_store::Error> {
+        let store = &self.archive.store;
+        let prefix = self.archive.path("segments");
+        // Manifests lie directly under snapshots/, chunks a level below: list one level.
+        let snapshots = store.list_with_delimiter(Some(&self.archive.path("snapshots"))).await?.objects;
         let snapshot = snapshots.iter().filter_map(|o| parse_manifest_name(o.location.as_ref())).max();
+        let newest = |segments: Vec<object_store::ObjectMeta>| {
+            segments
+                .into_iter()
+                .filter_map(|o| Some((segment::parse_object_name(o.location.as_ref())?.1, o.location)))
+                .max_by_key(|(last, _)| *last)
+        };
+        if let Some(head) = head {
+            let from = head.saturating_sub(MAX_ENTRIES_PER_SEGMENT as u64);
+            let offset = self.archive.path(&segment::object_name(from, 0));
+            let segment = newest(store.list_with_offset(Some(&prefix), &offset).try_collect().await?);
+            let end = End { segment, snapshot };
+            if end.last().is_some_and(|last| last >= head) {
+                return Ok(end);
+            }
+        }
+        let segment = newest(store.list(Some(&prefix)).try_collect().await?);
         Ok(End { segment, snapshot })
     }
 
@@ -227,7 +246,9 @@ impl Archiver {
     async fn take_office(&self) -> Result<Office, NotYet> {
         let history = self.history().await.map_err(|e| NotYet::Retry(format!("setting the history id: {e}")))?;
         let term = self.raft.metrics().borrow().current_term;
-        let end = self.end().await.map_err(|e| NotYet::Retry(format!("listing the archive: {e}")))?;
+        let head = head::read(&self.archive).await.map_err(NotYet::Retry)?;
+        let ours = head.as_ref().filter(|h| h.history() == Some(history)).map(|h| h.archived_index);
+        let end = self.end(ours).await.map_err(|e| NotYet::Retry(format!("listing the archive: {e}")))?;
         let found = info::read(&self.archive).await.map_err(NotYet::Retry)?;
         let claim = match found {
             Some(found) if found.history() == Some(history) => None,
@@ -239,8 +260,7 @@ impl Archiver {
                 if let Some(problem) = end.last().and_then(|a| self.past_my_log(a)) {
                     return Err(NotYet::Refuse(problem));
                 }
-                let head = head::read(&self.archive).await.map_err(NotYet::Retry)?;
-                match head.and_then(|h| h.history()).filter(|h| *h != history) {
+                match head.as_ref().and_then(|h| h.history()).filter(|h| *h != history) {
                     Some(other) => Some(Claim::Foreign(ArchiveInfo {
                         format: info::FORMAT,
                         cluster_id: format!("(unknown: {} is missing; head names it)", info::OBJECT),

@@ -26,14 +26,18 @@ pub struct Report {
     pub damaged: Vec<String>,
 }
 
+/// Objects one budgeted part reads at most, however small they are (requests cost too).
+const MAX_OBJECTS_PER_PART: u64 = 256;
+
 /// Checks `chunks` in order, from the first after `after`, until `budget` bytes are read (or
-/// all, with None). Returns what it found and the chunk the next part resumes after (None:
-/// the pass is complete).
+/// all, with None). Chunks in `known_damaged` are not checked again. Returns what it found and
+/// the chunk the next part resumes after (None: the pass is complete).
 pub async fn check(
     archive: &Archive,
     chunks: &BTreeSet<ChunkId>,
     after: Option<ChunkId>,
     budget: Option<u64>,
+    known_damaged: &HashSet<ChunkId>,
     state: &Path,
 ) -> Result<(Report, Option<ChunkId>), String> {
     let mut report = Report::default();
@@ -41,11 +45,14 @@ pub async fn check(
     let (mut last, mut complete) = (after, true);
     let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
     for id in chunks.range((start, std::ops::Bound::Unbounded)) {
-        if budget.is_some_and(|b| report.bytes >= b) {
+        if budget.is_some_and(|b| report.bytes >= b || report.chunks >= MAX_OBJECTS_PER_PART) {
             complete = false;
             break;
         }
         last = Some(*id);
+        if known_damaged.contains(id) {
+            continue;
+        }
         let path = archive.path(&chunk_name(id));
         let bytes = match archive.store.get(&path).await {
             Ok(got) => got.bytes().await.map_err(|e| format!("reading {path}: {e}"))?,

@@ -145,12 +145,18 @@ impl Snapshotter {
         self.refresh(&mut known).await?;
         let chunks: BTreeSet<ChunkId> = known.chunks.iter().copied().collect();
         let after = if budget.is_some() { known.scrub_after } else { None };
-        let (report, resume) = scrub::check(&self.archive, &chunks, after, budget, &self.data_dir).await?;
+        // A budgeted part skips chunks already known damaged; a whole pass checks them again.
+        let known_damaged = if budget.is_some() { self.scrubbed().damaged_ids } else { HashSet::new() };
+        let (report, resume) =
+            scrub::check(&self.archive, &chunks, after, budget, &known_damaged, &self.data_dir).await?;
         known.scrub_after = resume;
         let mut s = self.scrubbed.lock().unwrap_or_else(|e| e.into_inner());
         s.chunks += report.chunks;
         s.bytes += report.bytes;
         s.repaired += report.repaired.len() as u64;
+        if budget.is_none() {
+            s.damaged.clear();
+        }
         for name in &report.repaired {
             s.damaged.remove(name);
         }
