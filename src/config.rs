@@ -113,6 +113,16 @@ impl std::fmt::Debug for Secret {
 }
 
 impl ArchiveConfig {
+    /// The archive as cluster state names it: the URL, and the endpoint when one is set (the
+    /// same bucket name on another server is another archive). Never credentials.
+    pub fn location(&self) -> String {
+        let url = self.url.trim_end_matches('/');
+        match self.endpoint.trim_end_matches('/') {
+            "" => url.to_owned(),
+            endpoint => format!("{url} at {endpoint}"),
+        }
+    }
+
     /// How to reach the archive's object store.
     pub fn connection(&self) -> keepsake_archive::store::Connection {
         keepsake_archive::store::Connection {

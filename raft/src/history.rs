@@ -72,6 +72,11 @@ pub struct HistoryRecord {
     /// The history this one was restored from, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// Where the cluster archives (`ArchiveConfig::location`): cluster state, so a node whose
+    /// config names another archive refuses to archive rather than start a second copy
+    /// somewhere else. Absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
 }
 
 /// The current record and the item's revision (None: the state has no history id yet).

@@ -170,27 +170,44 @@ impl Archiver {
     }
 
     /// The history this cluster's state belongs to, proposing a fresh id where the state has
-    /// none yet (a new cluster, or one restored since its id was set).
-    async fn history(&self) -> Result<HistoryId, String> {
+    /// none yet (a new cluster, or one restored since its id was set), and the archive the
+    /// cluster state names, which must be this node's: one that disagrees is refused.
+    async fn history(&self) -> Result<HistoryId, NotYet> {
+        let retry = |e: String| NotYet::Retry(format!("setting the history id: {e}"));
+        let mine = self.config.location();
         for _ in 0..3 {
-            let restores = self.reader.meta().await.map_err(|e| e.to_string())?.resync.len();
-            let found = history::read(&self.reader).await.map_err(|e| e.to_string())?;
-            if let Some(id) =
-                found.as_ref().filter(|(r, _)| r.restores == restores).and_then(|(r, _)| HistoryId::parse(&r.id))
-            {
-                return Ok(id);
-            }
-            let record = HistoryRecord {
-                id: HistoryId::random().to_hex(),
-                restores,
-                parent: found.as_ref().map(|(r, _)| r.id.clone()),
+            let restores = self.reader.meta().await.map_err(|e| retry(e.to_string()))?.resync.len();
+            let found = history::read(&self.reader).await.map_err(|e| retry(e.to_string()))?;
+            let current = found.as_ref().filter(|(r, _)| r.restores == restores);
+            let record = match current.and_then(|(r, revision)| Some((r, *revision, HistoryId::parse(&r.id)?))) {
+                Some((r, _, id)) if r.archive.as_deref() == Some(mine.as_str()) => return Ok(id),
+                Some((r, _, _)) if r.archive.is_some() => {
+                    return Err(NotYet::Refuse(format!(
+                        "this cluster archives to {} (cluster state, agreed through Raft), but this node's config \
+                         names {mine}: it archives nothing. Give this node the cluster's archive; to move the \
+                         cluster's archive on purpose, give every node the new one and run `keepsake backup \
+                         adopt-archive` against the leader",
+                        r.archive.as_deref().unwrap_or_default()
+                    )))
+                }
+                // A record from before the archive was kept: this leader's becomes the cluster's.
+                Some((r, revision, _)) => (HistoryRecord { archive: Some(mine.clone()), ..r.clone() }, revision),
+                None => (
+                    HistoryRecord {
+                        id: HistoryId::random().to_hex(),
+                        restores,
+                        parent: found.as_ref().map(|(r, _)| r.id.clone()),
+                        archive: Some(mine.clone()),
+                    },
+                    found.as_ref().map_or(0, |(_, revision)| *revision),
+                ),
             };
-            let revision = found.map_or(0, |(_, revision)| revision);
-            // Conditional on the item's revision: of two leaders racing, one id wins.
+            // Conditional on the item's revision: of two leaders racing, one record wins.
             let deadline = Instant::now() + Duration::from_secs(5);
-            self.consensus.propose(history::set(&record, revision), deadline).await.map_err(|e| e.to_string())?;
+            let write = history::set(&record.0, record.1);
+            self.consensus.propose(write, deadline).await.map_err(|e| retry(e.to_string()))?;
         }
-        Err("the history id did not settle; retrying".into())
+        Err(retry("the history record did not settle".into()))
     }
 
     /// Why an archive that claims to hold `archived`, with no `archive-info.json`, cannot be
@@ -244,7 +261,7 @@ impl Archiver {
     /// written to a root found to be another's; the store's fencing is probed before the root
     /// is claimed or written.
     async fn take_office(&self) -> Result<Office, NotYet> {
-        let history = self.history().await.map_err(|e| NotYet::Retry(format!("setting the history id: {e}")))?;
+        let history = self.history().await?;
         let term = self.raft.metrics().borrow().current_term;
         let head = head::read(&self.archive).await.map_err(NotYet::Retry)?;
         let ours = head.as_ref().filter(|h| h.history() == Some(history)).map(|h| h.archived_index);

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::client::{request, with_failover, Failure};
 use super::{ClientOpts, Output};
 use crate::proto::v1::admin_client::AdminClient;
-use crate::proto::v1::{BackupScrubRequest, BackupSnapshotRequest, BackupStatusRequest};
+use crate::proto::v1::{BackupAdoptArchiveRequest, BackupScrubRequest, BackupSnapshotRequest, BackupStatusRequest};
 
 #[derive(Subcommand)]
 pub enum BackupCommand {
@@ -18,6 +18,9 @@ pub enum BackupCommand {
     /// Re-read every archive chunk now (on the leader), rewrite damaged ones from its state;
     /// exit 1 if one could not be rebuilt.
     Scrub(StatusArgs),
+    /// Make the leader's configured archive the cluster's: moves the archive on purpose, once
+    /// every node's config names the new one.
+    AdoptArchive(StatusArgs),
     /// The archive's snapshots and segments, from the object store.
     List(ArchiveArgs),
     /// Check every segment's checksums, the index continuity and overlaps; exit 1 on a fault.
@@ -71,6 +74,22 @@ pub async fn run(cmd: BackupCommand) -> Result<(), Failure> {
         BackupCommand::Verify(a) => return verify(a).await,
         BackupCommand::Snapshot(a) => return snapshot(a).await,
         BackupCommand::Scrub(a) => return scrub(a).await,
+        BackupCommand::AdoptArchive(a) => {
+            let r =
+                with_failover(&a.opts, |ch| {
+                    let opts = a.opts.clone();
+                    async move {
+                        AdminClient::new(ch).backup_adopt_archive(request(&opts, BackupAdoptArchiveRequest {})).await
+                    }
+                })
+                .await?
+                .into_inner();
+            match a.opts.output {
+                Output::Json => println!("{}", json!({"previous": r.previous, "archive": r.archive})),
+                Output::Text if r.previous == r.archive => println!("the cluster already archives to {}", r.archive),
+                Output::Text => println!("the cluster now archives to {} (was {:?})", r.archive, r.previous),
+            }
+        }
         BackupCommand::Status(a) => {
             let s = status(&a.opts).await?;
             match a.opts.output {

@@ -249,6 +249,39 @@ impl Admin for AdminService {
         }
     }
 
+    async fn backup_adopt_archive(
+        &self,
+        request: Request<BackupAdoptArchiveRequest>,
+    ) -> Result<Response<BackupAdoptArchiveResponse>, Status> {
+        use keepsake_raft::history::{self, HistoryRecord};
+        on_leader!(self, request, backup_adopt_archive);
+        let deadline = deadline::of(&request, Duration::from_secs(10));
+        let consensus = self.replica.consensus();
+        let reader = consensus.reader();
+        let restores = reader.meta().await.map_err(status::from_store)?.resync.len();
+        let (record, revision) = history::read(reader)
+            .await
+            .map_err(status::from_store)?
+            .filter(|(r, _)| r.restores == restores)
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "this cluster has no history id yet (its leader sets one when it first archives); retry shortly",
+                )
+            })?;
+        let archive = self.replica.config().archive.location();
+        let previous = record.archive.clone().unwrap_or_default();
+        if record.archive.as_deref() != Some(archive.as_str()) {
+            let adopted = HistoryRecord { archive: Some(archive.clone()), ..record };
+            let committed =
+                consensus.propose(history::set(&adopted, revision), deadline).await.map_err(status::from_error)?;
+            if !matches!(committed.outcome, keepsake_raft::WriteOutcome::Applied { .. }) {
+                return Err(Status::aborted("the cluster's history record changed meanwhile; retry"));
+            }
+            tracing::warn!(%previous, %archive, "the cluster's archive is now this leader's configured one");
+        }
+        Ok(Response::new(BackupAdoptArchiveResponse { previous, archive }))
+    }
+
     async fn digest(&self, request: Request<DigestRequest>) -> Result<Response<DigestResponse>, Status> {
         let index = request.into_inner().index;
         let reader = self.replica.consensus().reader();

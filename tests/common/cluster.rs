@@ -366,6 +366,11 @@ impl Cluster {
 
     /// The cluster's archive, opened from the test process as the nodes open it.
     pub fn open_archive(&self) -> keepsake_archive::store::Archive {
+        self.open_archive_at(&self.archive_url)
+    }
+
+    /// This cluster's root in the archive at `url`, reached as the nodes reach theirs.
+    pub fn open_archive_at(&self, url: &str) -> keepsake_archive::store::Archive {
         let connection = keepsake_archive::store::Connection {
             endpoint: self.archive_endpoint.clone(),
             region: S3_ENV[2].1.into(),
@@ -375,8 +380,7 @@ impl Cluster {
             request_timeout: Duration::from_secs(30),
             ..Default::default()
         };
-        keepsake_archive::store::Archive::open(&self.archive_url, &connection, &self.cluster_id)
-            .expect("open the cluster's archive")
+        keepsake_archive::store::Archive::open(url, &connection, &self.cluster_id).expect("open the archive")
     }
 
     /// The archive's segment objects, sorted by first index, read through object_store.
@@ -678,6 +682,16 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Points a stopped node's config at another archive URL (for the next `restart`).
+    pub fn set_archive_url(&self, id: u64, url: &str) {
+        let path = &self.node(id).config_path;
+        let config = std::fs::read_to_string(path).expect("read node.toml");
+        let line = format!("url = {}", toml_string(&self.archive_url));
+        assert!(config.contains(&line), "node {id}'s config names the cluster's archive: {config}");
+        let config = config.replace(&line, &format!("url = {}", toml_string(url)));
+        std::fs::write(path, config).expect("write node.toml");
     }
 
     /// Starts a killed or stopped node again: same config, data dir and ports. Does not wait.

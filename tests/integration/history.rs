@@ -408,3 +408,62 @@ async fn watch_archived_tells_a_gateway_when_its_quorum_writes_are_in_the_archiv
 }
 
 const LONG: Duration = Duration::from_secs(60);
+
+/// The archive is cluster state: a leader whose config names another archive archives nothing
+/// there and says why; once every node names the new one, `backup adopt-archive` moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_configured_with_another_archive_refuses_until_the_cluster_adopts_it() {
+    let s3 = S3Server::start();
+    let cluster = Cluster::builder().archive_s3(&s3, "first-home").start().await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut store = cluster.store(leader);
+    bounded(store.put(request(archived_put("m", "before"), Duration::from_secs(20)))).await.expect("archived");
+    let history = backup_status(&cluster, leader).await.history_id;
+    let elsewhere = cluster.open_archive().url.replace("first-home", "second-home");
+
+    // One node's config names another archive; it is made leader.
+    let odd = cluster.other(&[leader]);
+    cluster.kill(odd);
+    cluster.set_archive_url(odd, &elsewhere);
+    cluster.restart(odd);
+    cluster.make_leader(odd).await;
+    let status = eventually(Duration::from_secs(20), || async {
+        let s = backup_status(&cluster, odd).await;
+        (!s.refused.is_empty()).then_some(s)
+    })
+    .await
+    .expect("the leader with another archive refuses");
+    assert!(status.refused.contains("second-home") && status.refused.contains("first-home"), "{}", status.refused);
+    let answer = bounded(cluster.store(odd).put(request(archived_put("m", "refused"), Duration::from_secs(10))))
+        .await
+        .expect_err("no ARCHIVED write while the leader refuses");
+    assert_eq!(answer.code(), tonic::Code::ResourceExhausted, "{answer:?}");
+    let second = cluster.open_archive_at(&elsewhere);
+    assert!(
+        keepsake_archive::info::read(&second).await.expect("read").is_none(),
+        "nothing was written to the archive only one node names"
+    );
+
+    // Every node names the new archive, and the cluster adopts it.
+    for id in cluster.ids().into_iter().filter(|id| *id != odd) {
+        cluster.kill(id);
+        cluster.set_archive_url(id, &elsewhere);
+        cluster.restart(id);
+    }
+    let (code, text) = cluster_cli(&cluster, &["backup", "adopt-archive"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("second-home"), "{text}");
+    // A refusing leader looks again every few seconds.
+    let leader = eventually(Duration::from_secs(20), || async {
+        let leader = cluster.leader_id().await?;
+        let s = backup_status(&cluster, leader).await;
+        (s.refused.is_empty() && !s.history_id.is_empty()).then_some(leader)
+    })
+    .await
+    .expect("the leader archives again");
+    bounded(cluster.store(leader).put(request(archived_put("m", "after"), Duration::from_secs(30))))
+        .await
+        .expect("ARCHIVED writes go to the adopted archive");
+    let info = keepsake_archive::info::read(&second).await.expect("read").expect("the new archive's info");
+    assert_eq!(info.history_id, history, "the same history goes on in its new archive");
+}
