@@ -349,7 +349,7 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
             RestoreError::Archive(message)
         } else {
             RestoreError::Archive(format!(
-                "{message}; passed over the newer snapshot(s) {}, which name missing or damaged chunks",
+                "{message}; passed over the snapshot(s) {}, which name missing or damaged chunks",
                 passed_over.join(", ")
             ))
         }

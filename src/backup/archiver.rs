@@ -74,6 +74,9 @@ enum NotYet {
     Retry(String),
     /// The archive cannot be this cluster's, or cannot fence writers: refuse until it changes.
     Refuse(String),
+    /// A leader of a later term writes the archive: this node no longer leads, whatever its
+    /// Raft state says (openraft 0.9 does not step down on a lost quorum).
+    Superseded(String),
 }
 
 /// What the listing says the archive ends with.
@@ -263,7 +266,18 @@ impl Archiver {
     async fn take_office(&self) -> Result<Office, NotYet> {
         let history = self.history().await?;
         let term = self.raft.metrics().borrow().current_term;
-        let head = head::read(&self.archive).await.map_err(NotYet::Retry)?;
+        // A head that does not decode is no head: the listing decides (verify names it).
+        let head = head::read(&self.archive).await.unwrap_or_else(|e| {
+            tracing::warn!(archive = %self.archive.url, "ignoring the archive head: {e}");
+            None
+        });
+        if let Some(h) = head.as_ref().filter(|h| h.history() == Some(history) && h.term > term) {
+            return Err(NotYet::Superseded(format!(
+                "the archive head was written by the leader of term {}, later than this node's {term}: this node \
+                 no longer leads",
+                h.term
+            )));
+        }
         let ours = head.as_ref().filter(|h| h.history() == Some(history)).map(|h| h.archived_index);
         let end = self.end(ours).await.map_err(|e| NotYet::Retry(format!("listing the archive: {e}")))?;
         let found = info::read(&self.archive).await.map_err(NotYet::Retry)?;
@@ -409,6 +423,7 @@ impl Archiver {
                     tokio::time::sleep(REFUSED_RETRY).await;
                     return;
                 }
+                Err(NotYet::Superseded(why)) => return self.stand_down(&why).await,
             }
         };
         let Office { history, term, archived, mut prev } = office;
@@ -473,9 +488,13 @@ impl Archiver {
                 }
             };
             if entries.first().map(|e| e.log_id.index) != Some(next) {
-                if let Some(link) = self.bridge(next, "the log no longer holds it", &mut head).await {
-                    archived = link.point().map(|(index, _)| index);
-                    prev = link;
+                match self.bridge(next, "the log no longer holds it", &mut head).await {
+                    Ok(Some(link)) => {
+                        archived = link.point().map(|(index, _)| index);
+                        prev = link;
+                    }
+                    Ok(None) => {}
+                    Err(why) => return self.stand_down(&why).await,
                 }
                 continue;
             }
@@ -488,8 +507,8 @@ impl Archiver {
                     prev = link_after;
                     waiting.archived(last, committed, read_at, self.log.committed_index());
                     self.gate.set_limit(last);
-                    if !self.write_head(&mut head, last).await {
-                        return;
+                    if let Err(why) = self.write_head(&mut head, last).await {
+                        return self.stand_down(&why).await;
                     }
                     self.update(|s| {
                         s.archived_index = Some(last);
@@ -501,11 +520,13 @@ impl Archiver {
                     });
                 }
                 Upload::NoDigest => {
-                    if let Some(link) =
-                        self.bridge(next, "its digest is older than the digest history", &mut head).await
-                    {
-                        archived = link.point().map(|(index, _)| index);
-                        prev = link;
+                    match self.bridge(next, "its digest is older than the digest history", &mut head).await {
+                        Ok(Some(link)) => {
+                            archived = link.point().map(|(index, _)| index);
+                            prev = link;
+                        }
+                        Ok(None) => {}
+                        Err(why) => return self.stand_down(&why).await,
                     }
                 }
                 Upload::Refused(problem) => {
@@ -520,18 +541,19 @@ impl Archiver {
 
     /// Where the segments cannot go on from `next` (a Raft snapshot replaced the log there, or
     /// the digest history no longer reaches it), the archive goes on from an archive snapshot of
-    /// the current state instead of stopping at a gap. Returns the link to that snapshot.
-    async fn bridge(&self, next: u64, why: &str, head: &mut head::Writer) -> Option<Link> {
+    /// the current state instead of stopping at a gap. Returns the link to that snapshot (None:
+    /// not this time), or why this node no longer leads the archive.
+    async fn bridge(&self, next: u64, why: &str, head: &mut head::Writer) -> Result<Option<Link>, String> {
         match self.snapshotter.upload_base().await {
             Ok(up) if up.index >= next => {
                 tracing::warn!(index = up.index, "archived a snapshot in place of entries {next}-{}: {why}", up.index);
                 self.gate.set_limit(up.index);
-                self.write_head(head, up.index).await;
+                self.write_head(head, up.index).await?;
                 self.update(|s| {
                     s.archived_index = Some(up.index);
                     s.last_error.clear();
                 });
-                return Some(Link::Snapshot { index: up.index, term: up.term, digest: up.digest });
+                return Ok(Some(Link::Snapshot { index: up.index, term: up.term, digest: up.digest }));
             }
             Ok(up) => self.fail(
                 "archiving",
@@ -540,7 +562,7 @@ impl Archiver {
             Err(e) => self.fail(&format!("archiving a snapshot in place of index {next} ({why})"), e),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        None
+        Ok(None)
     }
 
     /// Uploads one segment, create-only, retrying with exponential backoff while this node
@@ -611,27 +633,34 @@ impl Archiver {
         }
     }
 
-    /// Moves `head`; false when a newer leader wrote it (this node no longer leads the
-    /// archive, whatever its Raft metrics still say: openraft 0.9 does not step down on a lost
-    /// quorum).
-    async fn write_head(&self, head: &mut head::Writer, index: u64) -> bool {
+    /// Moves `head`; Err when a newer leader wrote it (this node no longer leads the archive,
+    /// whatever its Raft metrics still say: openraft 0.9 does not step down on a lost quorum).
+    async fn write_head(&self, head: &mut head::Writer, index: u64) -> Result<(), String> {
         match head.write(&self.archive, index).await {
-            Ok(()) => true,
-            Err(head::NotWritten::Superseded(why)) => {
-                self.fail("archiving", why);
-                self.update(|s| {
-                    s.owned = false;
-                    s.term = 0;
-                });
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                false
-            }
+            Ok(()) => Ok(()),
+            Err(head::NotWritten::Superseded(why)) => Err(why),
             Err(head::NotWritten::Store(e)) => {
                 // Only a shortcut for followers; the listing stays right.
                 tracing::warn!(error = %e, "cannot update the archive head (followers hold their purge gate lower)");
-                true
+                Ok(())
             }
         }
+    }
+
+    /// Archives, snapshots, scrubs and deletes nothing until this node's Raft term or
+    /// leadership changes: a later term's leader writes the archive.
+    async fn stand_down(&self, why: &str) {
+        tracing::warn!(archive = %self.archive.url, "standing down: {why}");
+        self.gate.set_limit(0);
+        self.update(|s| {
+            s.owned = false;
+            s.term = 0;
+            s.history = None;
+            s.last_error = why.to_owned();
+        });
+        let (me, term) = (self.node_id, self.raft.metrics().borrow().current_term);
+        let mut metrics = self.raft.metrics();
+        let _ = metrics.wait_for(|m| m.current_term != term || m.current_leader != Some(me)).await;
     }
 }
 

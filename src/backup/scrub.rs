@@ -58,7 +58,12 @@ pub async fn check(
             Ok(got) => got.bytes().await.map_err(|e| format!("reading {path}: {e}"))?,
             // Retention deleted it since the listing: nothing to check.
             Err(object_store::Error::NotFound { .. }) => continue,
-            Err(e) => return Err(format!("reading {path}: {e}")),
+            // Unreadable now (a network error, a denied read): not known damaged; the next
+            // pass reads it again, and this one moves on rather than stick here.
+            Err(e) => {
+                tracing::warn!(chunk = %path, "scrub: cannot read the chunk: {e}");
+                continue;
+            }
         };
         report.chunks += 1;
         report.bytes += bytes.len() as u64;

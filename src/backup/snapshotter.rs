@@ -78,7 +78,12 @@ struct Known {
     last_retention_us: i64,
     /// Where the running scrub pass resumes (after this chunk; None: from the start).
     scrub_after: Option<ChunkId>,
+    /// No scheduled scrubbing before this (unix µs): the rest after a whole pass.
+    scrub_rest_until_us: i64,
 }
+
+/// The rest between two scheduled scrub passes.
+const SCRUB_REST_US: i64 = 3_600_000_000;
 
 impl Known {
     fn learn(&mut self, id: ChunkId) {
@@ -139,17 +144,31 @@ impl Snapshotter {
     }
 
     /// Checks chunks from where the last part stopped, `budget` bytes of them (None: a whole
-    /// pass from the start), and records what it found.
+    /// pass from the start), and records what it found. The listing is taken under the lock;
+    /// the reads are not, so snapshots and bridges do not wait for a scrub.
     async fn scrub(&self, budget: Option<u64>) -> Result<scrub::Report, String> {
-        let mut known = self.known.lock().await;
-        self.refresh(&mut known).await?;
-        let chunks: BTreeSet<ChunkId> = known.chunks.iter().copied().collect();
-        let after = if budget.is_some() { known.scrub_after } else { None };
+        let (chunks, after) = {
+            let mut known = self.known.lock().await;
+            if budget.is_some() && now_us() < known.scrub_rest_until_us {
+                return Ok(scrub::Report::default());
+            }
+            self.refresh(&mut known).await?;
+            let chunks: BTreeSet<ChunkId> = known.chunks.iter().copied().collect();
+            (chunks, if budget.is_some() { known.scrub_after } else { None })
+        };
         // A budgeted part skips chunks already known damaged; a whole pass checks them again.
         let known_damaged = if budget.is_some() { self.scrubbed().damaged_ids } else { HashSet::new() };
         let (report, resume) =
             scrub::check(&self.archive, &chunks, after, budget, &known_damaged, &self.data_dir).await?;
-        known.scrub_after = resume;
+        if budget.is_some() {
+            let mut known = self.known.lock().await;
+            known.scrub_after = resume;
+            if resume.is_none() {
+                // A pass is done: the next starts after a rest, not at once (an archive of a few
+                // chunks would otherwise be read over and over).
+                known.scrub_rest_until_us = now_us() + SCRUB_REST_US;
+            }
+        }
         let mut s = self.scrubbed.lock().unwrap_or_else(|e| e.into_inner());
         s.chunks += report.chunks;
         s.bytes += report.bytes;
@@ -161,9 +180,10 @@ impl Snapshotter {
             s.damaged.remove(name);
         }
         s.damaged.extend(report.damaged.iter().cloned());
+        let damaged: HashSet<String> = s.damaged.iter().cloned().collect();
         s.damaged_ids = chunks
             .iter()
-            .filter(|id| s.damaged.contains(&self.archive.path(&chunk_name(id)).to_string()))
+            .filter(|id| damaged.contains(&self.archive.path(&chunk_name(id)).to_string()))
             .copied()
             .collect();
         Ok(report)

@@ -244,7 +244,8 @@ impl Admin for AdminService {
             })),
             Ok(Err(e)) => Err(Status::unavailable(format!("the scrub failed: {e}; retry"))),
             Err(_) => Err(Status::deadline_exceeded(
-                "the scrub did not finish before the deadline; give it a longer --timeout (what it checked counts)",
+                "the scrub did not finish before the deadline; give it a longer --timeout (an unfinished pass records \
+                 nothing; the scheduled scrub goes on)",
             )),
         }
     }

@@ -346,12 +346,25 @@ async fn a_damaged_chunk_shared_by_every_snapshot_is_routed_around_named_and_rep
         let m = decode_manifest(name, &cluster.archive_object(name).await).expect("a manifest");
         named.push(m.chunks.iter().filter_map(ChunkId::of).collect());
     }
-    let shared = *named[0].intersection(&named[1]).next().expect("a chunk both snapshots name");
-    let object = format!("{}/{}", archive.root, chunk_name(&shared));
-    let mut bytes = cluster.archive_object(&object).await;
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x04;
-    cluster.put_archive_object(&object, bytes).await;
+    // The same content in both (under one term, or copied to a new leader's): flip a bit in
+    // every object holding it.
+    let hashes = |set: &std::collections::BTreeSet<ChunkId>| set.iter().map(|id| id.hash).collect::<Vec<_>>();
+    let shared = *hashes(&named[0]).iter().find(|h| hashes(&named[1]).contains(h)).expect("a chunk both name");
+    let objects: Vec<String> = named
+        .iter()
+        .flatten()
+        .filter(|id| id.hash == shared)
+        .map(|id| format!("{}/{}", archive.root, chunk_name(id)))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for object in &objects {
+        let mut bytes = cluster.archive_object(object).await;
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x04;
+        cluster.put_archive_object(object, bytes).await;
+    }
+    let object = objects.last().expect("an object").clone();
 
     let (code, text) = verify_cli(&cluster);
     assert_eq!(code, 1, "{text}");
