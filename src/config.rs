@@ -76,6 +76,9 @@ pub struct ArchiveConfig {
     /// The leader re-reads this many bytes of archive chunks a second, checking each against
     /// its hash and rewriting a damaged one from its own state (0: only `backup scrub`).
     pub scrub_bytes_per_second: u64,
+    /// Retention keeps at least this many whole archive snapshots (every chunk there, none
+    /// found damaged), and everything after the oldest of them, even beyond the window.
+    pub keep_whole_snapshots: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -97,6 +100,7 @@ impl Default for ArchiveConfig {
             retention: "30d".into(),
             chunk_grace_seconds: 3600,
             scrub_bytes_per_second: 1 << 20,
+            keep_whole_snapshots: 2,
         }
     }
 }

@@ -144,7 +144,18 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
             }
         }
     }
-    let snapshots = verify_snapshots(archive, cluster_id, &mut expect, &mut report).await?;
+    let (snapshots, digests) = verify_snapshots(archive, cluster_id, &mut expect, &mut report).await?;
+    // A segment that continues from a snapshot names its digest: the manifest there must agree.
+    for (name, header) in &links {
+        if let Link::Snapshot { index, digest, .. } = header.prev {
+            if digests.get(&index).is_some_and(|held| *held != digest) {
+                report.problems.push(format!(
+                    "{name}: continues from a snapshot at index {index} whose state digest is not the one the \
+                     archive's manifest there records (a splice)"
+                ));
+            }
+        }
+    }
     report.history = expect.history().map(|h| h.to_hex()).unwrap_or_default();
     report.snapshots = snapshots.len();
     let last = report.last_index.unwrap_or(0);
@@ -180,16 +191,16 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
 }
 
 /// Checks every snapshot manifest and every chunk they name (each chunk once); returns the
-/// indices of the snapshots that check out.
+/// indices of the snapshots that check out, and every decoded manifest's state digest.
 async fn verify_snapshots(
     archive: &Archive,
     cluster_id: &str,
     expect: &mut Expect,
     report: &mut Report,
-) -> Result<Vec<u64>, object_store::Error> {
+) -> Result<(Vec<u64>, BTreeMap<u64, [u8; 32]>), object_store::Error> {
     let objects: Vec<ObjectMeta> = archive.store.list(Some(&archive.path("snapshots"))).try_collect().await?;
     let mut checked: BTreeMap<ChunkId, bool> = BTreeMap::new();
-    let mut good = Vec::new();
+    let (mut good, mut digests) = (Vec::new(), BTreeMap::new());
     for o in &objects {
         let Some(index) = parse_manifest_name(o.location.as_ref()) else { continue };
         let name = o.location.to_string();
@@ -202,6 +213,9 @@ async fn verify_snapshots(
                 continue;
             }
         };
+        if let Ok(digest) = <[u8; 32]>::try_from(m.digest.as_slice()) {
+            digests.insert(index, digest);
+        }
         let mut ok = true;
         if m.index != index || m.cluster_id != cluster_id {
             report.problems.push(format!(
@@ -251,5 +265,5 @@ async fn verify_snapshots(
         }
     }
     report.chunks = checked.len();
-    Ok(good)
+    Ok((good, digests))
 }

@@ -78,7 +78,8 @@ pub async fn apply(
     // Only a complete snapshot (every chunk it names is there) can be the base.
     let present: HashSet<ChunkId> = objects.iter().filter_map(|o| parse_chunk_name(o.location.as_ref())).collect();
     let complete = |chunks: &[ChunkId]| chunks.iter().all(|c| present.contains(c) && !damaged.contains(c));
-    let Some(base) = manifests.iter().filter(|m| m.1 <= cutoff && complete(&m.2)).map(|m| m.0).max() else {
+    let Some(base) = base(&manifests.iter().map(|m| (m.0, m.1, complete(&m.2))).collect::<Vec<_>>(), cutoff, config)
+    else {
         return Ok(Report::default());
     };
     let mut report = Report { base: Some(base), ..Report::default() };
@@ -112,9 +113,44 @@ pub async fn apply(
     Ok(report)
 }
 
+/// The base, from each snapshot's (index, last write, whole): the newest whole snapshot whose
+/// last write is at or before `cutoff`, or, if older, the `keep_whole_snapshots`-th newest
+/// whole one (the oldest whole one, when there are fewer): a snapshot found damaged later
+/// still leaves that many whole restore points. None: no whole snapshot is old enough.
+fn base(snapshots: &[(u64, i64, bool)], cutoff: i64, config: &ArchiveConfig) -> Option<u64> {
+    let window = snapshots.iter().filter(|s| s.1 <= cutoff && s.2).map(|s| s.0).max()?;
+    let mut whole: Vec<u64> = snapshots.iter().filter(|s| s.2).map(|s| s.0).collect();
+    whole.sort_unstable_by(|a, b| b.cmp(a));
+    let kth = whole.get(config.keep_whole_snapshots.max(1) as usize - 1).or(whole.last()).copied();
+    Some(kth.map_or(window, |k| k.min(window)))
+}
+
 async fn delete(archive: &Archive, location: &Path) -> Result<(), String> {
     match archive.store.delete(location).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(format!("deleting {location}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(keep: u64) -> ArchiveConfig {
+        ArchiveConfig { keep_whole_snapshots: keep, ..ArchiveConfig::default() }
+    }
+
+    #[test]
+    fn the_base_leaves_the_newest_whole_snapshots_however_new() {
+        // (index, last write, whole): the window's start is at 100.
+        let snapshots = [(10, 10, true), (20, 20, true), (30, 30, true), (40, 200, false), (50, 300, true)];
+        assert_eq!(base(&snapshots, 100, &config(1)), Some(30), "the newest whole one before the window");
+        assert_eq!(base(&snapshots, 100, &config(2)), Some(30), "50 and 30 are the two newest whole ones");
+        assert_eq!(base(&snapshots, 100, &config(3)), Some(20));
+        assert_eq!(base(&snapshots, 100, &config(9)), Some(10), "fewer whole ones than asked: keep them all");
+        let damaged_new = [(10, 10, true), (20, 20, true), (30, 30, true), (40, 200, false), (50, 300, false)];
+        assert_eq!(base(&damaged_new, 100, &config(2)), Some(20), "the damaged ones do not count");
+        assert_eq!(base(&[(40, 200, true)], 100, &config(2)), None, "nothing is old enough to be the base");
+        assert_eq!(base(&[(10, 10, false), (40, 200, true)], 100, &config(2)), None, "no whole one is old enough");
     }
 }

@@ -480,3 +480,44 @@ async fn a_leader_configured_with_another_archive_refuses_until_the_cluster_adop
     let info = keepsake_archive::info::read(&second).await.expect("read").expect("the new archive's info");
     assert_eq!(info.history_id, history, "the same history goes on in its new archive");
 }
+
+/// A segment that says it continues from an archive snapshot, with a state digest other than
+/// the one that snapshot's manifest records, is named by `verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_names_a_segment_linked_to_a_snapshot_it_does_not_continue_from() {
+    use keepsake_archive::segment::Link;
+    let s3 = S3Server::start();
+    let cluster = Cluster::builder().archive_s3(&s3, "snaplink").archive_snapshots_on_demand().start().await;
+    let clients = cluster.stores(&cluster.ids());
+    write_items(&clients, "l", "a", 0..100, 8).await;
+    let (code, text) = cluster_cli(&cluster, &["backup", "snapshot", "--timeout", "60s", "--output", "json"]);
+    assert_eq!(code, 0, "{text}");
+    let at = json_line(&text)["index"].as_u64().expect("the snapshot's index");
+    write_items(&clients, "l", "b", 0..100, 8).await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    bounded(cluster.store(leader).put(request(archived_put("l", "last"), Duration::from_secs(20))))
+        .await
+        .expect("archived");
+    let (code, text) = verify_cli(&cluster);
+    assert_eq!(code, 0, "{text}");
+
+    // A copy of the entries after the snapshot, as a segment of their own that links to it by
+    // a wrong digest (entries agree with the segment they came from, so only the link is off).
+    let holder = cluster
+        .segment_objects()
+        .await
+        .into_iter()
+        .find(|s| s.first <= at + 1 && s.last > at + 1)
+        .expect("a segment holding the entries after the snapshot");
+    let original = Segment::decode(&holder.name, &cluster.archive_object(&holder.name).await).expect("decodes");
+    let history = original.header.history.expect("a history");
+    let entries: Vec<_> = original.entries.into_iter().filter(|e| e.index > at).collect();
+    let link = Link::Snapshot { index: at, term: 1, digest: [0xab; 32] };
+    let forged =
+        Segment::new(&original.header.cluster_id, entries, original.header.digest_after).in_history(history, link);
+    let name = format!("{}/{}", cluster.open_archive().root, forged.object_name());
+    cluster.put_archive_object(&name, forged.encode()).await;
+    let (code, text) = verify_cli(&cluster);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains(&format!("continues from a snapshot at index {at}")), "{text}");
+}
