@@ -168,7 +168,13 @@ impl Archiver {
             // Once a second, or at once when this node becomes leader: waking on every metrics
             // change would read `head` once per commit (one object-store GET per write).
             let me = self.node_id;
-            let _ = tokio::time::timeout(HEAD_POLL, metrics.wait_for(|m| m.current_leader == Some(me))).await;
+            let waited = tokio::time::timeout(HEAD_POLL, metrics.wait_for(|m| m.current_leader == Some(me)))
+                .await
+                .map(|r| r.is_err());
+            if waited == Ok(true) {
+                // Raft has stopped (the node is shutting down): no busy loop meanwhile.
+                tokio::time::sleep(HEAD_POLL).await;
+            }
         }
     }
 
@@ -660,7 +666,11 @@ impl Archiver {
         });
         let (me, term) = (self.node_id, self.raft.metrics().borrow().current_term);
         let mut metrics = self.raft.metrics();
-        let _ = metrics.wait_for(|m| m.current_term != term || m.current_leader != Some(me)).await;
+        let stopped = metrics.wait_for(|m| m.current_term != term || m.current_leader != Some(me)).await.is_err();
+        if stopped {
+            // Raft has stopped (the node is shutting down): no busy loop meanwhile.
+            tokio::time::sleep(HEAD_POLL).await;
+        }
     }
 }
 
