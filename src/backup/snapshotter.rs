@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use keepsake_archive::proto::{ChunkRef, ResyncRange, SnapshotManifest};
 use keepsake_archive::snapshot::{
     chunk_name, chunks_missing, decode_manifest, encode_manifest, manifest_name, parse_chunk_name, parse_manifest_name,
@@ -81,6 +81,9 @@ struct Known {
     /// No scheduled scrubbing before this (unix µs): the rest after a whole pass.
     scrub_rest_until_us: i64,
 }
+
+/// Chunk copies or uploads one snapshot keeps in flight.
+const WRITES_IN_FLIGHT: usize = 4;
 
 /// The rest between two scheduled scrub passes.
 const SCRUB_REST_US: i64 = 3_600_000_000;
@@ -444,28 +447,50 @@ impl Snapshotter {
         }
         let mut up = Uploaded { index: 0, term: 0, digest: [0; 32], chunks: 0, new_chunks: 0, new_bytes: 0 };
         let mut refs = Vec::new();
+        // Up to WRITES_IN_FLIGHT chunk writes (copies or uploads) at once.
+        let mut writes = futures::stream::FuturesUnordered::new();
+        let mut scheduled: HashSet<ChunkId> = HashSet::new();
+        let mut done = |result: Result<(ChunkId, Option<u64>), String>, known: &mut Known| {
+            let (id, uploaded) = result?;
+            known.learn(id);
+            if let Some(bytes) = uploaded {
+                up.new_bytes += bytes;
+                up.new_chunks += 1;
+            }
+            Ok::<_, String>(())
+        };
         while let Some(chunk) = rx.recv().await {
             let id = ChunkId { term, hash: chunk.hash };
-            if !known.chunks.contains(&id) {
-                let to = self.archive.path(&chunk_name(&id));
-                let copied = match known.by_hash.get(&chunk.hash) {
-                    Some(from) => self.archive.store.copy(&self.archive.path(&chunk_name(from)), &to).await.is_ok(),
-                    None => false,
-                };
-                if !copied {
-                    let bytes = bytes::Bytes::from(chunk.encode());
-                    up.new_bytes += bytes.len() as u64;
-                    put(self.archive.store.as_ref(), &to, bytes).await.map_err(|e| format!("uploading {to}: {e}"))?;
-                    up.new_chunks += 1;
-                }
-                known.learn(id);
-            }
             refs.push(ChunkRef {
                 hash: chunk.hash.to_vec(),
                 bytes: chunk.body.len() as u64,
                 records: chunk.records,
                 term,
             });
+            if known.chunks.contains(&id) || !scheduled.insert(id) {
+                continue;
+            }
+            let from = known.by_hash.get(&chunk.hash).map(|from| self.archive.path(&chunk_name(from)));
+            let (store, to) = (self.archive.store.clone(), self.archive.path(&chunk_name(&id)));
+            writes.push(async move {
+                if let Some(from) = from {
+                    if store.copy(&from, &to).await.is_ok() {
+                        return Ok((id, None));
+                    }
+                }
+                let bytes = bytes::Bytes::from(chunk.encode());
+                let size = bytes.len() as u64;
+                put(store.as_ref(), &to, bytes).await.map_err(|e| format!("uploading {to}: {e}"))?;
+                Ok((id, Some(size)))
+            });
+            while writes.len() >= WRITES_IN_FLIGHT {
+                if let Some(result) = writes.next().await {
+                    done(result, known)?;
+                }
+            }
+        }
+        while let Some(result) = writes.next().await {
+            done(result, known)?;
         }
         let header = reading
             .await
