@@ -87,10 +87,16 @@ pub async fn read(reader: &StateReader) -> Result<Option<(HistoryRecord, u64)>, 
     Ok(Some((record, item.record.revision)))
 }
 
+/// The record and its revision, if the state holds one that was set after its last restore
+/// (a record from before a restore names the history the state was restored from).
+pub async fn read_current(reader: &StateReader) -> Result<Option<(HistoryRecord, u64)>, StoreError> {
+    let restores = reader.meta().await?.resync.len();
+    Ok(read(reader).await?.filter(|(r, _)| r.restores == restores))
+}
+
 /// The id a state holds, if it holds one that was set after its last restore.
 pub async fn current(reader: &StateReader) -> Result<Option<HistoryId>, StoreError> {
-    let restores = reader.meta().await?.resync.len();
-    Ok(read(reader).await?.filter(|(r, _)| r.restores == restores).and_then(|(r, _)| HistoryId::parse(&r.id)))
+    Ok(read_current(reader).await?.and_then(|(r, _)| HistoryId::parse(&r.id)))
 }
 
 /// The write that sets a new id, if the item is still at `if_revision` (0: absent).

@@ -178,45 +178,48 @@ impl Archiver {
         }
     }
 
-    /// The history this cluster's state belongs to, proposing a fresh id where the state has
-    /// none yet (a new cluster, or one restored since its id was set), and the archive the
-    /// cluster state names, which must be this node's: one that disagrees is refused.
-    async fn history(&self) -> Result<HistoryId, NotYet> {
+    /// The history this cluster's state belongs to (its id, and the one it was restored from),
+    /// proposing a fresh id where the state has none yet (a new cluster, or one restored since
+    /// its id was set), and the archive the cluster state names, which must be this node's:
+    /// one that disagrees is refused.
+    async fn history(&self) -> Result<(HistoryId, Option<String>), NotYet> {
         let retry = |e: String| NotYet::Retry(format!("setting the history id: {e}"));
         let mine = self.config.location();
         for _ in 0..3 {
-            let restores = self.reader.meta().await.map_err(|e| retry(e.to_string()))?.resync.len();
-            let found = history::read(&self.reader).await.map_err(|e| retry(e.to_string()))?;
-            let current = found.as_ref().filter(|(r, _)| r.restores == restores);
-            let record = match current.and_then(|(r, revision)| Some((r, *revision, HistoryId::parse(&r.id)?))) {
-                Some((r, _, id)) if r.archive.as_deref() == Some(mine.as_str()) => return Ok(id),
-                Some((r, _, _)) if r.archive.is_some() => {
-                    return Err(NotYet::Refuse(format!(
-                        "this cluster archives to {} (cluster state, agreed through Raft), but this node's config \
-                         names {mine}: it archives nothing. Give this node the cluster's archive; to move the \
-                         cluster's archive on purpose, give every node the new one and run `keepsake backup \
-                         adopt-archive` against the leader",
-                        r.archive.as_deref().unwrap_or_default()
-                    )))
-                }
-                // A record from before the archive was kept: this leader's becomes the cluster's.
-                Some((r, revision, _)) => (HistoryRecord { archive: Some(mine.clone()), ..r.clone() }, revision),
-                None => (
-                    HistoryRecord {
-                        id: HistoryId::random().to_hex(),
-                        restores,
-                        parent: found.as_ref().map(|(r, _)| r.id.clone()),
-                        archive: Some(mine.clone()),
-                    },
-                    found.as_ref().map_or(0, |(_, revision)| *revision),
-                ),
+            let current = history::read_current(&self.reader).await.map_err(|e| retry(e.to_string()))?;
+            let (record, revision) = match current {
+                Some((r, revision)) => match (HistoryId::parse(&r.id), r.archive.as_deref()) {
+                    (Some(id), Some(archive)) if archive == mine => return Ok((id, r.parent)),
+                    (Some(_), Some(archive)) => {
+                        return Err(NotYet::Refuse(format!(
+                            "this cluster archives to {archive} (cluster state, agreed through Raft), but this \
+                             node's config names {mine}: it archives nothing. Give this node the cluster's \
+                             archive; to move the cluster's archive on purpose, give every node the new one and \
+                             run `keepsake backup adopt-archive` against the leader"
+                        )))
+                    }
+                    // A record from before the archive was kept: this leader's becomes the cluster's.
+                    (Some(_), None) => (HistoryRecord { archive: Some(mine.clone()), ..r }, revision),
+                    (None, _) => (self.fresh_history(Some(r.id)).await.map_err(retry)?, revision),
+                },
+                // None yet, or one from before the last restore (which becomes the parent).
+                None => match history::read(&self.reader).await.map_err(|e| retry(e.to_string()))? {
+                    Some((stale, revision)) => (self.fresh_history(Some(stale.id)).await.map_err(retry)?, revision),
+                    None => (self.fresh_history(None).await.map_err(retry)?, 0),
+                },
             };
             // Conditional on the item's revision: of two leaders racing, one record wins.
             let deadline = Instant::now() + Duration::from_secs(5);
-            let write = history::set(&record.0, record.1);
+            let write = history::set(&record, revision);
             self.consensus.propose(write, deadline).await.map_err(|e| retry(e.to_string()))?;
         }
         Err(retry("the history record did not settle".into()))
+    }
+
+    /// A new history's record for the state as it is, archiving where this node's config says.
+    async fn fresh_history(&self, parent: Option<String>) -> Result<HistoryRecord, String> {
+        let restores = self.reader.meta().await.map_err(|e| e.to_string())?.resync.len();
+        Ok(HistoryRecord { id: HistoryId::random().to_hex(), restores, parent, archive: Some(self.config.location()) })
     }
 
     /// Why an archive that claims to hold `archived`, with no `archive-info.json`, cannot be
@@ -270,7 +273,7 @@ impl Archiver {
     /// written to a root found to be another's; the store's fencing is probed before the root
     /// is claimed or written.
     async fn take_office(&self) -> Result<Office, NotYet> {
-        let history = self.history().await?;
+        let (history, parent) = self.history().await?;
         let term = self.raft.metrics().borrow().current_term;
         // A head that does not decode is no head: the listing decides (verify names it).
         let head = head::read(&self.archive).await.unwrap_or_else(|e| {
@@ -286,10 +289,26 @@ impl Archiver {
         }
         let ours = head.as_ref().filter(|h| h.history() == Some(history)).map(|h| h.archived_index);
         let end = self.end(ours).await.map_err(|e| NotYet::Retry(format!("listing the archive: {e}")))?;
-        let found = info::read(&self.archive).await.map_err(NotYet::Retry)?;
-        let claim = match found {
-            Some(found) if found.history() == Some(history) => None,
-            Some(found) => Some(Claim::Foreign(found)),
+        let foreign = |whose: String| {
+            NotYet::Refuse(format!(
+                "the archive {} {whose}, not to this cluster's history {history}: another cluster with id {:?} \
+                 archives there (or did), or this cluster was restored or rebuilt under the same id. Nothing is \
+                 archived into another history: give this cluster its own archive url or cluster id",
+                self.archive.url, self.cluster_id
+            ))
+        };
+        let belongs = |other: &ArchiveInfo| {
+            format!(
+                "belongs to history {} (cluster {:?}, created at {} µs, see {})",
+                other.history_id,
+                other.cluster_id,
+                other.created_at_us,
+                info::OBJECT
+            )
+        };
+        let claimed = match info::read(&self.archive).await.map_err(NotYet::Retry)? {
+            Some(found) if found.history() == Some(history) => true,
+            Some(found) => return Err(foreign(belongs(&found))),
             // An archive from before histories had ids: this history may adopt it only if it
             // cannot be another's — it does not reach past this log, and its head (if it names
             // a history, as a root whose info was deleted would) names this one.
@@ -297,52 +316,31 @@ impl Archiver {
                 if let Some(problem) = end.last().and_then(|a| self.past_my_log(a)) {
                     return Err(NotYet::Refuse(problem));
                 }
-                match head.as_ref().and_then(|h| h.history()).filter(|h| *h != history) {
-                    Some(other) => Some(Claim::Foreign(ArchiveInfo {
-                        format: info::FORMAT,
-                        cluster_id: format!("(unknown: {} is missing; head names it)", info::OBJECT),
-                        history_id: other.to_hex(),
-                        parent_history_id: None,
-                        created_at_us: 0,
-                    })),
-                    None => Some(Claim::Ours),
+                if let Some(other) = head.as_ref().and_then(|h| h.history()).filter(|h| *h != history) {
+                    return Err(foreign(format!(
+                        "belongs, by its head (its {} is missing), to history {other}",
+                        info::OBJECT
+                    )));
                 }
+                false
             }
         };
-        if !matches!(claim, Some(Claim::Foreign(_))) {
-            match info::probe(&self.archive, &format!("{}-{term}-{}", self.node_id, now_us())).await {
-                Probe::Fenced => {}
-                Probe::Unfenced(problem) => return Err(NotYet::Refuse(problem)),
-                Probe::Failed(e) => return Err(NotYet::Retry(e)),
-            }
+        match info::probe(&self.archive, &format!("{}-{term}-{}", self.node_id, now_us())).await {
+            Probe::Fenced => {}
+            Probe::Unfenced(problem) => return Err(NotYet::Refuse(problem)),
+            Probe::Failed(e) => return Err(NotYet::Retry(e)),
         }
-        let claim = match claim {
-            Some(Claim::Ours) => {
-                let info = ArchiveInfo {
-                    format: info::FORMAT,
-                    cluster_id: self.cluster_id.clone(),
-                    history_id: history.to_hex(),
-                    parent_history_id: history::read(&self.reader).await.ok().flatten().and_then(|(r, _)| r.parent),
-                    created_at_us: now_us(),
-                };
-                info::claim(&self.archive, &info).await.map_err(NotYet::Retry)?
+        if !claimed {
+            let info = ArchiveInfo {
+                format: info::FORMAT,
+                cluster_id: self.cluster_id.clone(),
+                history_id: history.to_hex(),
+                parent_history_id: parent,
+                created_at_us: now_us(),
+            };
+            if let Claim::Foreign(other) = info::claim(&self.archive, &info).await.map_err(NotYet::Retry)? {
+                return Err(foreign(belongs(&other)));
             }
-            Some(foreign) => foreign,
-            None => Claim::Ours,
-        };
-        if let Claim::Foreign(other) = claim {
-            return Err(NotYet::Refuse(format!(
-                "the archive {} belongs to history {} (cluster {:?}, created at {} µs, see {}), not to this \
-                 cluster's history {history}: another cluster with id {:?} archives there (or did), or this cluster \
-                 was restored or rebuilt under the same id. Nothing is archived into another history: give this \
-                 cluster its own archive url or cluster id",
-                self.archive.url,
-                other.history_id,
-                other.cluster_id,
-                other.created_at_us,
-                info::OBJECT,
-                self.cluster_id
-            )));
         }
         let archived = end.last();
         let prev = self.link_to(&end).await.map_err(NotYet::Retry)?;

@@ -258,13 +258,8 @@ impl Admin for AdminService {
         on_leader!(self, request, backup_adopt_archive);
         let deadline = deadline::of(&request, Duration::from_secs(10));
         let consensus = self.replica.consensus();
-        let reader = consensus.reader();
-        let restores = reader.meta().await.map_err(status::from_store)?.resync.len();
-        let (record, revision) = history::read(reader)
-            .await
-            .map_err(status::from_store)?
-            .filter(|(r, _)| r.restores == restores)
-            .ok_or_else(|| {
+        let (record, revision) =
+            history::read_current(consensus.reader()).await.map_err(status::from_store)?.ok_or_else(|| {
                 Status::failed_precondition(
                     "this cluster has no history id yet (its leader sets one when it first archives); retry shortly",
                 )
