@@ -2,8 +2,9 @@
 //! nothing while a restore or drill holds a lease on it (`keepsake_archive::lease`).
 //!
 //! Invariant: the base — the newest whole snapshot (every chunk there, none found damaged by a
-//! scrub) whose last write is at or before the window's start — stays, with every snapshot and segment after it (so the newest snapshot and the
-//! segments after it always stay); nothing is deleted while any lease is live; a chunk goes only
+//! scrub) whose last write is at or before the window's start, or an older whole one so that
+//! `archive.keep_whole_snapshots` stay — stays, with every snapshot and segment after it (so
+//! the newest snapshot and the segments after it always stay); nothing is deleted while any lease is live; a chunk goes only
 //! when no kept manifest names it, no snapshot being written has pinned it, and it is over an
 //! hour old (`archive.chunk_grace_seconds`). Manifests go before the segments and chunks they
 //! start from.
@@ -14,7 +15,7 @@
 //! than its base, the segments such a base covers) a newer leader, seeing at least the same
 //! snapshots, would delete too.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use futures::TryStreamExt;
 use keepsake_archive::segment::parse_object_name;
@@ -49,7 +50,7 @@ pub async fn apply(
     config: &ArchiveConfig,
     term: u64,
     pinned: &HashSet<ChunkId>,
-    damaged: &HashSet<ChunkId>,
+    damaged: &BTreeSet<ChunkId>,
 ) -> Result<Report, String> {
     let Some(window) = config.retention()? else { return Ok(Report::default()) };
     if keepsake_archive::lease::held(archive).await? {

@@ -21,9 +21,14 @@ pub struct Report {
     pub chunks: u64,
     pub bytes: u64,
     /// Chunks found damaged or missing and rewritten whole from this node's state.
-    pub repaired: Vec<String>,
+    pub repaired: Vec<ChunkId>,
     /// Chunks found damaged that this node's state no longer holds.
-    pub damaged: Vec<String>,
+    pub damaged: Vec<ChunkId>,
+}
+
+/// The chunks' object names, as an operator reads them.
+pub fn names<'a>(archive: &Archive, ids: impl IntoIterator<Item = &'a ChunkId>) -> Vec<String> {
+    ids.into_iter().map(|id| archive.path(&chunk_name(id)).to_string()).collect()
 }
 
 /// Objects one budgeted part reads at most, however small they are (requests cost too).
@@ -37,7 +42,7 @@ pub async fn check(
     chunks: &BTreeSet<ChunkId>,
     after: Option<ChunkId>,
     budget: Option<u64>,
-    known_damaged: &HashSet<ChunkId>,
+    known_damaged: &BTreeSet<ChunkId>,
     state: &Path,
 ) -> Result<(Report, Option<ChunkId>), String> {
     let mut report = Report::default();
@@ -104,17 +109,17 @@ async fn repair(archive: &Archive, bad: &[ChunkId], state: &Path, report: &mut R
     .await
     .map_err(|e| format!("rebuilding chunks: {e}"))??;
     for id in bad {
-        let name = archive.path(&chunk_name(id)).to_string();
         match rebuilt.get(&id.hash) {
             Some(chunk) => {
                 // Content-addressed: the only bytes with this name are these.
-                put(archive.store.as_ref(), &archive.path(&chunk_name(id)), chunk.encode().into())
+                let path = archive.path(&chunk_name(id));
+                put(archive.store.as_ref(), &path, chunk.encode().into())
                     .await
-                    .map_err(|e| format!("rewriting {name}: {e}"))?;
-                tracing::warn!(chunk = %name, "scrub: rewrote a damaged chunk from this node's state");
-                report.repaired.push(name);
+                    .map_err(|e| format!("rewriting {path}: {e}"))?;
+                tracing::warn!(chunk = %path, "scrub: rewrote a damaged chunk from this node's state");
+                report.repaired.push(*id);
             }
-            None => report.damaged.push(name),
+            None => report.damaged.push(*id),
         }
     }
     Ok(())

@@ -55,9 +55,8 @@ pub struct Scrubbed {
     pub chunks: u64,
     pub bytes: u64,
     pub repaired: u64,
-    /// Damaged chunks this node's state could not rebuild (object names).
-    pub damaged: BTreeSet<String>,
-    damaged_ids: HashSet<ChunkId>,
+    /// Damaged chunks this node's state could not rebuild.
+    pub damaged: BTreeSet<ChunkId>,
 }
 
 /// What this leader knows of the archive's snapshots (re-listed after every leader change).
@@ -160,7 +159,7 @@ impl Snapshotter {
             (chunks, if budget.is_some() { known.scrub_after } else { None })
         };
         // A budgeted part skips chunks already known damaged; a whole pass checks them again.
-        let known_damaged = if budget.is_some() { self.scrubbed().damaged_ids } else { HashSet::new() };
+        let known_damaged = if budget.is_some() { self.scrubbed().damaged } else { BTreeSet::new() };
         let (report, resume) =
             scrub::check(&self.archive, &chunks, after, budget, &known_damaged, &self.data_dir).await?;
         if budget.is_some() {
@@ -179,16 +178,10 @@ impl Snapshotter {
         if budget.is_none() {
             s.damaged.clear();
         }
-        for name in &report.repaired {
-            s.damaged.remove(name);
+        for id in &report.repaired {
+            s.damaged.remove(id);
         }
-        s.damaged.extend(report.damaged.iter().cloned());
-        let damaged: HashSet<String> = s.damaged.iter().cloned().collect();
-        s.damaged_ids = chunks
-            .iter()
-            .filter(|id| damaged.contains(&self.archive.path(&chunk_name(id)).to_string()))
-            .copied()
-            .collect();
+        s.damaged.extend(report.damaged.iter().copied());
         Ok(report)
     }
 
@@ -287,7 +280,7 @@ impl Snapshotter {
         if term == 0 {
             return Err("retention: this node does not own the archive".into());
         }
-        let damaged = self.scrubbed.lock().unwrap_or_else(|e| e.into_inner()).damaged_ids.clone();
+        let damaged = self.scrubbed().damaged;
         retention::apply(&self.archive, &self.config, term, &known.pinned.keys().copied().collect(), &damaged)
             .await
             .map_err(|e| format!("retention: {e}"))?;

@@ -13,6 +13,7 @@ use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use super::{deadline, status};
+use crate::backup::scrub;
 use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::admin_server::Admin;
 use crate::proto::v1::*;
@@ -236,12 +237,15 @@ impl Admin for AdminService {
         on_leader!(self, request, backup_scrub);
         let deadline = deadline::of(&request, Duration::from_secs(3600));
         match tokio::time::timeout_at(deadline, self.replica.archive().snapshotter.scrub_now()).await {
-            Ok(Ok(r)) => Ok(Response::new(BackupScrubResponse {
-                chunks: r.chunks,
-                bytes: r.bytes,
-                repaired: r.repaired,
-                damaged: r.damaged,
-            })),
+            Ok(Ok(r)) => {
+                let archive = &self.replica.archive().snapshotter.archive;
+                Ok(Response::new(BackupScrubResponse {
+                    chunks: r.chunks,
+                    bytes: r.bytes,
+                    repaired: scrub::names(archive, &r.repaired),
+                    damaged: scrub::names(archive, &r.damaged),
+                }))
+            }
             Ok(Err(e)) => Err(Status::unavailable(format!("the scrub failed: {e}; retry"))),
             Err(_) => Err(Status::deadline_exceeded(
                 "the scrub did not finish before the deadline; give it a longer --timeout (an unfinished pass records \
@@ -332,7 +336,7 @@ pub fn backup_status(r: &Replica) -> BackupStatusResponse {
         scrubbed_chunks: scrubbed.chunks,
         scrubbed_bytes: scrubbed.bytes,
         repaired_chunks: scrubbed.repaired,
-        damaged_chunks: scrubbed.damaged.into_iter().collect(),
+        damaged_chunks: scrub::names(&r.archive().snapshotter.archive, &scrubbed.damaged),
     }
 }
 
