@@ -117,14 +117,9 @@ fn chain(listed: &[Listed], from: u64) -> (Vec<Listed>, Option<u64>) {
     (out, None)
 }
 
-/// The archive snapshots a restore to `target` can start from, newest first (none: start at
-/// index 0), and the newer ones passed over: a chunk they name is missing (a deposed leader's
-/// retention could once delete one), the manifest is damaged, or it names another history.
-async fn base_snapshots(
-    archive: &Archive,
-    target: Target,
-    expect: &mut Expect,
-) -> Result<(Vec<(String, SnapshotManifest)>, Vec<String>), RestoreError> {
+/// The archive's snapshot manifests a restore to `target` may start from, newest first, and
+/// the chunks the listing holds.
+async fn base_candidates(archive: &Archive, target: Target) -> Result<(Vec<String>, HashSet<ChunkId>), RestoreError> {
     let prefix = archive.path("snapshots");
     let objects: Vec<object_store::ObjectMeta> = archive.store.list(Some(&prefix)).try_collect().await?;
     let listed_chunks: HashSet<ChunkId> =
@@ -132,36 +127,39 @@ async fn base_snapshots(
     let mut manifests: Vec<(u64, String)> = objects
         .iter()
         .filter_map(|o| Some((parse_manifest_name(o.location.as_ref())?, o.location.to_string())))
+        .filter(|(index, _)| !matches!(target, Target::Index(i) if *index > i))
         .collect();
     manifests.sort();
-    let (mut usable, mut passed_over) = (Vec::new(), Vec::new());
-    for (index, name) in manifests.into_iter().rev() {
-        if matches!(target, Target::Index(i) if index > i) {
-            continue;
-        }
-        let bytes = archive.store.get(&object_store::path::Path::from(name.as_str())).await?.bytes().await?;
-        let m = match decode_manifest(&name, &bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                passed_over.push(format!("{name} ({e})"));
-                continue;
-            }
-        };
-        if matches!(target, Target::Time(t) if m.last_write_us > t) {
-            continue;
-        }
-        if let Err(problem) = expect.manifest(&name, &m) {
-            passed_over.push(problem);
-            continue;
-        }
-        let missing = chunks_missing(&m.chunks, &listed_chunks);
-        if missing > 0 {
-            passed_over.push(format!("{name} ({missing} of its {} chunks missing)", m.chunks.len()));
-            continue;
-        }
-        usable.push((name, m));
+    Ok((manifests.into_iter().rev().map(|(_, name)| name).collect(), listed_chunks))
+}
+
+/// One candidate manifest, read: Ok(Some) to start from, Ok(None) when it holds writes after a
+/// time target, Err with why it is passed over: a chunk it names is missing (a deposed
+/// leader's retention could once delete one), the manifest is damaged, or it names another
+/// history.
+async fn base_candidate(
+    archive: &Archive,
+    name: &str,
+    target: Target,
+    expect: &mut Expect,
+    listed_chunks: &HashSet<ChunkId>,
+) -> Result<Result<Option<SnapshotManifest>, String>, RestoreError> {
+    let bytes = archive.store.get(&object_store::path::Path::from(name)).await?.bytes().await?;
+    let m = match decode_manifest(name, &bytes) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(format!("{name} ({e})"))),
+    };
+    if matches!(target, Target::Time(t) if m.last_write_us > t) {
+        return Ok(Ok(None));
     }
-    Ok((usable, passed_over))
+    if let Err(problem) = expect.manifest(name, &m) {
+        return Ok(Err(problem));
+    }
+    let missing = chunks_missing(&m.chunks, listed_chunks);
+    if missing > 0 {
+        return Ok(Err(format!("{name} ({missing} of its {} chunks missing)", m.chunks.len())));
+    }
+    Ok(Ok(Some(m)))
 }
 
 /// Loads an archive snapshot's chunks into `store`, checking each chunk's hash and, at the end,
@@ -316,16 +314,24 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
         expect.head(h).map_err(|p| RestoreError::Archive(format!("{p}; refusing to trust it")))?;
     }
     let head = head.map(|h| h.archived_index);
-    let (bases, mut passed_over) = base_snapshots(&plan.archive, plan.target, &mut expect).await?;
-    for name in &passed_over {
-        progress(&format!("passing over snapshot {name}"));
-    }
-    // The newest snapshot that loads whole; one with a damaged chunk is passed over like one
-    // with a missing chunk, and the restore starts again, from the one before it or from 0.
+    // The newest snapshot that loads whole, read one at a time: one with a missing or damaged
+    // chunk (or manifest) is passed over, and the restore starts again from the one before it
+    // or from 0.
+    let (candidates, listed_chunks) = base_candidates(&plan.archive, plan.target).await?;
+    let mut passed_over = Vec::new();
     let mut report = Report::default();
     let mut base = None;
     let mut store = keepsake_raft::open(dir)?;
-    for (name, m) in bases {
+    for name in candidates {
+        let m = match base_candidate(&plan.archive, &name, plan.target, &mut expect, &listed_chunks).await? {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(why) => {
+                progress(&format!("passing over snapshot {why}"));
+                passed_over.push(why);
+                continue;
+            }
+        };
         match load_snapshot(&plan.archive, &mut store, &name, &m, &mut report, progress, lease).await {
             Ok(()) => {
                 base = Some((name, m));
