@@ -32,13 +32,10 @@ pub async fn serve(
 }
 
 async fn ready(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
-    match replica.leader() {
-        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known\n".to_owned()),
-        Some(_) if replica.archive_refused().is_some() => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: refusing to archive: {}\n", replica.archive_refused().unwrap_or_default()),
-        ),
-        Some(_) => match replica.archive_backlog_problem() {
+    match (replica.leader(), replica.archive_refused()) {
+        (None, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known\n".to_owned()),
+        (Some(_), Some(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: refusing to archive: {why}\n")),
+        (Some(_), None) => match replica.archive_backlog_problem() {
             Some(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {problem}\n")),
             None => (StatusCode::OK, "ready\n".to_owned()),
         },
