@@ -29,6 +29,11 @@ pub fn archive_cli(cluster: &Cluster, args: &[&str]) -> (i32, String) {
     keepsake_cli(&all)
 }
 
+/// `keepsake backup verify` on `cluster`'s archive.
+pub fn verify_cli(cluster: &Cluster) -> (i32, String) {
+    archive_cli(cluster, &["backup", "verify"])
+}
+
 /// `keepsake_cli` with the crash point `crash_at` armed (see raft/src/crash.rs); returns the
 /// exit status, so that a test can tell a crash from an exit.
 pub fn keepsake_cli_crashing_at<S: AsRef<std::ffi::OsStr>>(

@@ -13,8 +13,8 @@ use std::time::Duration;
 use keepsake::proto::v1::admin_client::AdminClient;
 use keepsake::proto::v1::store_client::StoreClient;
 use keepsake::proto::v1::{
-    DigestRequest, DigestResponse, NodeStatus, NodeStatusRequest, TransferLeaderRequest, TriggerSnapshotRequest,
-    TriggerSnapshotResponse,
+    BackupStatusRequest, BackupStatusResponse, DigestRequest, DigestResponse, NodeStatus, NodeStatusRequest,
+    TransferLeaderRequest, TriggerSnapshotRequest, TriggerSnapshotResponse,
 };
 use tempfile::TempDir;
 use tokio::time::Instant;
@@ -507,6 +507,28 @@ impl Cluster {
     /// Store clients for the given nodes, in that order.
     pub fn stores(&self, ids: &[u64]) -> Vec<StoreClient<Channel>> {
         ids.iter().map(|&id| self.store(id)).collect()
+    }
+
+    /// The archive as node `id` sees it (Admin.BackupStatus; panics if it does not answer).
+    pub async fn backup_status(&self, id: u64) -> BackupStatusResponse {
+        bounded(self.admin(id).backup_status(request(BackupStatusRequest {}, Duration::from_secs(5))))
+            .await
+            .expect("BackupStatus answers")
+    }
+
+    /// The node among `ids` that says it leads, once one does (panics after `timeout`). Unlike
+    /// `wait_for_leader`, asks only those nodes: one that is frozen still believes it leads.
+    pub async fn leader_among(&self, ids: &[u64], timeout: Duration) -> u64 {
+        let found = eventually(timeout, || async {
+            for id in ids {
+                if self.get_node_status(*id).await.is_ok_and(|s| s.role == "leader") {
+                    return Some(*id);
+                }
+            }
+            None
+        })
+        .await;
+        found.unwrap_or_else(|| panic!("none of nodes {ids:?} became leader within {timeout:?}"))
     }
 
     /// The node's own view of itself (Admin.NodeStatus, 500 ms deadline).

@@ -20,7 +20,9 @@ pub const SYSTEM_ITEMS: u64 = 1;
 
 // Each test binary uses only some of these names (and of the items: hence `dead_code` above).
 #[allow(unused_imports)]
-pub use cli::{archive_cli, cluster_cli, json_line, keepsake_cli, keepsake_cli_crashing_at, restore_args, restore_cli};
+pub use cli::{
+    archive_cli, cluster_cli, json_line, keepsake_cli, keepsake_cli_crashing_at, restore_args, restore_cli, verify_cli,
+};
 #[allow(unused_imports)]
 pub use cluster::{peer_source_ip, Cluster, ClusterBuilder};
 #[allow(unused_imports)]

@@ -26,20 +26,11 @@ async fn read_segments(cluster: &Cluster) -> BTreeMap<(u64, u64), Segment> {
     out
 }
 
-async fn backup_status(cluster: &Cluster, id: u64) -> BackupStatusResponse {
-    cluster
-        .admin(id)
-        .backup_status(request(BackupStatusRequest {}, Duration::from_secs(5)))
-        .await
-        .expect("BackupStatus answers")
-        .into_inner()
-}
-
 /// Waits until the archive reaches the leader's committed index.
 async fn wait_archived(cluster: &Cluster, limit: Duration) -> BackupStatusResponse {
     let found = eventually(limit, || async {
         let leader = cluster.leader_id().await?;
-        let s = backup_status(cluster, leader).await;
+        let s = cluster.backup_status(leader).await;
         (s.archived_index == Some(s.committed_index) && s.committed_index > 0).then_some(s)
     })
     .await;
@@ -150,7 +141,7 @@ async fn purge_gate_holds_the_log_while_the_archive_cannot_be_written() {
     cluster.trigger_snapshot(leader).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stuck = eventually(Duration::from_secs(15), || async {
-        Some(backup_status(&cluster, leader).await).filter(|s| !s.last_error.is_empty())
+        Some(cluster.backup_status(leader).await).filter(|s| !s.last_error.is_empty())
     })
     .await
     .expect("the status reports the failing upload");
@@ -176,10 +167,6 @@ async fn purge_gate_holds_the_log_while_the_archive_cannot_be_written() {
     })
     .await;
     assert!(purged.is_some(), "once archived, the log is purged behind the snapshot");
-}
-
-fn verify_cli(cluster: &Cluster) -> (i32, String) {
-    archive_cli(cluster, &["backup", "verify"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -255,7 +242,7 @@ async fn a_second_cluster_on_the_same_archive_uploads_and_deletes_nothing() {
     }
     let refused = eventually(Duration::from_secs(15), || async {
         let leader = second.leader_id().await?;
-        let s = backup_status(&second, leader).await;
+        let s = second.backup_status(leader).await;
         s.last_error.contains("another cluster").then_some(s)
     })
     .await;

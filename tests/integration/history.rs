@@ -13,12 +13,6 @@ use crate::common::*;
 
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn backup_status(cluster: &Cluster, id: u64) -> BackupStatusResponse {
-    bounded(cluster.admin(id).backup_status(request(BackupStatusRequest {}, Duration::from_secs(5))))
-        .await
-        .expect("backup status")
-}
-
 fn archived_put(user: &str, id: &str) -> PutRequest {
     PutRequest {
         key: Some(key(user, "c", id)),
@@ -26,10 +20,6 @@ fn archived_put(user: &str, id: &str) -> PutRequest {
         durability: Durability::Archived as i32,
         ..Default::default()
     }
-}
-
-fn verify_cli(cluster: &Cluster) -> (i32, String) {
-    archive_cli(cluster, &["backup", "verify"])
 }
 
 /// A cluster whose archive holds several segments, every write archived.
@@ -69,7 +59,7 @@ async fn a_second_cluster_with_the_same_id_and_archive_refuses_and_the_first_los
     }
     let refused = eventually(Duration::from_secs(20), || async {
         let leader = second.leader_id().await?;
-        let s = backup_status(&second, leader).await;
+        let s = second.backup_status(leader).await;
         (!s.refused.is_empty()).then_some((leader, s))
     })
     .await;
@@ -95,7 +85,7 @@ async fn a_second_cluster_with_the_same_id_and_archive_refuses_and_the_first_los
             .await
             .expect("the first cluster's ARCHIVED writes go on");
     }
-    let first_history = backup_status(&first, leader).await.history_id;
+    let first_history = first.backup_status(leader).await.history_id;
     assert_eq!(first_history.len(), 32, "the first cluster archives as its history");
     for listed in first.segment_objects().await {
         let segment = Segment::decode(&listed.name, &first.archive_object(&listed.name).await).expect("decodes");
@@ -121,7 +111,7 @@ async fn a_restore_into_a_root_that_holds_objects_is_refused() {
     let leader = earlier.wait_for_leader(LEADER_TIMEOUT).await;
     put(&mut earlier.store(leader), "e", "c", "x", "earlier attempt").await.expect("write");
     eventually(Duration::from_secs(20), || async {
-        (backup_status(&earlier, leader).await.archived_index.is_some()).then_some(())
+        (earlier.backup_status(leader).await.archived_index.is_some()).then_some(())
     })
     .await
     .expect("the earlier attempt archived");
@@ -291,16 +281,7 @@ async fn a_deposed_leaders_retention_deletes_nothing_a_newer_leaders_snapshot_na
     let archive = cluster.open_archive();
     let lease = keepsake_archive::lease::LeaseGuard::take(&archive, "test").await.expect("a lease");
     let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != deposed).collect();
-    let newer = eventually(Duration::from_secs(20), || async {
-        for id in &others {
-            if cluster.get_node_status(*id).await.ok()?.role == "leader" {
-                return Some(*id);
-            }
-        }
-        None
-    })
-    .await
-    .expect("a newer leader while the deposed one is frozen");
+    let newer = cluster.leader_among(&others, Duration::from_secs(20)).await;
     // Asked directly: the frozen node would hold a request to its whole timeout.
     let (code, text) =
         keepsake_cli(&["backup", "snapshot", "--timeout", "60s", "--endpoints", &cluster.client_addr(newer)]);
@@ -431,7 +412,7 @@ async fn a_leader_configured_with_another_archive_refuses_until_the_cluster_adop
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let mut store = cluster.store(leader);
     bounded(store.put(request(archived_put("m", "before"), Duration::from_secs(20)))).await.expect("archived");
-    let history = backup_status(&cluster, leader).await.history_id;
+    let history = cluster.backup_status(leader).await.history_id;
     let elsewhere = cluster.open_archive().url.replace("first-home", "second-home");
 
     // One node's config names another archive; it is made leader.
@@ -441,7 +422,7 @@ async fn a_leader_configured_with_another_archive_refuses_until_the_cluster_adop
     cluster.restart(odd);
     cluster.make_leader(odd).await;
     let status = eventually(Duration::from_secs(20), || async {
-        let s = backup_status(&cluster, odd).await;
+        let s = cluster.backup_status(odd).await;
         (!s.refused.is_empty()).then_some(s)
     })
     .await
@@ -469,7 +450,7 @@ async fn a_leader_configured_with_another_archive_refuses_until_the_cluster_adop
     // A refusing leader looks again every few seconds.
     let leader = eventually(Duration::from_secs(20), || async {
         let leader = cluster.leader_id().await?;
-        let s = backup_status(&cluster, leader).await;
+        let s = cluster.backup_status(leader).await;
         (s.refused.is_empty() && !s.history_id.is_empty()).then_some(leader)
     })
     .await

@@ -210,16 +210,7 @@ async fn election_to_first_upload_on_an_archive_of_a_million_objects() {
         let killed_at = Instant::now();
         cluster.kill(leader);
         let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
-        let new = eventually(Duration::from_secs(30), || async {
-            for id in &others {
-                if cluster.get_node_status(*id).await.ok()?.role == "leader" {
-                    return Some(*id);
-                }
-            }
-            None
-        })
-        .await
-        .expect("a new leader");
+        let new = cluster.leader_among(&others, Duration::from_secs(30)).await;
         let elected = killed_at.elapsed().as_secs_f64();
         // The node's own clock (same machine) stamps its uploads: the first one after this.
         let elected_us = keepsake_raft::clock::now_us();
