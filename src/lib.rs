@@ -14,3 +14,4 @@ pub mod peer;
 pub mod proto;
 pub mod replica;
 pub mod server;
+pub mod upgrade;

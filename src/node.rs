@@ -104,8 +104,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         status: status_tx,
         waiting: waiting.clone(),
         snapshotter: snapshotter.clone(),
+        peers: peers.clone(),
     });
     let view = ArchiveView { url: archive.url.clone(), status: status_rx, waiting, snapshotter: snapshotter.clone() };
+    let upgrader = crate::upgrade::run(consensus.clone(), peers.clone());
     let replica = Arc::new(Replica::new(consensus, config.clone(), peers, view));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -132,6 +134,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         tokio::spawn(async move { replica.consensus().purge_behind_snapshots(keep).await })
     };
     let archiving = tokio::spawn(archiver.run());
+    let upgrading = tokio::spawn(upgrader);
     let snapshotting = tokio::spawn(snapshotter.run());
     tracing::info!(node = config.node_id, client = %config.client_addr, peer = %config.peer_addr, "node started");
 
@@ -148,6 +151,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     }
     purger.abort();
     archiving.abort();
+    upgrading.abort();
     snapshotting.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), client_task).await;

@@ -69,6 +69,10 @@ impl Replica {
         &self.consensus
     }
 
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
     pub fn archive(&self) -> &ArchiveView {
         &self.archive
     }

@@ -1,25 +1,77 @@
 //! The order-independent state digest (docs/design.md §3).
 //!
-//! The digest is the sum, modulo 2^256, of a 256-bit hash of every live item (its key, revision
-//! and value hash). Adding and removing an item are O(1), the order of writes does not matter,
-//! and two nodes at the same applied index have equal digests exactly when their items agree.
+//! The digest is the sum, modulo 2^256, of a 256-bit hash of every item record. Adding and
+//! removing a record are O(1), the order of writes does not matter, and two nodes at the same
+//! applied index have equal digests exactly when their items agree.
+//!
+//! What a record's hash covers is the digest format (`ItemRecord::digest_hash`). Format 1 hashed
+//! a live item's key, revision and value, and skipped tombstones; format 2 hashes every field of
+//! every record, tombstones included. A state names its format in its history record
+//! (`history.rs`), so every replica, every Raft snapshot and every restore agrees on it: states
+//! whose record names none stay on format 1, and the state machine re-sums the whole state at
+//! the index where a record naming another format is applied.
+//!
+//! Invariant: a state is summed in the format its history record names, or fails to load
+//! (a format this build does not know, or a record that does not decode).
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Digest(pub [u8; 32]);
 
-impl Digest {
-    /// The hash of one live item: what it adds to the digest.
-    pub fn item_hash(key: &[u8], revision: u64, value: &[u8]) -> [u8; 32] {
-        let mut h = blake3::Hasher::new();
-        h.update(&(key.len() as u64).to_le_bytes());
-        h.update(key);
-        h.update(&revision.to_le_bytes());
-        h.update(blake3::hash(value).as_bytes());
-        *h.finalize().as_bytes()
+/// Which hash of an item record the digest sums.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DigestFormat {
+    /// A live item's key, revision and value; tombstones add nothing.
+    #[default]
+    V1,
+    /// Every field of every record, tombstones included.
+    V2,
+}
+
+impl DigestFormat {
+    /// The format a history record written by this build names.
+    pub const CURRENT: DigestFormat = DigestFormat::V2;
+    /// Every format, in number order.
+    pub const ALL: [DigestFormat; 2] = [DigestFormat::V1, DigestFormat::V2];
+
+    pub const fn number(self) -> u32 {
+        match self {
+            DigestFormat::V1 => 1,
+            DigestFormat::V2 => 2,
+        }
     }
 
+    /// The format numbered `n` (0: named by no record, format 1).
+    pub fn from_number(n: u32) -> Result<DigestFormat, String> {
+        match n {
+            0 | 1 => Ok(DigestFormat::V1),
+            2 => Ok(DigestFormat::V2),
+            other => Err(format!(
+                "the state is summed with digest format {other}, which this build does not know: a newer \
+                 Keepsake wrote it; run that version (or a later one) on this node"
+            )),
+        }
+    }
+
+    /// The format the history record's value names (None: no record, or a tombstone).
+    pub fn named_by(record: Option<&[u8]>) -> Result<DigestFormat, String> {
+        #[derive(Deserialize)]
+        struct Named {
+            #[serde(default)]
+            digest_format: u32,
+        }
+        match record {
+            None => Ok(DigestFormat::V1),
+            Some(value) => match serde_json::from_slice::<Named>(value) {
+                Ok(named) => DigestFormat::from_number(named.digest_format),
+                Err(e) => Err(format!("the history record does not decode, so it names no digest format: {e}")),
+            },
+        }
+    }
+}
+
+impl Digest {
     /// Adds an item's hash (little-endian 256-bit addition, wrapping).
     pub fn add(&mut self, hash: &[u8; 32]) {
         let mut carry = 0u16;
@@ -87,10 +139,15 @@ mod tests {
     }
 
     #[test]
-    fn item_hash_depends_on_key_revision_and_value() {
-        let base = Digest::item_hash(b"k", 1, b"v");
-        assert_ne!(base, Digest::item_hash(b"k2", 1, b"v"));
-        assert_ne!(base, Digest::item_hash(b"k", 2, b"v"));
-        assert_ne!(base, Digest::item_hash(b"k", 1, b"w"));
+    fn formats_are_named_by_the_history_record_and_unknown_ones_refused() {
+        assert_eq!(DigestFormat::named_by(None), Ok(DigestFormat::V1));
+        assert_eq!(DigestFormat::named_by(Some(br#"{"id":"ab","restores":0}"#)), Ok(DigestFormat::V1));
+        assert_eq!(DigestFormat::named_by(Some(br#"{"id":"ab","digest_format":2}"#)), Ok(DigestFormat::V2));
+        assert!(DigestFormat::named_by(Some(b"not json")).is_err(), "never a guess");
+        let newer = DigestFormat::named_by(Some(br#"{"digest_format":3}"#)).unwrap_err();
+        assert!(newer.contains("digest format 3"), "{newer}");
+        for f in DigestFormat::ALL {
+            assert_eq!(DigestFormat::from_number(f.number()), Ok(f));
+        }
     }
 }

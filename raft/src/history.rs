@@ -14,12 +14,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Op, PutOp, Write};
+pub use crate::keys::SYSTEM_USER;
+use crate::keys::{HISTORY_COLLECTION as COLLECTION, HISTORY_ITEM as ITEM};
 use crate::store::{StateReader, StoreError};
 
-/// The reserved user that holds the cluster's own records.
-pub const SYSTEM_USER: &str = "\u{1}keepsake";
-const COLLECTION: &str = "history";
-const ITEM: &str = "id";
 const CONTENT_TYPE: &str = "application/json";
 
 /// 128 random bits naming one history.
@@ -77,6 +75,15 @@ pub struct HistoryRecord {
     /// somewhere else. Absent in records written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<String>,
+    /// The digest format the state is summed with from this record on (`DigestFormat`): the
+    /// state machine reads it when the record is applied or loaded. Absent (0) in records
+    /// written before format 2, which leaves the state on format 1.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub digest_format: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The current record and the item's revision (None: the state has no history id yet).

@@ -6,6 +6,15 @@
 
 const SEP: u8 = 0;
 
+/// The reserved user that holds the cluster's own records. No client can name it (client ids
+/// are printable; this one starts with a control character).
+pub const SYSTEM_USER: &str = "\u{1}keepsake";
+/// The history record's collection and item (`history.rs`).
+pub const HISTORY_COLLECTION: &str = "history";
+pub const HISTORY_ITEM: &str = "id";
+/// The history record's `items` key: the state machine reads the digest format from it.
+pub const HISTORY_RECORD_KEY: &[u8] = b"\x01keepsake\x00history\x00id";
+
 /// `items` CF: user 0x00 collection 0x00 item_id.
 pub fn item_key(user_id: &str, collection: &str, item_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(user_id.len() + collection.len() + item_id.len() + 2);
@@ -140,6 +149,11 @@ mod tests {
         let prefix = user_prefix("u");
         assert!(!item_key("u1", "c", "i").starts_with(&prefix));
         assert!(item_key("u", "c", "i").starts_with(&prefix));
+    }
+
+    #[test]
+    fn the_history_record_key_is_the_items_key_of_the_history_record() {
+        assert_eq!(HISTORY_RECORD_KEY, item_key(SYSTEM_USER, HISTORY_COLLECTION, HISTORY_ITEM));
     }
 
     #[test]

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use super::snapshotter::Snapshotter;
 use super::status::ArchiveStatus;
 use crate::config::ArchiveConfig;
+use crate::peer::client::Peers;
 
 /// Entries read from the log per step, at most.
 const MAX_ENTRIES_PER_SEGMENT: usize = 4096;
@@ -56,6 +57,8 @@ pub struct Archiver {
     pub waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// Archives a snapshot where the log no longer holds the next index to archive.
     pub snapshotter: Arc<Snapshotter>,
+    /// Asks the members which digest formats they sum, for a new history's record.
+    pub peers: Peers,
 }
 
 /// What a leader knows once it owns the archive root.
@@ -200,11 +203,11 @@ impl Archiver {
                     }
                     // A record from before the archive was kept: this leader's becomes the cluster's.
                     (Some(_), None) => (HistoryRecord { archive: Some(mine.clone()), ..r }, revision),
-                    (None, _) => (self.fresh_history(Some(r.id)).await.map_err(retry)?, revision),
+                    (None, _) => (self.fresh_history(Some(&r)).await.map_err(retry)?, revision),
                 },
                 // None yet, or one from before the last restore (which becomes the parent).
                 None => match history::read(&self.reader).await.map_err(|e| retry(e.to_string()))? {
-                    Some((stale, revision)) => (self.fresh_history(Some(stale.id)).await.map_err(retry)?, revision),
+                    Some((stale, revision)) => (self.fresh_history(Some(&stale)).await.map_err(retry)?, revision),
                     None => (self.fresh_history(None).await.map_err(retry)?, 0),
                 },
             };
@@ -216,10 +219,19 @@ impl Archiver {
         Err(retry("the history record did not settle".into()))
     }
 
-    /// A new history's record for the state as it is, archiving where this node's config says.
-    async fn fresh_history(&self, parent: Option<String>) -> Result<HistoryRecord, String> {
+    /// A new history's record for the state as it is, archiving where this node's config says;
+    /// `parent` is the record the state holds from before its last restore. The digest format
+    /// is the state's, or this build's where every member sums it (`crate::upgrade`).
+    async fn fresh_history(&self, parent: Option<&HistoryRecord>) -> Result<HistoryRecord, String> {
         let restores = self.reader.meta().await.map_err(|e| e.to_string())?.resync.len();
-        Ok(HistoryRecord { id: HistoryId::random().to_hex(), restores, parent, archive: Some(self.config.location()) })
+        let carried = parent.map_or(0, |p| p.digest_format);
+        Ok(HistoryRecord {
+            id: HistoryId::random().to_hex(),
+            restores,
+            parent: parent.map(|p| p.id.clone()),
+            archive: Some(self.config.location()),
+            digest_format: crate::upgrade::format_for_new_history(&self.consensus, &self.peers, carried).await,
+        })
     }
 
     /// Why an archive that claims to hold `archived`, with no `archive-info.json`, cannot be

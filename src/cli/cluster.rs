@@ -170,7 +170,7 @@ fn print_status(output: Output, resp: &ClusterStatusResponse) {
                         "last_log_index": n.last_log_index, "committed_index": n.committed_index,
                         "applied_index": n.applied_index, "snapshot_index": n.snapshot_index,
                         "purged_index": n.purged_index, "leader_id": n.leader_id, "cluster_id": n.cluster_id,
-                        "error": n.error,
+                        "digest_format": n.digest_format, "error": n.error,
                     })
                 })
                 .collect();
@@ -178,12 +178,12 @@ fn print_status(output: Output, resp: &ClusterStatusResponse) {
         }
         Output::Text => {
             println!(
-                "{:<5} {:<22} {:<11} {:>5} {:>9} {:>9} {:>9} {:>9}",
-                "NODE", "CLIENT", "ROLE", "TERM", "LAST", "COMMIT", "APPLIED", "SNAPSHOT"
+                "{:<5} {:<22} {:<11} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7}",
+                "NODE", "CLIENT", "ROLE", "TERM", "LAST", "COMMIT", "APPLIED", "SNAPSHOT", "DIGEST"
             );
             for n in &resp.nodes {
                 println!(
-                    "{:<5} {:<22} {:<11} {:>5} {:>9} {:>9} {:>9} {:>9}{}",
+                    "{:<5} {:<22} {:<11} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7}{}",
                     n.node_id,
                     n.client_addr,
                     n.role,
@@ -192,6 +192,7 @@ fn print_status(output: Output, resp: &ClusterStatusResponse) {
                     n.committed_index,
                     n.applied_index,
                     n.snapshot_index,
+                    if n.digest_format == 0 { "-".to_owned() } else { format!("v{}", n.digest_format) },
                     if n.error.is_empty() { String::new() } else { format!("  ({})", n.error) }
                 );
             }

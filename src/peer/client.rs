@@ -1,5 +1,6 @@
 //! openraft's network over the peer transport, plus the two calls a follower makes to the
-//! leader for clients: forwarding a write and asking for a read index.
+//! leader for clients (forwarding a write, asking for a read index), the leader transfer's
+//! TimeoutNow, and asking a peer what its build can read.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,7 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{decode, encode};
 use crate::proto::raft::raft_transport_client::RaftTransportClient;
-use crate::proto::raft::{ProposeRequest, RaftMessage, ReadIndexRequest, TimeoutNowRequest};
+use crate::proto::raft::{CapabilitiesRequest, ProposeRequest, RaftMessage, ReadIndexRequest, TimeoutNowRequest};
 
 /// One channel per peer address, shared by openraft's replication and client forwarding.
 #[derive(Clone, Default)]
@@ -90,6 +91,13 @@ impl Peers {
         let mut req = tonic::Request::new(TimeoutNowRequest { from_node_id: from, term });
         req.set_timeout(timeout);
         self.client(addr)?.timeout_now(req).await.map(|_| ())
+    }
+
+    /// The digest formats the peer at `addr` can sum (UNIMPLEMENTED: a build older than formats).
+    pub async fn digest_formats(&self, addr: &str, timeout: Duration) -> Result<Vec<u32>, tonic::Status> {
+        let mut req = tonic::Request::new(CapabilitiesRequest {});
+        req.set_timeout(timeout);
+        Ok(self.client(addr)?.capabilities(req).await?.into_inner().digest_formats)
     }
 }
 

@@ -63,6 +63,7 @@ impl AdminService {
             members,
             cluster_id: r.config().cluster_id.clone(),
             error: String::new(),
+            digest_format: r.consensus().reader().digest_format().map_or(0, |f| f.number()),
         }
     }
 
@@ -139,6 +140,7 @@ impl Admin for AdminService {
         if req.node_id == 0 || req.client_addr.is_empty() || req.peer_addr.is_empty() {
             return Err(Status::invalid_argument("node_id (above 0), client_addr and peer_addr are all required"));
         }
+        crate::upgrade::check_joining(self.replica.peers(), req.node_id, &req.peer_addr, deadline).await?;
         let node = Node { client_addr: req.client_addr, peer_addr: req.peer_addr };
         let index =
             self.replica.consensus().add_learner(req.node_id, node, deadline).await.map_err(status::from_error)?;

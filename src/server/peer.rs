@@ -1,10 +1,11 @@
 //! Answers peers on the peer port: Raft RPCs for openraft, TimeoutNow for a leader transfer,
-//! and writes and read-index requests that followers pass to the leader on behalf of their
-//! clients. Payloads use `crate::peer`'s encoding.
+//! writes and read-index requests that followers pass to the leader on behalf of their
+//! clients, and what this build can read (Capabilities). Payloads use `crate::peer`'s encoding.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use keepsake_raft::digest::DigestFormat;
 use keepsake_raft::{TypeConfig, Write};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
@@ -68,5 +69,10 @@ impl RaftTransport for PeerService {
         let deadline = deadline::of(&request, Duration::from_millis(self.replica.config().limits.default_timeout_ms));
         let index = self.replica.consensus().read_index(deadline).await.map_err(status::from_error)?;
         Ok(Response::new(ReadIndexResponse { index }))
+    }
+
+    async fn capabilities(&self, _: Request<CapabilitiesRequest>) -> Result<Response<CapabilitiesResponse>, Status> {
+        let digest_formats = DigestFormat::ALL.iter().map(|f| f.number()).collect();
+        Ok(Response::new(CapabilitiesResponse { digest_formats }))
     }
 }

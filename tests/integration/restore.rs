@@ -291,3 +291,97 @@ async fn a_restore_and_a_drill_fail_when_the_newest_segments_are_gone() {
 fn chrono_like_rfc3339(seconds: i64, nanos: i32) -> String {
     chrono::DateTime::from_timestamp(seconds, nanos as u32).expect("a valid time").to_rfc3339()
 }
+
+/// The archive in `tests/integration/fixtures/archive-digest-v1`: written before the digest had
+/// formats (every digest in it is format 1), with puts, overwrites, deletes and content types.
+const FORMAT_1_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/integration/fixtures/archive-digest-v1");
+
+/// Uploads the fixture archive of cluster `keepsake-dev` under `cluster`'s root.
+async fn upload_fixture(cluster: &Cluster) {
+    use object_store::ObjectStoreExt;
+    let archive = cluster.open_archive();
+    let root = std::path::Path::new(FORMAT_1_FIXTURE).join("keepsake-dev");
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read the fixture") {
+            let path = entry.expect("a fixture entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = path.strip_prefix(&root).expect("under the root").to_string_lossy().into_owned();
+            let bytes = std::fs::read(&path).expect("read a fixture object");
+            archive.store.put(&archive.path(&name), bytes.into()).await.expect("upload a fixture object");
+        }
+    }
+}
+
+/// Each node's state digest format, from its status (0: it could not be asked).
+async fn digest_formats(cluster: &Cluster, ids: &[u64]) -> Vec<u32> {
+    let mut formats = Vec::new();
+    for id in ids {
+        formats.push(cluster.get_node_status(*id).await.map_or(0, |s| s.digest_format));
+    }
+    formats
+}
+
+/// An archive written before digest format 2 still restores, its format 1 digests checked at
+/// the snapshot and after every segment. The restored cluster moves to format 2 only once every
+/// member can sum it: while node 3 is down the leader names it and waits; once it is up, every
+/// node re-sums alike at one index, and a drill of the new archive, whose snapshot is format 1
+/// and whose segments cross the switch, matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_archive_summed_in_digest_format_1_restores_and_moves_to_format_2() {
+    let s3 = S3Server::start();
+    let old = Cluster::builder().cluster_id("keepsake-dev").archive_s3(&s3, "formats").no_bootstrap().prepare();
+    upload_fixture(&old).await;
+    let (code, text) = verify_cli(&old);
+    assert_eq!(code, 0, "the fixture verifies: {text}");
+
+    let new = Cluster::builder().cluster_id("formats-new").archive_s3(&s3, "formats").no_bootstrap().prepare();
+    let (code, text) = restore_cli(&old, &new, &["--output", "json"]);
+    assert_eq!(code, 0, "a format 1 archive restores: {text}");
+    let report = json_line(&text);
+    // What the cluster that wrote the fixture reported (`keepsake cluster digest --index 12`).
+    assert_eq!(report["index"].as_u64(), Some(12), "{text}");
+    assert_eq!(report["digest"], "bb6a8e546849ea089936ae55a1508192380c222ef794880d85e77f4537ca0066", "{text}");
+    assert_eq!((report["items"].as_u64(), report["revision"].as_u64()), (Some(6), Some(11)), "{text}");
+
+    new.launch(2).await;
+    let leader = new.wait_for_leader(LEADER_TIMEOUT).await;
+    let mut client = new.store(leader);
+    let photo = get(&mut client, "alice", "photos", "p1").await.expect("the restored photo");
+    assert_eq!(photo.content_type, "application/octet-stream");
+    assert!(get(&mut client, "alice", "contacts", "carol").await.is_err(), "the deleted contact stays deleted");
+    let archived = |id: &str| PutRequest {
+        key: Some(key("alice", "notes", id)),
+        value: b"after the restore".to_vec(),
+        durability: Durability::Archived as i32,
+        ..Default::default()
+    };
+    // An ARCHIVED write waits for the new history's record.
+    client.put(request(archived("n2"), Duration::from_secs(20))).await.expect("an archived put");
+    let waiting = eventually(Duration::from_secs(20), || async {
+        new.log_tail(leader, 200).contains("until every member can sum format 2: node 3 cannot be asked").then_some(())
+    })
+    .await;
+    assert!(waiting.is_some(), "the leader names the member it waits for: {}", new.log_tail(leader, 40));
+    let still = digest_formats(&new, &[1, 2]).await;
+    assert_eq!(still, [1, 1], "no switch while a member cannot say it sums format 2");
+
+    new.restart(3);
+    let moved = eventually(Duration::from_secs(30), || async {
+        (digest_formats(&new, &new.ids()).await == [2, 2, 2]).then_some(())
+    })
+    .await;
+    assert!(moved.is_some(), "every node moves to format 2: {:?}", digest_formats(&new, &new.ids()).await);
+    let put = client.put(request(archived("n3"), Duration::from_secs(20))).await.expect("an archived put");
+    let digests = new.digests_at(put.into_inner().log_index, Duration::from_secs(10)).await;
+    assert!(digests.iter().all(|(_, d)| d.digest == digests[0].1.digest), "every node re-summed alike: {digests:?}");
+
+    let (code, text) = archive_cli(&new, &["drill", "--endpoints", &new.endpoints()]);
+    assert_eq!(code, 0, "the drill across the switch matches: {text}");
+    let (code, text) = cluster_cli(&new, &["cluster", "status"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(text.matches(" v2").count(), 3, "`cluster status` shows each node's format: {text}");
+}

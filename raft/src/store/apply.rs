@@ -2,28 +2,44 @@
 //!
 //! Invariant: the same entries applied to the same state give the same items, revisions and
 //! digest on every node. An `Applier` stages one apply call into a single write batch together
-//! with the new `MachineMeta` and digest history, so a crash leaves all of it or none.
+//! with the new `MachineMeta`, digest history and digest format, so a crash leaves all of it or
+//! none. The digest is in the format the state's history record names: applying a record that
+//! names another re-sums the whole state at that entry's index.
 
 use std::collections::HashMap;
 
 use openraft::EntryPayload;
-use rocksdb::{WriteBatch, DB};
+use rocksdb::{IteratorMode, WriteBatch, DB};
 
 use super::db::{self, cf, CF_CHANGES, CF_DIGESTS, CF_ITEMS, CF_META};
 use super::error::StoreError;
-use super::records::{ChangeRecord, ItemRecord, MachineMeta};
+use super::records::{ChangeRecord, FormatMark, ItemRecord, MachineMeta};
 use crate::command::{Command, CommandResult, Op, Rejection, Write, WriteOutcome};
-use crate::keys::{change_key, index_key, item_key};
+use crate::digest::{Digest, DigestFormat};
+use crate::keys::{change_key, index_key, item_key, HISTORY_RECORD_KEY, SYSTEM_USER};
 use crate::types::{Entry, StoredMembership};
 
 pub(crate) const KEY_META: &[u8] = b"machine";
+/// The `FormatMark`: the digest format `MachineMeta::digest` is in (absent: format 1).
+pub(crate) const KEY_DIGEST_FORMAT: &[u8] = b"digest_format";
+
+/// Stages `meta` and the mark of its digest format: every write of the meta goes through here.
+pub(crate) fn put_meta(batch: &mut WriteBatch, db: &DB, meta: &MachineMeta, format: DigestFormat) {
+    let mark = FormatMark { format: format.number(), applied: meta.applied };
+    batch.put_cf(cf(db, CF_META), KEY_META, db::encode(meta));
+    batch.put_cf(cf(db, CF_META), KEY_DIGEST_FORMAT, db::encode(&mark));
+}
 /// How many recent applied indices keep their digest ("digest at index N").
 pub const DIGEST_HISTORY: u64 = 100_000;
 
-/// The item operations an entry carries (what applying it reads and writes).
+/// The item operations an entry carries (what applying it reads and writes). A write of the
+/// system user counts as the whole state: it may move the digest format, which re-sums it.
 pub(crate) fn op_count(entry: &Entry) -> usize {
     match &entry.payload {
-        EntryPayload::Normal(command) => command.writes.iter().map(|w| w.ops.len()).sum(),
+        EntryPayload::Normal(command) => {
+            let whole = |w: &Write| if w.user_id == SYSTEM_USER { usize::MAX / 2 } else { w.ops.len() };
+            command.writes.iter().map(whole).fold(0, usize::saturating_add)
+        }
         _ => 0,
     }
 }
@@ -34,6 +50,9 @@ pub(crate) struct Applier<'a> {
     /// Items written earlier in this apply call, which the database does not show yet.
     staged: HashMap<Vec<u8>, ItemRecord>,
     pub meta: MachineMeta,
+    format: DigestFormat,
+    /// The entry being applied wrote the history record.
+    history_written: bool,
 }
 
 struct Effect {
@@ -45,8 +64,8 @@ struct Effect {
 }
 
 impl<'a> Applier<'a> {
-    pub fn new(db: &'a DB, meta: MachineMeta) -> Self {
-        Applier { db, batch: WriteBatch::default(), staged: HashMap::new(), meta }
+    pub fn new(db: &'a DB, meta: MachineMeta, format: DigestFormat) -> Self {
+        Applier { db, batch: WriteBatch::default(), staged: HashMap::new(), meta, format, history_written: false }
     }
 
     pub fn apply(&mut self, entry: &Entry) -> Result<CommandResult, StoreError> {
@@ -57,6 +76,9 @@ impl<'a> Applier<'a> {
             EntryPayload::Normal(command) => {
                 result.outcomes = self.apply_command(command, index)?;
                 self.meta.last_write_us = command.proposed_at_us;
+                if std::mem::take(&mut self.history_written) {
+                    self.follow_history_record()?;
+                }
             }
             EntryPayload::Membership(m) => {
                 if m.get_joint_config().len() > 1 {
@@ -76,10 +98,24 @@ impl<'a> Applier<'a> {
 
     /// Stages the new meta and writes everything in one batch. Not fsynced: the log (fsynced)
     /// can rebuild it, and a later synced write (purge, snapshot) orders it onto disk first.
-    pub fn commit(mut self) -> Result<MachineMeta, StoreError> {
-        self.batch.put_cf(cf(self.db, CF_META), KEY_META, db::encode(&self.meta));
+    /// Returns the meta and the digest format after the last entry.
+    pub fn commit(mut self) -> Result<(MachineMeta, DigestFormat), StoreError> {
+        put_meta(&mut self.batch, self.db, &self.meta, self.format);
         db::write(self.db, self.batch, "apply entries")?;
-        Ok(self.meta)
+        Ok((self.meta, self.format))
+    }
+
+    /// After an entry that wrote the history record: re-sums the state if the record names
+    /// another digest format. Once per format change in a history, so a full pass is affordable.
+    fn follow_history_record(&mut self) -> Result<(), StoreError> {
+        let record = self.staged.get(HISTORY_RECORD_KEY).filter(|r| !r.deleted);
+        let format = DigestFormat::named_by(record.map(|r| r.value.as_slice())).map_err(StoreError::Corrupt)?;
+        if format != self.format {
+            tracing::info!(from = self.format.number(), to = format.number(), "re-summing the state digest");
+            self.meta.digest = sum(self.db, format, &self.staged)?;
+            self.format = format;
+        }
+        Ok(())
     }
 
     fn apply_command(&mut self, command: &Command, index: u64) -> Result<Vec<WriteOutcome>, StoreError> {
@@ -150,19 +186,39 @@ impl<'a> Applier<'a> {
     fn stage(&mut self, user_id: &str, e: Effect) {
         let (items, changes) = (cf(self.db, CF_ITEMS), cf(self.db, CF_CHANGES));
         if let Some(old) = &e.old {
-            if let Some(h) = old.digest_hash(&e.key) {
+            if let Some(h) = old.digest_hash(&e.key, self.format) {
                 self.meta.digest.sub(&h);
-                self.meta.items -= 1;
             }
+            self.meta.items -= u64::from(!old.deleted);
             self.batch.delete_cf(changes, change_key(user_id, old.revision));
         }
-        if let Some(h) = e.new.digest_hash(&e.key) {
+        if let Some(h) = e.new.digest_hash(&e.key, self.format) {
             self.meta.digest.add(&h);
-            self.meta.items += 1;
         }
+        self.meta.items += u64::from(!e.new.deleted);
+        self.history_written |= e.key == HISTORY_RECORD_KEY;
         let change = ChangeRecord { collection: e.collection, item_id: e.item_id, deleted: e.new.deleted };
         self.batch.put_cf(changes, change_key(user_id, e.new.revision), db::encode(&change));
         self.batch.put_cf(items, &e.key, db::encode(&e.new));
         self.staged.insert(e.key, e.new);
     }
+}
+
+/// The digest of the whole state in `format`: the `items` column family as `overlay` (writes
+/// not yet in the database) leaves it.
+pub(crate) fn sum(db: &DB, format: DigestFormat, overlay: &HashMap<Vec<u8>, ItemRecord>) -> Result<Digest, StoreError> {
+    let mut digest = Digest::default();
+    let mut add = |key: &[u8], record: &ItemRecord| {
+        if let Some(h) = record.digest_hash(key, format) {
+            digest.add(&h);
+        }
+    };
+    for item in db.iterator_cf(cf(db, CF_ITEMS), IteratorMode::Start) {
+        let (key, value) = item.map_err(|e| StoreError::rocks("read items to re-sum the digest", e))?;
+        if !overlay.contains_key(key.as_ref()) {
+            add(&key, &db::decode(&value, "an item record")?);
+        }
+    }
+    overlay.iter().for_each(|(key, record)| add(key, record));
+    Ok(digest)
 }

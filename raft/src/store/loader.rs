@@ -1,9 +1,10 @@
 //! Loading a whole state from a stream of records — a Raft snapshot file, or an archive
 //! snapshot's chunks during a restore — into the `items` and `changes` column families.
 //!
-//! Invariant: the digest and live-item count are recomputed from the records as they load, and
-//! the caller's expected values are checked before anything describes the state as loaded; a
-//! loader never merges into existing state (it clears both column families first).
+//! Invariant: the digest and live-item count are recomputed from the records as they load, in
+//! the digest format the loaded history record names, and the caller's expected values are
+//! checked before anything describes the state as loaded; a loader never merges into existing
+//! state (it clears both column families first).
 
 use std::sync::Arc;
 
@@ -12,7 +13,8 @@ use rocksdb::{WriteBatch, DB};
 use super::db::{self, cf, CF_CHANGES, CF_ITEMS};
 use super::error::StoreError;
 use super::records::ItemRecord;
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestFormat};
+use crate::keys::HISTORY_RECORD_KEY;
 
 /// Record tags, shared by snapshot files and archive chunks: 1 is an `items` record, 2 a
 /// `changes` record.
@@ -24,8 +26,11 @@ const BATCH_BYTES: usize = 4 << 20;
 pub struct StateLoader {
     db: Arc<DB>,
     batch: WriteBatch,
-    digest: Digest,
+    /// The sum in each format (`DigestFormat::ALL` order).
+    sums: [Digest; 2],
     items: u64,
+    /// The format the history record names, once it has loaded.
+    format: Result<DigestFormat, String>,
 }
 
 impl StateLoader {
@@ -36,7 +41,7 @@ impl StateLoader {
             // Ids are UTF-8, which never contains 0xff: this range covers every key.
             batch.delete_range_cf(cf(&db, name), [].as_slice(), [0xffu8; 2].as_slice());
         }
-        StateLoader { db, batch, digest: Digest::default(), items: 0 }
+        StateLoader { db, batch, sums: Default::default(), items: 0, format: Ok(DigestFormat::V1) }
     }
 
     /// Stages one record; `what` names its source in errors.
@@ -44,9 +49,14 @@ impl StateLoader {
         let name = match tag {
             TAG_ITEM => {
                 let record: ItemRecord = db::decode(value, what)?;
-                if let Some(h) = record.digest_hash(key) {
-                    self.digest.add(&h);
-                    self.items += 1;
+                for (sum, hash) in self.sums.iter_mut().zip(record.digest_hashes(key)) {
+                    if let Some(h) = hash {
+                        sum.add(&h);
+                    }
+                }
+                self.items += u64::from(!record.deleted);
+                if key == HISTORY_RECORD_KEY {
+                    self.format = DigestFormat::named_by((!record.deleted).then_some(record.value.as_slice()));
                 }
                 CF_ITEMS
             }
@@ -61,19 +71,22 @@ impl StateLoader {
     }
 
     /// Writes what is staged and checks the loaded state against the expected digest and
-    /// live-item count; `what` names the source in the error.
-    pub(crate) fn finish(mut self, digest: Digest, items: u64, what: &str) -> Result<(), StoreError> {
+    /// live-item count; `what` names the source in the error. Returns the state's format.
+    pub(crate) fn finish(mut self, digest: Digest, items: u64, what: &str) -> Result<DigestFormat, StoreError> {
         db::write(&self.db, std::mem::take(&mut self.batch), "load state")?;
         // Items and changes replaced; nothing yet says which state they are.
         crate::crash::point("state-loaded");
-        if self.digest != digest || self.items != items {
+        let format = self.format.map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))?;
+        let loaded = self.sums[format.number() as usize - 1];
+        if loaded != digest || self.items != items {
             return Err(StoreError::Corrupt(format!(
-                "{what}: loaded state has digest {} with {} items, the source recorded {} with {items}",
-                self.digest.to_hex(),
+                "{what}: loaded state has digest {} (format {}) with {} items, the source recorded {} with {items}",
+                loaded.to_hex(),
+                format.number(),
                 self.items,
                 digest.to_hex()
             )));
         }
-        Ok(())
+        Ok(format)
     }
 }

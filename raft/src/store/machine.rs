@@ -15,15 +15,17 @@ use openraft::{OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{WriteBatch, DB};
 use tokio::sync::watch;
 
-use super::apply::{Applier, KEY_META};
-use super::db::{self, cf, CF_DIGESTS, CF_META};
+use super::apply::{put_meta, Applier, KEY_DIGEST_FORMAT, KEY_META};
+use super::db::{self, cf, CF_DIGESTS, CF_ITEMS, CF_META};
 use super::error::{blocking, read_snapshot, to_raft, write_snapshot, StoreError};
 use super::install::Installs;
 use super::loader::StateLoader;
 use super::reader::StateReader;
-use super::records::{DigestPoint, MachineMeta};
+use super::records::{DigestPoint, FormatMark, ItemRecord, MachineMeta};
 use super::snapshot::{self, SnapshotHeader};
 use crate::command::CommandResult;
+use crate::digest::DigestFormat;
+use crate::keys::HISTORY_RECORD_KEY;
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// An apply call of at most this many item operations runs inline (see `blocking`).
@@ -39,6 +41,8 @@ pub struct StateMachine {
     db: Arc<DB>,
     dir: PathBuf,
     meta: MachineMeta,
+    /// The format `meta.digest` is in: the one the state's history record names.
+    format: DigestFormat,
     applied: watch::Sender<DigestPoint>,
     /// Tells the log store when an install is durable (see `install.rs`).
     installs: Installs,
@@ -51,10 +55,11 @@ impl StateMachine {
             finish_install(&db, &dir)?;
         }
         let meta: MachineMeta = db::get(&db, CF_META, KEY_META)?.unwrap_or_default();
+        let format = settled_format(&db, &meta)?;
         settle_installing(&dir, &meta)?;
         remove_leftovers(&dir)?;
         let (applied, _) = watch::channel(meta.point());
-        Ok(StateMachine { db, dir, meta, applied, installs })
+        Ok(StateMachine { db, dir, meta, format, applied, installs })
     }
 
     /// Restore only: makes the replayed state the first state of a new cluster — applied at
@@ -71,14 +76,14 @@ impl StateMachine {
         meta.membership = StoredMembership::new(Some(at), membership);
         meta.revision = meta.revision.max(resync.floor);
         meta.resync.push(resync);
-        let db = self.db.clone();
+        let (db, format) = (self.db.clone(), self.format);
         let sealed = meta.clone();
         blocking(move || {
             let mut batch = WriteBatch::default();
             batch.delete_range_cf(cf(&db, CF_DIGESTS), [].as_slice(), [0xffu8; 9].as_slice());
             let point = sealed.point();
             batch.put_cf(cf(&db, CF_DIGESTS), crate::keys::index_key(point.index), db::encode(&point));
-            batch.put_cf(cf(&db, CF_META), KEY_META, db::encode(&sealed));
+            put_meta(&mut batch, &db, &sealed, format);
             db::write_synced(&db, batch, "seal restored state")
         })
         .await?;
@@ -100,14 +105,15 @@ impl StateMachine {
     pub async fn load_archived(&mut self, loader: StateLoader, expected: MachineMeta) -> Result<(), StoreError> {
         let db = self.db.clone();
         let meta = expected.clone();
-        blocking(move || {
-            loader.finish(meta.digest, meta.items, "archive snapshot")?;
+        self.format = blocking(move || {
+            let format = loader.finish(meta.digest, meta.items, "archive snapshot")?;
             let mut batch = WriteBatch::default();
             batch.delete_range_cf(cf(&db, CF_DIGESTS), [].as_slice(), [0xffu8; 9].as_slice());
             let point = meta.point();
             batch.put_cf(cf(&db, CF_DIGESTS), crate::keys::index_key(point.index), db::encode(&point));
-            batch.put_cf(cf(&db, CF_META), KEY_META, db::encode(&meta));
-            db::write_synced(&db, batch, "load archived state")
+            put_meta(&mut batch, &db, &meta, format);
+            db::write_synced(&db, batch, "load archived state")?;
+            Ok(format)
         })
         .await?;
         self.meta = expected;
@@ -145,7 +151,7 @@ impl StateMachine {
         .await?;
         self.installs.durable(meta.last_log_id.map_or(0, |l| l.index));
         let (db, dir) = (self.db.clone(), self.dir.clone());
-        self.meta = blocking(move || finish_install(&db, &dir)).await?;
+        (self.meta, self.format) = blocking(move || finish_install(&db, &dir)).await?;
         self.applied.send_replace(self.meta.point());
         Ok(())
     }
@@ -156,9 +162,9 @@ impl StateMachine {
 }
 
 /// Loads `installing.snap` into the database and publishes it as the current snapshot.
-fn finish_install(db: &Arc<DB>, dir: &Path) -> Result<MachineMeta, StoreError> {
+fn finish_install(db: &Arc<DB>, dir: &Path) -> Result<(MachineMeta, DigestFormat), StoreError> {
     let installing = dir.join(INSTALLING);
-    let header = snapshot::load(db, &installing)?;
+    let (header, format) = snapshot::load(db, &installing)?;
     let mut machine = header.machine.clone();
     machine.applied = header.meta.last_log_id;
     machine.membership = header.meta.last_membership.clone();
@@ -166,12 +172,40 @@ fn finish_install(db: &Arc<DB>, dir: &Path) -> Result<MachineMeta, StoreError> {
     batch.delete_range_cf(cf(db, CF_DIGESTS), [].as_slice(), [0xffu8; 9].as_slice());
     let point = machine.point();
     batch.put_cf(cf(db, CF_DIGESTS), crate::keys::index_key(point.index), db::encode(&point));
-    batch.put_cf(cf(db, CF_META), KEY_META, db::encode(&machine));
+    put_meta(&mut batch, db, &machine, format);
     batch.delete_cf(cf(db, CF_META), KEY_INSTALLING);
     db::write_synced(db, batch, "finish snapshot install")?;
     crate::crash::point("snapshot-install-before-publish");
     publish_installing(dir)?;
-    Ok(machine)
+    Ok((machine, format))
+}
+
+/// The digest format the state is summed in, which must be the one its history record names.
+/// Only a build from before formats can leave them apart: one that ran the node after this
+/// build summed it in format 2 (a downgrade: it added format 1 hashes to a format 2 sum), or
+/// one that applied the record moving the cluster on (a member added on an old build). Its
+/// digests since then cannot be trusted, nor can the ones it archived, and no re-sum mends
+/// those: the node refuses to start, saying how to rebuild it.
+fn settled_format(db: &DB, meta: &MachineMeta) -> Result<DigestFormat, StoreError> {
+    let corrupt = StoreError::Corrupt;
+    let mark: Option<FormatMark> = db::get(db, CF_META, KEY_DIGEST_FORMAT)?;
+    let summed = DigestFormat::from_number(mark.map_or(0, |m| m.format)).map_err(corrupt)?;
+    // A mark behind the meta (or none): a build from before formats wrote the meta last.
+    let older_build = mark.is_none_or(|m| m.applied != meta.applied);
+    let record = db::get::<ItemRecord>(db, CF_ITEMS, HISTORY_RECORD_KEY)?;
+    let named =
+        DigestFormat::named_by(record.as_ref().filter(|r| !r.deleted).map(|r| r.value.as_slice())).map_err(corrupt)?;
+    if named == summed && !(older_build && summed != DigestFormat::V1) {
+        return Ok(named);
+    }
+    Err(StoreError::Corrupt(format!(
+        "this node's state digest cannot be trusted: it was last summed in format {}, its history record \
+         names format {}, and a Keepsake build from before digest formats ran this node after its state moved \
+         to format 2. Remove the node from the cluster, delete its data directory and add it again (it \
+         receives a Raft snapshot)",
+        summed.number(),
+        named.number(),
+    )))
 }
 
 /// Makes `installing.snap` the current snapshot, durably.
@@ -252,22 +286,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let (db, meta) = (self.db.clone(), self.meta.clone());
-        let ops: usize = entries.iter().map(super::apply::op_count).sum();
+        let (db, meta, format) = (self.db.clone(), self.meta.clone(), self.format);
+        let ops: usize = entries.iter().map(super::apply::op_count).fold(0, usize::saturating_add);
         let apply = move || {
-            let mut applier = Applier::new(&db, meta);
+            let mut applier = Applier::new(&db, meta, format);
             let results = entries.iter().map(|e| applier.apply(e)).collect::<Result<Vec<_>, _>>()?;
             Ok((results, applier.commit()?))
         };
         // A few point reads and one unsynced batch run inline; a long catch-up goes to the
         // blocking pool (see `blocking`).
         let applied = if ops <= INLINE_APPLY_OPS { apply() } else { blocking(apply).await };
-        let (results, meta) = applied.map_err(|e| {
+        let (results, (meta, format)) = applied.map_err(|e| {
             // Fatal to openraft, so an install waiting behind this apply never comes.
             self.installs.failed();
             to_raft(StorageIOError::write_state_machine)(e)
         })?;
-        self.meta = meta;
+        (self.meta, self.format) = (meta, format);
         self.applied.send_replace(self.meta.point());
         Ok(results)
     }

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use rocksdb::{Direction, IteratorMode, ReadOptions, DB};
 use tokio::sync::watch;
 
-use super::apply::KEY_META;
+use super::apply::{KEY_DIGEST_FORMAT, KEY_META};
 use super::db::{self, cf, CF_CHANGES, CF_DIGESTS, CF_ITEMS, CF_META};
 use super::error::{blocking, StoreError};
-use super::records::{ChangeRecord, DigestPoint, ItemRecord, MachineMeta};
+use super::records::{ChangeRecord, DigestPoint, FormatMark, ItemRecord, MachineMeta};
+use crate::digest::DigestFormat;
 use crate::keys::{
     collection_prefix, decode_change_revision, decode_item_key, index_key, item_key, separated_prefix_end, user_prefix,
 };
@@ -187,6 +188,13 @@ impl StateReader {
     pub async fn meta(&self) -> Result<MachineMeta, StoreError> {
         let db = self.db.clone();
         blocking(move || Ok(db::get(&db, CF_META, KEY_META)?.unwrap_or_default())).await
+    }
+
+    /// The digest format the state is summed in now (docs/archive-format.md, "State digest").
+    pub fn digest_format(&self) -> Result<DigestFormat, StoreError> {
+        // One point read: inline (see `blocking`).
+        let mark: Option<FormatMark> = db::get(&self.db, CF_META, KEY_DIGEST_FORMAT)?;
+        DigestFormat::from_number(mark.map_or(0, |m| m.format)).map_err(StoreError::Corrupt)
     }
 
     /// The digest point at `index`, if it is still in the recent history.

@@ -19,6 +19,7 @@ use super::db::{self, cf, CF_CHANGES, CF_ITEMS};
 use super::error::StoreError;
 use super::loader::{StateLoader, TAG_CHANGE, TAG_ITEM};
 use super::records::MachineMeta;
+use crate::digest::DigestFormat;
 use crate::types::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"KSSNAP01";
@@ -212,11 +213,12 @@ pub fn read_records(
 }
 
 /// Replaces the items and changes in `db` with the snapshot's, and checks the digest of what it
-/// loaded against the header's. Returns the header; the caller writes the machine meta.
-pub fn load(db: &Arc<DB>, path: &Path) -> Result<SnapshotHeader, StoreError> {
+/// loaded against the header's. Returns the header and the state's digest format; the caller
+/// writes the machine meta.
+pub fn load(db: &Arc<DB>, path: &Path) -> Result<(SnapshotHeader, DigestFormat), StoreError> {
     let what = format!("snapshot {}", path.display());
     let mut loader = StateLoader::new(db.clone());
     let header = read_records(path, |tag, key, value| loader.record(tag, key, value, &what))?;
-    loader.finish(header.machine.digest, header.machine.items, &what)?;
-    Ok(header)
+    let format = loader.finish(header.machine.digest, header.machine.items, &what)?;
+    Ok((header, format))
 }

@@ -249,3 +249,171 @@ async fn a_snapshot_waiting_to_install_keeps_its_bytes_when_the_next_one_begins(
     s.machine.install_snapshot(&snapshot.meta, finished).await.expect("the finished snapshot installs whole");
     assert_eq!(s.reader.applied().index, 20);
 }
+
+/// The write that names `format` in the history record (what a leader of this build proposes).
+fn history_naming(format: u32) -> Write {
+    let record = crate::history::HistoryRecord {
+        id: "00112233445566778899aabbccddeeff".into(),
+        restores: 0,
+        parent: None,
+        archive: Some("s3://bucket/prefix".into()),
+        digest_format: format,
+    };
+    crate::history::set(&record, 0)
+}
+
+/// The whole state of the store under `dir`, summed from scratch in `format`.
+fn summed(dir: &std::path::Path, format: DigestFormat) -> crate::Digest {
+    let db = super::db::open(&dir.join("db")).unwrap();
+    super::apply::sum(&db, format, &Default::default()).unwrap()
+}
+
+use crate::digest::DigestFormat;
+
+#[tokio::test]
+async fn a_history_record_naming_format_2_re_sums_the_state_alike_on_every_replica() {
+    let log = || {
+        let mut log = sample_log();
+        log.push(entry(5, vec![history_naming(2)]));
+        log.push(entry(6, vec![put("u1", "a", "after", None), delete("u1", "b", None), put("u3", "t", "x", None)]));
+        log
+    };
+    let (d1, d2) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let (one, two) = {
+        let (mut one, mut two) = (open(d1.path()).unwrap(), open(d2.path()).unwrap());
+        apply_all(&mut one.machine, log()).await;
+        for e in log() {
+            apply_all(&mut two.machine, vec![e]).await;
+        }
+        for index in [4, 5, 6] {
+            let (a, b) = (one.reader.digest_at(index).await.unwrap(), two.reader.digest_at(index).await.unwrap());
+            assert_eq!(a, b, "both replicas agree at index {index}, however they batch the switch");
+        }
+        (one.reader.applied(), two.reader.applied())
+    };
+    assert_eq!(one, two);
+    assert_eq!(one.items, 4, "u1/a, u1/c, u3/t and the history record");
+    assert_eq!(one.digest, summed(d1.path(), DigestFormat::V2), "kept up to date in format 2 after the switch");
+    assert_ne!(one.digest, summed(d1.path(), DigestFormat::V1));
+    // The format is kept with the state and outlives a restart.
+    let again = open(d1.path()).unwrap();
+    assert_eq!(again.reader.applied(), one);
+    assert_eq!(again.reader.digest_format().unwrap(), DigestFormat::V2);
+}
+
+#[tokio::test]
+async fn format_2_tells_apart_states_that_format_1_cannot() {
+    let typed = |content_type: &str| {
+        let mut w = put("u", "a", "same", None);
+        if let Op::Put(p) = &mut w.ops[0] {
+            p.content_type = content_type.into();
+        }
+        w
+    };
+    // Same keys, revisions and values: one differs in a content type, one in a tombstone's key.
+    let states = [
+        vec![typed("text/plain"), put("u", "gone", "x", None), delete("u", "gone", None)],
+        vec![typed("text/html"), put("u", "gone", "x", None), delete("u", "gone", None)],
+        vec![typed("text/plain"), put("u", "went", "x", None), delete("u", "went", None)],
+    ];
+    let mut digests = Vec::new();
+    for format in [0, 2] {
+        let mut row = Vec::new();
+        for writes in &states {
+            let dir = TempDir::new().unwrap();
+            let mut s = open(dir.path()).unwrap();
+            let mut log = vec![entry(1, vec![history_naming(format)])];
+            log.extend(writes.iter().enumerate().map(|(k, w)| entry(k as u64 + 2, vec![w.clone()])));
+            apply_all(&mut s.machine, log).await;
+            row.push(s.reader.applied().digest);
+        }
+        digests.push(row);
+    }
+    assert!(digests[0].iter().all(|d| *d == digests[0][0]), "format 1 sees one state: {:?}", digests[0]);
+    let v2 = &digests[1];
+    assert!(v2[0] != v2[1] && v2[0] != v2[2] && v2[1] != v2[2], "format 2 sees three: {v2:?}");
+}
+
+#[tokio::test]
+async fn raft_snapshots_install_in_the_format_their_state_names() {
+    use openraft::RaftSnapshotBuilder;
+    for with_record in [false, true] {
+        let dir = TempDir::new().unwrap();
+        let mut leader = open(dir.path()).unwrap();
+        let mut log = sample_log();
+        if with_record {
+            log.push(entry(5, vec![history_naming(2)]));
+        }
+        apply_all(&mut leader.machine, log).await;
+        let snapshot = leader.machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let other = TempDir::new().unwrap();
+        let mut follower = open(other.path()).unwrap();
+        follower.machine.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("the snapshot installs");
+        assert_eq!(follower.reader.applied(), leader.reader.applied(), "record: {with_record}");
+        let format = if with_record { DigestFormat::V2 } else { DigestFormat::V1 };
+        assert_eq!(follower.reader.digest_format().unwrap(), format, "the install keeps the format");
+        // The follower goes on in the same format.
+        let next = entry(9, vec![put("u9", "z", "1", None)]);
+        apply_all(&mut leader.machine, vec![next.clone()]).await;
+        apply_all(&mut follower.machine, vec![next]).await;
+        assert_eq!(follower.reader.applied(), leader.reader.applied(), "record: {with_record}");
+    }
+}
+
+/// Rewrites the store under `dir` as a build from before digest formats leaves it: the meta
+/// written without the format mark, applied at `applied` and summed in format 1 from `from`
+/// (the state's digest as this build left it).
+fn as_an_older_build_leaves_it(dir: &std::path::Path, applied: u64, keep_mark: bool) {
+    use super::db::{cf, encode, CF_META};
+    let db = super::db::open(&dir.join("db")).unwrap();
+    let mut meta: super::MachineMeta = super::db::get(&db, CF_META, super::apply::KEY_META).unwrap().unwrap();
+    meta.applied = Some(log_id(1, applied));
+    meta.digest = super::apply::sum(&db, DigestFormat::V1, &Default::default()).unwrap();
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(cf(&db, CF_META), super::apply::KEY_META, encode(&meta));
+    if !keep_mark {
+        batch.delete_cf(cf(&db, CF_META), super::apply::KEY_DIGEST_FORMAT);
+    }
+    super::db::write_synced(&db, batch, "as an older build leaves it").unwrap();
+}
+
+/// A build from before formats sums in format 1 and writes no format mark. Where the state is in
+/// format 1 that is right, and this build takes the node over; where the record names format 2
+/// (the older build applied the switch, or ran the node after it) the node's digests cannot be
+/// trusted, and it refuses to start, saying how to rebuild it.
+#[tokio::test]
+async fn a_node_an_older_build_ran_opens_only_where_its_sum_is_right() {
+    // Format 1 throughout: an upgrade from a build before formats.
+    let dir = TempDir::new().unwrap();
+    {
+        let mut s = open(dir.path()).unwrap();
+        apply_all(&mut s.machine, sample_log()).await;
+    }
+    as_an_older_build_leaves_it(dir.path(), 4, false);
+    open(dir.path()).expect("a format 1 state an older build ran opens");
+
+    // The older build applied the record (no mark at all), or ran the node after it (a mark
+    // behind the meta).
+    for (applied, keep_mark) in [(5, false), (6, true)] {
+        let dir = TempDir::new().unwrap();
+        {
+            let mut s = open(dir.path()).unwrap();
+            let mut log = sample_log();
+            log.push(entry(5, vec![history_naming(2)]));
+            apply_all(&mut s.machine, log).await;
+        }
+        as_an_older_build_leaves_it(dir.path(), applied, keep_mark);
+        let refused = open(dir.path()).err().expect("the node refuses to start").to_string();
+        assert!(refused.contains("a Keepsake build from before digest formats ran this node"), "{refused}");
+        assert!(refused.contains("delete its data directory"), "{refused}");
+    }
+}
+
+#[tokio::test]
+async fn a_record_naming_a_format_this_build_does_not_know_stops_the_apply() {
+    let dir = TempDir::new().unwrap();
+    let mut s = open(dir.path()).unwrap();
+    let failed = s.machine.apply(vec![entry(1, vec![history_naming(3)])]).await;
+    assert!(failed.is_err(), "an unknown format is never summed as a known one");
+    assert_eq!(s.reader.applied().index, 0, "nothing of the entry is applied");
+}
