@@ -31,6 +31,45 @@ pub struct NodeConfig {
     pub raft: RaftConfig,
     pub archive: ArchiveConfig,
     pub limits: Limits,
+    pub tls: TlsConfig,
+}
+
+/// TLS on every port (docs/security.md). Required unless plaintext is chosen on purpose.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster's CA certificate (PEM): every peer's and client certificate must chain to it.
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), naming its node id (`keepsake cert create-node`).
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+    /// Serve every port in plaintext, with no authentication: for a test bench only. `serve`
+    /// warns at every start.
+    pub insecure: bool,
+}
+
+impl TlsConfig {
+    /// The files to serve TLS with, or None in insecure mode; an error when neither is chosen.
+    pub fn files(&self) -> Result<Option<crate::tls::server::TlsFiles>, ConfigError> {
+        let set = [&self.ca, &self.cert, &self.key].iter().filter(|p| !p.as_os_str().is_empty()).count();
+        match (self.insecure, set) {
+            (true, 0) => Ok(None),
+            (true, _) => Err(ConfigError::Invalid(
+                "tls.insecure is set together with TLS files: choose one (remove tls.insecure to serve TLS)".into(),
+            )),
+            (false, 3) => Ok(Some(crate::tls::server::TlsFiles {
+                ca: self.ca.clone(),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            })),
+            (false, _) => Err(ConfigError::Invalid(
+                "TLS is not configured: set tls.ca, tls.cert and tls.key (`keepsake cert` makes them), or serve \
+                 plaintext on purpose with --insecure (tls.insecure = true)"
+                    .into(),
+            )),
+        }
+    }
 }
 
 /// Continuous backup to object storage (docs/design.md §4).
@@ -205,6 +244,7 @@ impl Default for NodeConfig {
             raft: RaftConfig::default(),
             archive: ArchiveConfig::default(),
             limits: Limits::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -282,6 +322,7 @@ impl NodeConfig {
         if self.limits.max_page_size == 0 || self.limits.default_page_size > self.limits.max_page_size {
             return bad("limits.default_page_size must be between 1 and limits.max_page_size".into());
         }
+        self.tls.files()?;
         Ok(())
     }
 }
@@ -317,7 +358,7 @@ mod tests {
     fn toml_file_fills_what_it_names_and_defaults_the_rest() {
         let c: NodeConfig = toml::from_str(
             "node_id = 2\n[limits]\nmax_value_bytes = 10\n[archive]\nurl = \"s3://b/p\"\n[[members]]\nid = 2\n\
-             client_addr = \"a:1\"\npeer_addr = \"a:2\"\n",
+             client_addr = \"a:1\"\npeer_addr = \"a:2\"\n[tls]\nca = \"ca.crt\"\ncert = \"n.crt\"\nkey = \"n.key\"\n",
         )
         .unwrap();
         assert_eq!(c.node_id, 2);
@@ -333,5 +374,19 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("node_id"));
         let c = NodeConfig { node_id: 1, ..NodeConfig::default() };
         assert!(c.validate().unwrap_err().to_string().contains("archive.url is empty"));
+    }
+
+    #[test]
+    fn tls_or_plaintext_must_be_chosen_and_not_both() {
+        let archive = ArchiveConfig { url: "s3://b/p".into(), ..ArchiveConfig::default() };
+        let c = NodeConfig { node_id: 1, archive, ..NodeConfig::default() };
+        let refused = c.validate().unwrap_err().to_string();
+        assert!(refused.contains("TLS is not configured") && refused.contains("--insecure"), "{refused}");
+        let half = TlsConfig { ca: "ca.crt".into(), ..TlsConfig::default() };
+        assert!(NodeConfig { tls: half, ..c.clone() }.validate().is_err(), "all three files or none");
+        let insecure = TlsConfig { insecure: true, ..TlsConfig::default() };
+        NodeConfig { tls: insecure, ..c.clone() }.validate().expect("plaintext, chosen");
+        let both = TlsConfig { insecure: true, ca: "ca.crt".into(), cert: "n.crt".into(), key: "n.key".into() };
+        assert!(NodeConfig { tls: both, ..c }.validate().unwrap_err().to_string().contains("choose one"));
     }
 }

@@ -14,4 +14,5 @@ pub mod peer;
 pub mod proto;
 pub mod replica;
 pub mod server;
+pub mod tls;
 pub mod upgrade;

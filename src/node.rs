@@ -21,6 +21,8 @@ use crate::peer::client::Peers;
 use crate::proto::raft::raft_transport_server::RaftTransportServer;
 use crate::replica::{ArchiveView, Replica};
 use crate::server::peer::PeerService;
+use crate::tls::client::PeerTls;
+use crate::tls::server::{accept, ClientAuth, Reloading};
 
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
     let r = &config.raft;
@@ -65,7 +67,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         let vote = store.log.clone().read_vote().await.context("cannot read the saved vote")?;
         vote.map_or(0, |v| v.leader_id().get_term())
     };
-    let peers = Peers::new(config.limits.max_message_bytes(), config.peer_source_ip.parse().ok());
+    let tls = config.tls.files()?;
+    if tls.is_none() {
+        tracing::warn!(
+            "insecure mode: every port serves plaintext and no client or peer is authenticated; for a test bench only"
+        );
+    }
+    let peer_tls = tls.clone().map(PeerTls::load).transpose().map_err(anyhow::Error::msg)?;
+    let serving = |auth: ClientAuth, alpn: &[&[u8]]| {
+        tls.clone().map(|files| Reloading::load(files, auth, alpn)).transpose().map_err(anyhow::Error::msg)
+    };
+    let (client_tls, peer_server_tls) =
+        (serving(ClientAuth::Optional, &[b"h2"])?, serving(ClientAuth::Required, &[b"h2"])?);
+    let http_tls = serving(ClientAuth::Optional, &[b"http/1.1"])?;
+    let peers = Peers::new(config.limits.max_message_bytes(), config.peer_source_ip.parse().ok(), peer_tls);
     let raft =
         Raft::new(config.node_id, Arc::new(raft_config(&config)?), peers.clone(), store.log.clone(), store.machine)
             .await
@@ -115,18 +130,28 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         let _ = rx.wait_for(|s| *s).await;
     };
     let max = config.limits.max_message_bytes();
+    let transport = RaftTransportServer::new(PeerService::new(replica.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let only_members = crate::server::peer::only_members(raft.clone(), peer_server_tls.is_some());
     let peer_server = tonic::transport::Server::builder()
-        .add_service(
-            RaftTransportServer::new(PeerService::new(replica.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .serve_with_incoming_shutdown(crate::server::incoming(peer_listener), stopped(stop_rx.clone()));
+        .add_service(tonic::service::interceptor::InterceptedService::new(transport, only_members))
+        .serve_with_incoming_shutdown(
+            crate::tls::server::incoming(accept(peer_listener, peer_server_tls)),
+            stopped(stop_rx.clone()),
+        );
     let peer_task = tokio::spawn(peer_server);
+    let client_accepted = accept(client_listener, client_tls);
     let client_task =
-        tokio::spawn(crate::server::serve_clients(replica.clone(), client_listener, stopped(stop_rx.clone())));
-    let http_task =
-        http_listener.map(|l| tokio::spawn(crate::server::http::serve(replica.clone(), l, stopped(stop_rx.clone()))));
+        tokio::spawn(crate::server::serve_clients(replica.clone(), client_accepted, stopped(stop_rx.clone())));
+    let http_task = match http_listener {
+        Some(l) => {
+            let local = l.local_addr()?;
+            let listener = crate::tls::server::Listener::new(accept(l, http_tls), local);
+            Some(tokio::spawn(crate::server::http::serve(replica.clone(), listener, stopped(stop_rx.clone()))))
+        }
+        None => None,
+    };
 
     bootstrap(&replica).await?;
     let purger = {

@@ -4,12 +4,16 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use std::path::PathBuf;
+
+use clap::Args;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::ClientOpts;
 use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::{NodeStatus, NodeStatusRequest};
+use crate::tls::client::ClientFiles;
 
 /// A failed command: what to print and which exit code to return.
 #[derive(Debug)]
@@ -42,11 +46,82 @@ impl Failure {
     }
 }
 
-pub(super) async fn connect(addr: &str, timeout: Duration) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+/// How the CLI reaches nodes: TLS trusting the cluster's CA, presenting a client certificate
+/// if it has one; or plaintext, only when asked for. Nothing given and no CA in the certs
+/// directory is an error, never a quiet fall back to plaintext.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsOpts {
+    /// The cluster's CA certificate (default: ca.crt in the certs directory).
+    #[arg(long, env = "KEEPSAKE_CA")]
+    pub ca: Option<PathBuf>,
+    /// A client certificate to present (default: client.crt in the certs directory, if there).
+    #[arg(long, env = "KEEPSAKE_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (default: client.key in the certs directory).
+    #[arg(long, env = "KEEPSAKE_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Where ca.crt, client.crt and client.key are looked for (default: ~/.keepsake/certs).
+    #[arg(long, env = "KEEPSAKE_CERTS_DIR")]
+    pub certs_dir: Option<PathBuf>,
+    /// Connect in plaintext, to a cluster serving in insecure mode.
+    #[arg(long, env = "KEEPSAKE_INSECURE")]
+    pub insecure: bool,
+}
+
+/// TLS settings for a channel; None: plaintext.
+pub type Tls = Option<ClientTlsConfig>;
+
+/// The default certs directory: `~/.keepsake/certs`.
+pub fn default_certs_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".keepsake").join("certs"))
+}
+
+impl TlsOpts {
+    /// What the flags, variables and certs directory say, read now.
+    pub fn resolve(&self) -> Result<Tls, Failure> {
+        let dir = self.certs_dir.clone().or_else(default_certs_dir);
+        let in_dir = |name: &str| dir.as_ref().map(|d| d.join(name)).filter(|p| p.exists());
+        let ca = self.ca.clone().or_else(|| in_dir("ca.crt"));
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ => in_dir("client.crt").zip(in_dir("client.key")),
+        };
+        let fail = |message: String| Failure { message, code: 2 };
+        match (ca, self.insecure) {
+            (Some(_), true) => {
+                Err(fail("--insecure and a CA are both given: choose TLS (the CA) or plaintext (--insecure)".into()))
+            }
+            (Some(ca), false) => ClientFiles { ca, identity }.tonic().map(Some).map_err(fail),
+            (None, true) => Ok(None),
+            (None, false) => Err(fail(format!(
+                "no CA to trust: pass --ca (KEEPSAKE_CA) or put ca.crt in {} (--certs-dir, KEEPSAKE_CERTS_DIR); \
+                 for a cluster serving plaintext on purpose, pass --insecure",
+                dir.map_or("the certs directory".into(), |d| d.display().to_string())
+            ))),
+        }
+    }
+}
+
+pub(super) async fn connect(addr: &str, timeout: Duration, tls: &Tls) -> Result<Channel, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| format!("{addr} is not a valid endpoint: {e}"))?
         .connect_timeout(timeout.min(Duration::from_secs(2)));
-    endpoint.connect().await.map_err(|e| format!("{addr}: {e}"))
+    if let Some(config) = tls {
+        endpoint = endpoint.tls_config(config.clone()).map_err(|e| format!("{addr}: {e}"))?;
+    }
+    endpoint.connect().await.map_err(|e| format!("{addr}: {}", error_chain(&e)))
+}
+
+/// An error with its causes: "transport error" alone does not say the certificate was refused.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// Runs `call` against the first endpoint that is reachable; a node that cannot be reached, or
@@ -57,12 +132,13 @@ where
     Fut: Future<Output = Result<T, Status>>,
 {
     // While an election is under way every node answers UNAVAILABLE: try again, within --timeout.
+    let tls = opts.tls.resolve()?;
     let started = std::time::Instant::now();
     let mut errors = Vec::new();
     let mut last_status = None;
     loop {
         errors.clear();
-        match try_each(opts, &call, &mut errors, &mut last_status).await {
+        match try_each(opts, &tls, &call, &mut errors, &mut last_status).await {
             Some(result) => return result,
             None if started.elapsed() + Duration::from_millis(200) < opts.timeout => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -81,6 +157,7 @@ where
 /// One pass over the endpoints: Some(result) when a node answered anything but UNAVAILABLE.
 async fn try_each<T, F, Fut>(
     opts: &ClientOpts,
+    tls: &Tls,
     call: &F,
     errors: &mut Vec<String>,
     last_status: &mut Option<Status>,
@@ -90,7 +167,7 @@ where
     Fut: Future<Output = Result<T, Status>>,
 {
     for addr in &opts.endpoints {
-        let channel = match connect(addr, opts.timeout).await {
+        let channel = match connect(addr, opts.timeout, tls).await {
             Ok(c) => c,
             Err(e) => {
                 errors.push(e);
@@ -110,10 +187,10 @@ where
 }
 
 /// One node's own view (its role, the leader it knows, the members), asked of that node alone.
-pub(super) async fn node_status(addr: &str, timeout: Duration) -> Result<NodeStatus, String> {
+pub(super) async fn node_status(addr: &str, timeout: Duration, tls: &Tls) -> Result<NodeStatus, String> {
     let mut req = tonic::Request::new(NodeStatusRequest {});
     req.set_timeout(timeout);
-    let status = AdminClient::new(connect(addr, timeout).await?).get_node_status(req).await;
+    let status = AdminClient::new(connect(addr, timeout, tls).await?).get_node_status(req).await;
     status.map(tonic::Response::into_inner).map_err(|s| format!("{addr}: {}", s.message()))
 }
 

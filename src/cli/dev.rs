@@ -1,12 +1,18 @@
-//! `keepsake dev`: three nodes in one process on loopback, for trying Keepsake out.
+//! `keepsake dev`: three nodes in one process on loopback, for trying Keepsake out, with TLS on
+//! as in production: a throwaway CA and certificates in its data directory, which the CLI finds
+//! in `~/.keepsake/certs` (written there only if that directory is free or holds a dev
+//! cluster's, never over an operator's own certificates).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::{ArchiveConfig, Member, NodeConfig};
+use crate::config::{ArchiveConfig, Member, NodeConfig, TlsConfig};
+use crate::tls::certs;
+use crate::tls::client::ClientFiles;
+use crate::tls::identity::{Identity, Role};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -31,6 +37,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             peer_addr: format!("127.0.0.1:{}", args.base_port + 100 + i),
         })
         .collect();
+    let certs = dir.join("certs");
+    make_certs(&certs, &members)?;
+    let for_cli = share_with_cli(&certs)?;
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut nodes = Vec::new();
     for m in &members {
@@ -44,6 +53,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             members: members.clone(),
             // One archive the three share, so it stays whole across leader changes.
             archive: ArchiveConfig { url: dir.join("archive").display().to_string(), ..ArchiveConfig::default() },
+            tls: {
+                let pair = certs::node_pair(&certs, m.id);
+                TlsConfig { ca: certs.join(certs::CA_CERT), cert: pair.cert, key: pair.key, insecure: false }
+            },
             ..NodeConfig::default()
         };
         let mut stop = stop_tx.subscribe();
@@ -52,7 +65,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         })));
     }
     let leader = tokio::select! {
-        l = wait_for_leader(&members[0].client_addr, &nodes) => match l {
+        l = wait_for_leader(&members[0].client_addr, &certs, &nodes) => match l {
             Ok(l) => l,
             Err(e) => {
                 let _ = stop_tx.send(());
@@ -69,10 +82,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("keepsake dev cluster is up (leader: node {leader})");
     println!("data directory: {}", dir.display());
     println!("archive: {}", dir.join("archive").join("keepsake-dev").display());
+    match &for_cli {
+        Some(shared) => {
+            println!("TLS: a throwaway CA in {}; the CLI reads it from {}", certs.display(), shared.display())
+        }
+        None => println!(
+            "TLS: a throwaway CA in {0}; ~/.keepsake/certs holds other certificates, so point the CLI here: \
+             export KEEPSAKE_CERTS_DIR={0}",
+            certs.display()
+        ),
+    }
     for m in &members {
         let http = args.base_port + 200 + (m.id as u16 - 1);
         println!(
-            "node {}: client {}  peer {}  metrics http://127.0.0.1:{http}/metrics",
+            "node {}: client {}  peer {}  metrics https://127.0.0.1:{http}/metrics",
             m.id, m.client_addr, m.peer_addr
         );
     }
@@ -87,10 +110,63 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_leader(addr: &str, nodes: &[tokio::task::JoinHandle<anyhow::Result<()>>]) -> anyhow::Result<u64> {
+/// The dev cluster's CA, its three nodes' certificates and an operator's client certificate
+/// (`client.crt`, `client.key`, the names the CLI looks for), made once per data directory.
+fn make_certs(dir: &Path, members: &[Member]) -> anyhow::Result<()> {
+    if dir.join(certs::CA_CERT).exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let fail = anyhow::Error::msg;
+    certs::create_ca(dir, "keepsake dev CA (throwaway)", 3650).map_err(fail)?;
+    let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+    for m in members {
+        certs::create_node(dir, m.id, &hosts, 3650).map_err(fail)?;
+    }
+    let operator = Identity::Client { role: Role::Operator, tenants: vec![] };
+    let pair = certs::create_client(dir, "operator", &operator, 3650).map_err(fail)?;
+    std::fs::copy(&pair.cert, dir.join("client.crt"))?;
+    std::fs::copy(&pair.key, dir.join("client.key"))?;
+    Ok(())
+}
+
+/// Marks a certs directory as a dev cluster's, so the next `keepsake dev` may replace it.
+const DEV_MARK: &str = "KEEPSAKE_DEV";
+
+/// Copies the dev CA and the operator's certificate to `~/.keepsake/certs`, where the CLI looks
+/// by default, if that directory is free or holds another dev cluster's; returns it. None: it
+/// holds an operator's own certificates, which are never touched.
+fn share_with_cli(certs: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let Some(shared) = super::client::default_certs_dir() else { return Ok(None) };
+    let ours = shared.join(DEV_MARK).exists();
+    let free = !shared.exists() || std::fs::read_dir(&shared).map(|mut d| d.next().is_none()).unwrap_or(false);
+    if !ours && !free {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(&shared).with_context(|| format!("cannot create {}", shared.display()))?;
+    std::fs::write(shared.join(DEV_MARK), format!("copied by `keepsake dev` from {}\n", certs.display()))?;
+    for name in [certs::CA_CERT, "client.crt", "client.key"] {
+        // Replaced by a rename: a CLI reading meanwhile sees the old file or the new one.
+        let staged = shared.join(format!(".{name}.new"));
+        std::fs::copy(certs.join(name), &staged)?;
+        std::fs::rename(&staged, shared.join(name))?;
+    }
+    Ok(Some(shared))
+}
+
+async fn wait_for_leader(
+    addr: &str,
+    certs: &Path,
+    nodes: &[tokio::task::JoinHandle<anyhow::Result<()>>],
+) -> anyhow::Result<u64> {
+    let files = ClientFiles {
+        ca: certs.join(certs::CA_CERT),
+        identity: Some((certs.join("client.crt"), certs.join("client.key"))),
+    };
+    let tls = Some(files.tonic().map_err(anyhow::Error::msg)?);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(status) = super::client::node_status(addr, Duration::from_secs(1)).await {
+        if let Ok(status) = super::client::node_status(addr, Duration::from_secs(1), &tls).await {
             if let Some(leader) = status.leader_id {
                 return Ok(leader);
             }

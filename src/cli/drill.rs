@@ -39,11 +39,14 @@ pub struct DrillArgs {
     /// Where to restore (default: a fresh temporary directory); removed afterwards.
     #[arg(long)]
     scratch_dir: Option<PathBuf>,
+    #[command(flatten)]
+    tls: super::client::TlsOpts,
 }
 
 pub async fn run(a: DrillArgs) -> Result<(), Failure> {
     let archive = a.source.open()?;
-    let live = ClientOpts { endpoints: a.endpoints.clone(), timeout: a.timeout, output: a.source.output };
+    let live =
+        ClientOpts { endpoints: a.endpoints.clone(), timeout: a.timeout, output: a.source.output, tls: a.tls.clone() };
     // Asked before the restore lists the archive: the restore must reach at least this far.
     let before = super::backup::status(&live).await?;
     let asked_at_us = keepsake_raft::clock::now_us();

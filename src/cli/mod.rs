@@ -6,6 +6,7 @@
 
 mod backup;
 mod bench;
+mod cert;
 mod client;
 mod cluster;
 mod data;
@@ -60,6 +61,9 @@ enum Command {
     /// Load generator: drive Keepsake (or etcd, or PostgreSQL) with concurrent clients and
     /// report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Certificates: the cluster's CA, and a certificate per node and per client.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +89,9 @@ pub struct ServeArgs {
     /// Initial voters: ID=CLIENT_ADDR/PEER_ADDR,… (used only to bootstrap a new cluster).
     #[arg(long, env = "KEEPSAKE_MEMBERS")]
     members: Option<String>,
+    /// Serve every port in plaintext with no authentication (tls.insecure): a test bench only.
+    #[arg(long, env = "KEEPSAKE_INSECURE")]
+    insecure: bool,
 }
 
 /// Options every client command shares.
@@ -104,6 +111,8 @@ pub struct ClientOpts {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    #[command(flatten)]
+    pub tls: client::TlsOpts,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -143,6 +152,7 @@ pub fn main() -> ExitCode {
             Command::Changes(a) => data::changes(a).await,
             Command::Export(a) => data::export(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Cert(cmd) => cert::run(cmd).await,
         }
     });
     match result {
@@ -183,6 +193,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.members {
         config.members = crate::config::parse_members(&v)?;
+    }
+    if args.insecure {
+        config.tls.insecure = true;
     }
     crate::node::run(config, shutdown_signal()).await
 }

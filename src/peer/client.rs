@@ -20,37 +20,53 @@ use tonic::transport::{Channel, Endpoint};
 use super::{decode, encode};
 use crate::proto::raft::raft_transport_client::RaftTransportClient;
 use crate::proto::raft::{CapabilitiesRequest, ProposeRequest, RaftMessage, ReadIndexRequest, TimeoutNowRequest};
+use crate::tls::client::PeerTls;
 
 /// One channel per peer address, shared by openraft's replication and client forwarding.
 #[derive(Clone, Default)]
 pub struct Peers {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Each channel with the TLS generation it was made in.
+    channels: Arc<Mutex<HashMap<String, (u64, Channel)>>>,
     /// Which AppendEntries each peer accepted, and when they were sent: the leader's lease.
     pub acks: Arc<Acks>,
     max_message_bytes: usize,
     /// Where outgoing connections come from; None: the OS chooses.
     source_ip: Option<IpAddr>,
+    /// This node's certificate and the cluster's CA; None: plaintext (insecure mode).
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Peers {
-    pub fn new(max_message_bytes: usize, source_ip: Option<IpAddr>) -> Self {
-        Peers { channels: Arc::default(), acks: Arc::default(), max_message_bytes, source_ip }
+    pub fn new(max_message_bytes: usize, source_ip: Option<IpAddr>, tls: Option<Arc<PeerTls>>) -> Self {
+        Peers { channels: Arc::default(), acks: Arc::default(), max_message_bytes, source_ip, tls }
+    }
+
+    /// This node's TLS settings as a client of another node (None: insecure mode).
+    pub fn tls_config(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        self.tls.as_ref().map(|t| t.current().1)
     }
 
     pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, tonic::Status> {
+        let tls = self.tls.as_ref().map(|t| t.current());
+        let generation = tls.as_ref().map_or(0, |(g, _)| *g);
         let mut channels = self.channels.lock().expect("peer channel map is never poisoned");
         let channel = match channels.get(addr) {
-            Some(c) => c.clone(),
-            None => {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| tonic::Status::internal(format!("bad peer address {addr}: {e}")))?
+            Some((made_in, c)) if *made_in == generation => c.clone(),
+            _ => {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let bad = |e: tonic::transport::Error| tonic::Status::internal(format!("bad peer address {addr}: {e}"));
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+                    .map_err(bad)?
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
                     .local_address(self.source_ip)
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5));
+                if let Some((_, config)) = tls {
+                    endpoint = endpoint.tls_config(config).map_err(bad)?;
+                }
                 let c = endpoint.connect_lazy();
-                channels.insert(addr.to_owned(), c.clone());
+                channels.insert(addr.to_owned(), (generation, c.clone()));
                 c
             }
         };

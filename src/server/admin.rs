@@ -72,7 +72,7 @@ impl AdminService {
         match self.replica.leader() {
             None => Err(status::from_error(Error::NoLeader("no leader is elected right now; retry shortly".into()))),
             Some((id, _)) if id == self.replica.id() => Ok(None),
-            Some((_, node)) => Ok(Some(admin_client(&node.client_addr)?)),
+            Some((_, node)) => Ok(Some(self.admin_client(&node.client_addr)?)),
         }
     }
 
@@ -86,11 +86,20 @@ impl AdminService {
     }
 }
 
-fn admin_client(addr: &str) -> Result<AdminClient<tonic::transport::Channel>, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::internal(format!("bad node address {addr}: {e}")))?
-        .connect_timeout(Duration::from_millis(500));
-    Ok(AdminClient::new(endpoint.connect_lazy()))
+impl AdminService {
+    /// Another node's Admin API, reached as this node (its certificate) over TLS.
+    fn admin_client(&self, addr: &str) -> Result<AdminClient<tonic::transport::Channel>, Status> {
+        let tls = self.replica.peers().tls_config();
+        let bad = |e: tonic::transport::Error| Status::internal(format!("bad node address {addr}: {e}"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(bad)?
+            .connect_timeout(Duration::from_millis(500));
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(bad)?;
+        }
+        Ok(AdminClient::new(endpoint.connect_lazy()))
+    }
 }
 
 /// Passes the request to the leader when this node is not the leader.
@@ -114,7 +123,7 @@ impl Admin for AdminService {
             let ask = async {
                 let mut req = Request::new(NodeStatusRequest {});
                 req.set_timeout(Duration::from_secs(1));
-                admin_client(&m.client_addr)?.get_node_status(req).await.map(Response::into_inner)
+                self.admin_client(&m.client_addr)?.get_node_status(req).await.map(Response::into_inner)
             };
             match tokio::time::timeout(Duration::from_millis(1500), ask).await {
                 Ok(Ok(s)) => s,

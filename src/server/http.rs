@@ -19,7 +19,7 @@ use crate::replica::Replica;
 
 pub async fn serve(
     replica: Arc<Replica>,
-    listener: tokio::net::TcpListener,
+    listener: crate::tls::server::Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = axum::Router::new()

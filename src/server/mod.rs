@@ -30,7 +30,7 @@ pub fn interceptor(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic:
 
 pub async fn serve_clients(
     replica: Arc<Replica>,
-    listener: tokio::net::TcpListener,
+    accepted: tokio::sync::mpsc::Receiver<crate::tls::server::Conn>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let max = replica.config().limits.max_message_bytes();
@@ -50,16 +50,9 @@ pub async fn serve_clients(
         .add_service(reflection)
         .add_service(tonic::service::interceptor::InterceptedService::new(store, interceptor))
         .add_service(tonic::service::interceptor::InterceptedService::new(admin, interceptor))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(crate::tls::server::incoming(accepted), shutdown)
         .await?;
     Ok(())
-}
-
-/// Accepted connections with Nagle's algorithm off. tonic ignores its builder's `tcp_nodelay`
-/// for a listener we bound ourselves, and with Nagle on, a small response waits for the
-/// client's delayed ACK: up to 40 ms per request on Linux.
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {

@@ -15,6 +15,8 @@ use crate::peer::{decode, encode};
 use crate::proto::raft::raft_transport_server::RaftTransport;
 use crate::proto::raft::*;
 use crate::replica::Replica;
+use crate::tls::identity::Identity;
+use crate::tls::server::Peer;
 
 pub struct PeerService {
     replica: Arc<Replica>,
@@ -23,6 +25,41 @@ pub struct PeerService {
 impl PeerService {
     pub fn new(replica: Arc<Replica>) -> Self {
         PeerService { replica }
+    }
+}
+
+/// The peer port serves only peers: a client certificate from the cluster's CA (checked in the
+/// handshake) naming a node id of the current membership. A node with no membership yet (a
+/// learner about to be sent its first entries) takes any node's. In insecure mode, anyone.
+#[allow(clippy::result_large_err)]
+pub fn only_members(
+    raft: keepsake_raft::Raft,
+    secure: bool,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |req: Request<()>| {
+        if !secure {
+            return Ok(req);
+        }
+        let identity = req.extensions().get::<Peer>().and_then(|p| p.identity.clone());
+        match identity {
+            None => {
+                Err(Status::unauthenticated("the peer port serves only cluster members: present a node certificate"))
+            }
+            Some(Err(e)) => Err(Status::unauthenticated(format!("the peer port serves only cluster members: {e}"))),
+            Some(Ok(Identity::Node(id))) => {
+                let metrics = raft.metrics();
+                let metrics = metrics.borrow();
+                let membership = metrics.membership_config.membership();
+                if membership.nodes().next().is_none() || membership.get_node(&id).is_some() {
+                    Ok(req)
+                } else {
+                    Err(Status::permission_denied(format!("node {id} is not a member of this cluster")))
+                }
+            }
+            Some(Ok(other)) => Err(Status::permission_denied(format!(
+                "the peer port serves only cluster members, and this certificate names a client ({other})"
+            ))),
+        }
     }
 }
 

@@ -47,6 +47,12 @@ pub fn keepsake_cli_crashing_at<S: AsRef<std::ffi::OsStr>>(
         .env_remove("KEEPSAKE_CRASH_AT")
         .env_remove("KEEPSAKE_STOP_AT")
         .env_remove("KEEPSAKE_CLOCK_OFFSET_MS")
+        // The test clusters' CA and the operator's certificate.
+        .env("KEEPSAKE_CERTS_DIR", super::tls::certs_dir())
+        .env_remove("KEEPSAKE_INSECURE")
+        .env_remove("KEEPSAKE_CA")
+        .env_remove("KEEPSAKE_CERT")
+        .env_remove("KEEPSAKE_KEY")
         .stdin(Stdio::null());
     if let Some(point) = crash_at {
         cmd.env("KEEPSAKE_CRASH_AT", point);

@@ -69,6 +69,9 @@ pub struct ClusterBuilder {
     tmpfs_bytes: Option<u64>,
     /// Nodes whose clock runs this many milliseconds off (needs the failpoints feature).
     clock_offsets: Vec<(u64, i64)>,
+    /// Each node reads copies of its TLS files in its own directory (`tls/`), which a test may
+    /// replace; otherwise every node reads the shared test certificates.
+    own_certs: bool,
 }
 
 impl ClusterBuilder {
@@ -148,6 +151,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Each node reads copies of the test certificates in `<node dir>/tls/`
+    /// (`Cluster::node_tls_dir`), so a test can rotate them.
+    pub fn own_certs(mut self) -> Self {
+        self.own_certs = true;
+        self
+    }
+
     /// Nodes start with no initial members: the cluster already exists in a seeded data dir.
     pub fn no_bootstrap(mut self) -> Self {
         self.bootstrap = false;
@@ -215,6 +225,8 @@ impl ClusterBuilder {
                 toml_string(&archive_endpoint),
                 self.archive_extra
             ));
+            let tls_dir = self.own_certs.then(|| super::tls::copy_node_files(&dir.path().join("tls"), *id));
+            config.push_str(&super::tls::node_tls_config(tls_dir.as_deref(), *id));
             std::fs::write(&config_path, config).expect("write the test node's node.toml");
             nodes.push(NodeProc {
                 http_addr,
@@ -331,6 +343,7 @@ impl Cluster {
             peer_proxies: false,
             tmpfs_bytes: None,
             clock_offsets: Vec::new(),
+            own_certs: false,
         }
     }
 
@@ -482,6 +495,12 @@ impl Cluster {
     /// How many file descriptors the node process has open.
     pub fn open_fds(&self, id: u64) -> Option<usize> {
         Some(std::fs::read_dir(format!("/proc/{}/fd", self.node(id).pid()?)).ok()?.count())
+    }
+
+    /// Where node `id` reads its TLS files from, with `own_certs` (`ca.crt`, `node-<id>.crt`,
+    /// `node-<id>.key`).
+    pub fn node_tls_dir(&self, id: u64) -> PathBuf {
+        self.node_dir(id).join("tls")
     }
 
     /// The node's directory (data dir, node.toml, node.log).

@@ -1,5 +1,5 @@
-//! Plain HTTP for the tests: one bodiless HTTP/1.1 request (a node's `/readyz`, the S3
-//! server's bucket set-up) and the value of one metric in a node's `/metrics`.
+//! Plain HTTP for the tests: one bodiless HTTP/1.1 request (the S3 server's bucket set-up), and
+//! the value of one metric in a node's `/metrics` (over TLS, `tls::https_request`).
 
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ pub fn http_request(addr: &str, method: &str, path: &str) -> std::io::Result<(u1
 
 /// The value of one metric in a node's `/metrics` (panics if it is missing).
 pub fn metric(cluster: &Cluster, id: u64, name: &str) -> f64 {
-    let (code, text) = http_request(&cluster.http_addr(id), "GET", "/metrics").expect("GET /metrics");
+    let (code, text) = super::tls::https_request(&cluster.http_addr(id), "GET", "/metrics").expect("GET /metrics");
     assert_eq!(code, 200, "{text}");
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))

@@ -1,7 +1,7 @@
 //! The integration-test harness, shared by tests/integration and tests/fault: a `Cluster` of
 //! real `keepsake serve` processes (`cluster`), their ports (`ports`), the `keepsake` command
-//! line (`cli`), gRPC helpers bounded in time (`rpc`), plain HTTP (`http`), signals and locks
-//! (`os`) and an S3-compatible server (`s3`). Every call made here carries a gRPC deadline and
+//! line (`cli`), gRPC helpers bounded in time (`rpc`), plain HTTP (`http`), the test CA and
+//! certificates (`tls`), signals and locks (`os`) and an S3-compatible server (`s3`). Every call made here carries a gRPC deadline and
 //! a local timeout, so a broken cluster fails the test instead of hanging it.
 
 #![allow(dead_code)]
@@ -13,6 +13,7 @@ mod os;
 mod ports;
 mod rpc;
 mod s3;
+mod tls;
 
 /// Items a cluster holds besides its users' own: the history record (keepsake_raft::history),
 /// which the first leader writes. Item counts and digests include it.
@@ -34,3 +35,5 @@ pub use rpc::{
 };
 #[allow(unused_imports)]
 pub use s3::{S3Server, S3_ENV};
+#[allow(unused_imports)]
+pub use tls::{certs_dir, client_pair, client_tls, der_of, https_request, rotate_node_files, served_certificate};

@@ -18,11 +18,14 @@ use tonic::{Request, Status};
 /// The deadline of an ordinary test request.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A lazily connected TLS channel to a node's client port, as the operator.
 pub fn connect(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
+    Endpoint::from_shared(format!("https://{addr}"))
         .expect("a node address makes a valid URI")
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
+        .tls_config(super::tls::client_tls())
+        .expect("the test TLS settings apply")
         .connect_lazy()
 }
 

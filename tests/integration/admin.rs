@@ -148,12 +148,37 @@ fn serve_refuses_to_start_without_an_archive_url() {
     assert!(!data.exists(), "nothing is written before the refusal");
 }
 
+#[test]
+fn serve_refuses_to_start_without_tls_unless_plaintext_is_chosen() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("node.toml");
+    let archive = dir.path().join("archive");
+    std::fs::write(&config, format!("node_id = 1\n[archive]\nurl = {:?}\n", archive.display().to_string()))
+        .expect("write node.toml");
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_keepsake"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--client-addr", "127.0.0.1:1", "--peer-addr", "127.0.0.1:1", "--http-addr", ""])
+        .env_remove("KEEPSAKE_CONFIG")
+        .env_remove("KEEPSAKE_INSECURE")
+        .output()
+        .expect("run keepsake serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "serve without TLS must not run: {err}");
+    assert!(err.contains("TLS is not configured") && err.contains("--insecure"), "the error says what to do: {err}");
+    assert!(!data.exists(), "nothing is written before the refusal");
+}
+
 /// Runs the `keepsake` binary against the cluster; returns (exit code, stdout, stderr).
 fn keepsake(cluster: &Cluster, args: &[&str]) -> (i32, String, String) {
     let endpoints = cluster.endpoints();
     let out = Command::new(env!("CARGO_BIN_EXE_keepsake"))
         .args(args)
         .env("KEEPSAKE_ENDPOINTS", endpoints)
+        .env("KEEPSAKE_CERTS_DIR", crate::common::certs_dir())
         .output()
         .expect("run the keepsake binary");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -220,6 +245,7 @@ async fn cli_commands_print_results_and_exit_with_documented_codes() {
     // No node reachable: exit 5 with a message that says what to check.
     let out = Command::new(env!("CARGO_BIN_EXE_keepsake"))
         .args(["get", "--user", "u", "--collection", "c", "--id", "i", "--endpoints", "127.0.0.1:1", "--timeout", "1s"])
+        .env("KEEPSAKE_CERTS_DIR", crate::common::certs_dir())
         .output()
         .expect("run keepsake");
     assert_eq!(out.status.code(), Some(5));

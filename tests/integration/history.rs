@@ -73,7 +73,7 @@ async fn a_second_cluster_with_the_same_id_and_archive_refuses_and_the_first_los
         .expect_err("an ARCHIVED write on a refusing leader");
     assert_eq!(answer.code(), tonic::Code::ResourceExhausted, "{answer:?}");
     assert!(answer.message().contains("refused"), "{}", answer.message());
-    let (code, body) = http_request(&second.http_addr(leader2), "GET", "/readyz").expect("GET /readyz");
+    let (code, body) = https_request(&second.http_addr(leader2), "GET", "/readyz").expect("GET /readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("refusing to archive"), "{body}");
     assert_eq!(metric(&second, leader2, "keepsake_archive_refused"), 1.0);

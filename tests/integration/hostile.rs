@@ -92,10 +92,21 @@ async fn bytes_that_are_not_protobuf_get_a_clear_status_and_the_node_serves_on()
     let status = cluster.store(leader).put(request(put, Duration::from_secs(5))).await.expect_err("accepted");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("U+0001"), "{status:?}");
-    // The peer port, which any host that can reach it may call: a payload that is not a Raft
-    // message is refused with a status that names it, and Raft goes on.
-    let mut peer =
-        RaftTransportClient::connect(format!("http://{}", cluster.peer_addr(leader))).await.expect("connect");
+    // The peer port, as a member (a node's certificate) whose messages are garbage: a payload
+    // that is not a Raft message is refused with a status that names it, and Raft goes on.
+    let member = keepsake::tls::certs::node_pair(crate::common::certs_dir(), leader);
+    let tls = keepsake::tls::client::ClientFiles {
+        ca: crate::common::certs_dir().join(keepsake::tls::certs::CA_CERT),
+        identity: Some((member.cert, member.key)),
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", cluster.peer_addr(leader)))
+        .expect("an endpoint")
+        .tls_config(tls.tonic().expect("TLS settings"))
+        .expect("TLS applies")
+        .connect()
+        .await
+        .expect("connect");
+    let mut peer = RaftTransportClient::new(channel);
     for rpc in 0..3 {
         let msg = RaftMessage { payload: vec![0xff; 40] };
         let status = match rpc {
@@ -143,7 +154,8 @@ async fn thousands_of_idle_connections_neither_stop_the_node_nor_stay_behind() {
     let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
     still_serves(&cluster, leader, "warm-up", Duration::from_secs(2)).await;
     let (rss, fds) = (cluster.rss_bytes(leader).expect("rss"), cluster.open_fds(leader).expect("fds"));
-    // A third send nothing, a third only the HTTP/2 preface, a third half an HTTP/1 request.
+    // A third send nothing, a third the start of a TLS record that never ends, a third half an
+    // HTTP/1 request.
     let mut idle = Vec::with_capacity(IDLE);
     for n in 0..IDLE {
         // From 127.0.0.2: thousands of ephemeral ports on 127.0.0.1 could take one that a
@@ -154,16 +166,17 @@ async fn thousands_of_idle_connections_neither_stop_the_node_nor_stay_behind() {
         let mut s = socket.connect(addr).await.expect("connect");
         match n % 3 {
             0 => {}
-            1 => s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("send the preface"),
+            // A handshake record header announcing 512 bytes, then nothing.
+            1 => s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.expect("send a record header"),
             _ => s.write_all(b"POST /keepsake.v1.Store/Put HTTP/1.1\r\nHost: x\r\n").await.expect("send half"),
         }
         idle.push(s);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     still_serves(&cluster, leader, "among-idle", Duration::from_secs(2)).await;
-    // The node closes what is not HTTP/2 at once, and holds the rest.
+    // The node closes what is not TLS at once, and holds the rest.
     for (n, s) in idle.iter_mut().enumerate().filter(|(n, _)| n % 3 == 2) {
-        // (It answers with an HTTP/2 GOAWAY first.)
+        // (It answers with a TLS alert first.)
         let mut buf = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
         assert!(read.is_ok(), "HTTP/1 connection {n} was not closed (it sent {buf:02x?})");
@@ -173,6 +186,12 @@ async fn thousands_of_idle_connections_neither_stop_the_node_nor_stay_behind() {
     let grown = cluster.rss_bytes(leader).expect("rss").saturating_sub(rss);
     eprintln!("{IDLE} idle connections: the node holds {held} more descriptors, RSS grew by {} KiB", grown >> 10);
     assert!(grown < 128 << 20, "{IDLE} idle connections grew the node by {} MiB", grown >> 20);
+    // A handshake not done in 10 s is dropped, whether or not the client goes.
+    let dropped = crate::common::eventually(Duration::from_secs(20), || async {
+        (cluster.open_fds(leader).expect("fds") <= fds + 50).then_some(())
+    })
+    .await;
+    assert!(dropped.is_some(), "unfinished handshakes hold {} descriptors", cluster.open_fds(leader).unwrap() - fds);
     drop(idle);
     // Their descriptors are released once the clients go.
     let released = crate::common::eventually(Duration::from_secs(10), || async {

@@ -11,6 +11,7 @@
 //! - `measure`: run by hand only (ignored): archive lag under load and restore speed.
 //! - `restore`: restores from the archive alone: Sidekick, point in time, resync for lost cursors.
 //! - `s3`: backup to a real S3-compatible server: restore after losing every node, an outage.
+//! - `security`: TLS on every port, the peer port for members only, certificates rotating.
 //! - `snapshots`: archive snapshots, retention, restores from a snapshot, restoring twice, drill.
 
 #[path = "../common/mod.rs"]
@@ -29,4 +30,5 @@ mod hostile;
 mod measure;
 mod restore;
 mod s3;
+mod security;
 mod snapshots;

@@ -151,7 +151,7 @@ async fn an_object_store_outage_holds_archived_writes_then_refuses_writes_and_ca
     assert_eq!(metric(&cluster, leader, "keepsake_archive_error"), 1.0);
     assert!(metric(&cluster, leader, "keepsake_archive_lag_seconds") > 3.0);
     assert!(metric(&cluster, leader, "keepsake_archive_lag_bytes") > 0.0);
-    let (code, text) = http_request(&cluster.http_addr(leader), "GET", "/readyz").expect("GET /readyz");
+    let (code, text) = https_request(&cluster.http_addr(leader), "GET", "/readyz").expect("GET /readyz");
     assert_eq!(code, 503, "the leader is not ready while it refuses writes: {text}");
     assert!(text.contains("archive"), "{text}");
     // The outage lasts 30 s; the lag keeps growing and writes stay refused all along.
@@ -180,7 +180,7 @@ async fn an_object_store_outage_holds_archived_writes_then_refuses_writes_and_ca
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     assert_eq!(metric(&cluster, leader, "keepsake_archive_error"), 0.0);
     assert_eq!(metric(&cluster, leader, "keepsake_raft_is_leader"), 1.0);
-    let (code, _) = http_request(&cluster.http_addr(leader), "GET", "/readyz").expect("GET /readyz");
+    let (code, _) = https_request(&cluster.http_addr(leader), "GET", "/readyz").expect("GET /readyz");
     assert_eq!(code, 200, "ready again once the archive caught up");
 }
 

@@ -60,6 +60,9 @@ impl LocalCluster {
                 .args(["--client-addr", &client(i), "--peer-addr", &peer(i)])
                 .args(["--http-addr", &format!("127.0.0.1:{}", base_port + 200 + i)])
                 .args(["--members", &members.join(",")])
+                // A benchmark bench on loopback: plaintext, chosen (TLS's cost is measured
+                // against an external cluster, reached with the CLI's TLS flags).
+                .arg("--insecure")
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log.try_clone()?))
                 .stderr(Stdio::from(log));
@@ -86,7 +89,7 @@ impl LocalCluster {
             }
             let mut views = Vec::new();
             for addr in &self.client_addrs {
-                let Ok(s) = node_status(addr, Duration::from_secs(2)).await else { break };
+                let Ok(s) = node_status(addr, Duration::from_secs(2), &None).await else { break };
                 views.push((s.node_id, s.role, s.leader_id));
             }
             let leader = views.first().and_then(|v| v.2);

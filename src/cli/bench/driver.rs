@@ -32,12 +32,14 @@ impl Driver {
                 // Spread clients over the endpoints given (the benchmark passes the leader alone
                 // unless told otherwise); each client has its own HTTP/2 connection.
                 let addr = &c.endpoints[client_no % c.endpoints.len()];
-                let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                let scheme = if c.tls.is_some() { "https" } else { "http" };
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
                     .connect_timeout(Duration::from_secs(5))
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
+                    .tcp_nodelay(true);
+                if let Some(tls) = &c.tls {
+                    endpoint = endpoint.tls_config(tls.clone())?;
+                }
+                let channel = endpoint.connect().await.map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
                 let store = StoreClient::new(channel).max_decoding_message_size(64 << 20);
                 Ok(Driver::Keepsake { store, durability: c.durability, timeout: c.timeout })
             }

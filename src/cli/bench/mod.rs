@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 
-use super::client::{connect, node_status};
+use super::client::{connect, node_status, Tls};
 use super::{parse_duration, ClientOpts, Failure, Output};
 use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::{BackupStatusRequest, Durability};
@@ -205,8 +205,13 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         None => None,
     };
 
+    // A cluster the benchmark starts serves plaintext; another one is reached as the CLI is.
+    let tls = match (&cluster, args.target) {
+        (None, Target::Keepsake) => args.client.tls.resolve()?,
+        _ => None,
+    };
     let leader = match args.target {
-        Target::Keepsake => Some(find_leader(&endpoints, args.client.timeout).await?),
+        Target::Keepsake => Some(find_leader(&endpoints, args.client.timeout, &tls).await?),
         _ => None,
     };
     let connect = Connect {
@@ -221,6 +226,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         },
         timeout: args.client.timeout,
         postgres: args.postgres.clone(),
+        tls: tls.clone(),
     };
     Driver::prepare_target(&connect).await?;
     let mut drivers: Vec<Driver> = Vec::with_capacity(args.clients);
@@ -273,7 +279,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     watch.start();
     shared.measuring.store(true, Ordering::SeqCst);
     let started = Instant::now();
-    let lag = tokio::spawn(sample_archive_lag(leader.clone(), shared.clone(), args.client.timeout));
+    let lag = tokio::spawn(sample_archive_lag(leader.clone(), shared.clone(), args.client.timeout, tls));
     let progress = progress_bar(args.client.output);
     while started.elapsed() < args.duration && args.ops.is_none_or(|n| shared.measured.load(Ordering::Relaxed) < n) {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -349,7 +355,7 @@ fn progress_bar(output: Output) -> Option<indicatif::ProgressBar> {
 }
 
 /// The leader's client address, asked of each endpoint in turn.
-async fn find_leader(endpoints: &[String], timeout: Duration) -> Result<String, Failure> {
+async fn find_leader(endpoints: &[String], timeout: Duration, tls: &Tls) -> Result<String, Failure> {
     if let Some(bad) =
         endpoints.iter().find(|a| tonic::transport::Endpoint::from_shared(format!("http://{a}")).is_err())
     {
@@ -358,7 +364,7 @@ async fn find_leader(endpoints: &[String], timeout: Duration) -> Result<String, 
     let deadline = Instant::now() + timeout.max(Duration::from_secs(5));
     loop {
         for addr in endpoints {
-            let Ok(status) = node_status(addr, timeout).await else { continue };
+            let Ok(status) = node_status(addr, timeout, tls).await else { continue };
             if let Some(leader) = status.leader_id {
                 if let Some(m) = status.members.iter().find(|m| m.node_id == leader) {
                     return Ok(m.client_addr.clone());
@@ -380,8 +386,13 @@ async fn find_leader(endpoints: &[String], timeout: Duration) -> Result<String, 
 
 /// Samples the leader's archive lag every 100 ms while the run is measured; None when the
 /// target is not Keepsake or the leader cannot be asked.
-async fn sample_archive_lag(leader: Option<String>, shared: Arc<Shared>, timeout: Duration) -> Option<ArchiveLag> {
-    let mut admin = AdminClient::new(connect(&leader?, timeout).await.ok()?);
+async fn sample_archive_lag(
+    leader: Option<String>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+    tls: Tls,
+) -> Option<ArchiveLag> {
+    let mut admin = AdminClient::new(connect(&leader?, timeout, &tls).await.ok()?);
     let mut h = report::new_histogram();
     while !shared.stop.load(Ordering::SeqCst) {
         let mut req = tonic::Request::new(BackupStatusRequest {});

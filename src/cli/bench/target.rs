@@ -50,6 +50,8 @@ pub struct Connect {
     /// libpq-style connection string (PostgreSQL only).
     #[cfg_attr(not(feature = "bench-compare"), allow(dead_code))]
     pub postgres: String,
+    /// How Keepsake's nodes are reached (None: plaintext).
+    pub tls: crate::cli::client::Tls,
 }
 
 pub fn status_error(s: tonic::Status) -> OpError {

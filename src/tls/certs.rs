@@ -1,0 +1,176 @@
+//! Making a cluster's certificates (`keepsake cert`): a CA, a certificate per node and one per
+//! client, each naming its Keepsake identity (`identity.rs`). ECDSA P-256 keys, as rcgen makes
+//! them.
+//!
+//! Invariant: nothing is ever overwritten (a CA replaced by accident would orphan every
+//! certificate it signed), and private keys are written readable by their owner only.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+use super::identity::Identity;
+
+pub const CA_CERT: &str = "ca.crt";
+pub const CA_KEY: &str = "ca.key";
+
+/// A certificate and key pair as files under a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pair {
+    /// `<dir>/<name>.crt` and `<dir>/<name>.key`.
+    pub fn named(dir: &Path, name: &str) -> Pair {
+        Pair { cert: dir.join(format!("{name}.crt")), key: dir.join(format!("{name}.key")) }
+    }
+}
+
+/// The file names of node `id`'s pair.
+pub fn node_pair(dir: &Path, id: u64) -> Pair {
+    Pair::named(dir, &format!("node-{id}"))
+}
+
+/// The file names of client `name`'s pair.
+pub fn client_pair(dir: &Path, name: &str) -> Pair {
+    Pair::named(dir, &format!("client-{name}"))
+}
+
+/// Creates a CA in `dir` (`ca.crt`, `ca.key`), valid for `days`.
+pub fn create_ca(dir: &Path, name: &str, days: u32) -> Result<Pair, String> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    valid_for(&mut params, days);
+    let key = KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
+    let cert = params.self_signed(&key).map_err(|e| format!("cannot make the CA certificate: {e}"))?;
+    let pair = Pair::named(dir, "ca");
+    write_new(&pair, &cert.pem(), &key.serialize_pem())?;
+    Ok(pair)
+}
+
+/// Creates node `id`'s certificate, signed by the CA in `dir`, for the host names and IP
+/// addresses in `hosts` (what clients and peers dial). Nodes are servers and, to their peers,
+/// clients.
+pub fn create_node(dir: &Path, id: u64, hosts: &[String], days: u32) -> Result<Pair, String> {
+    let mut params = CertificateParams::new(hosts.to_vec()).map_err(|e| format!("bad host name: {e}"))?;
+    params.distinguished_name = common_name(&format!("keepsake node {id}"));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    sign(dir, params, &Identity::Node(id), &node_pair(dir, id), days)
+}
+
+/// Creates a client certificate named `name` for `identity`, signed by the CA in `dir`.
+pub fn create_client(dir: &Path, name: &str, identity: &Identity, days: u32) -> Result<Pair, String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(format!("client name {name:?}: use letters, digits, '-' and '_'"));
+    }
+    if matches!(identity, Identity::Node(_)) {
+        return Err("a client certificate names a role, not a node id".into());
+    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    sign(dir, params, identity, &client_pair(dir, name), days)
+}
+
+fn sign(
+    dir: &Path,
+    mut params: CertificateParams,
+    identity: &Identity,
+    pair: &Pair,
+    days: u32,
+) -> Result<Pair, String> {
+    for uri in identity.uris() {
+        let uri = uri.try_into().map_err(|e| format!("cannot name {identity}: {e}"))?;
+        params.subject_alt_names.push(SanType::URI(uri));
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    valid_for(&mut params, days);
+    let ca = read_ca(dir)?;
+    let key = KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
+    let cert = params.signed_by(&key, &ca).map_err(|e| format!("cannot sign the certificate: {e}"))?;
+    write_new(pair, &cert.pem(), &key.serialize_pem())?;
+    Ok(pair.clone())
+}
+
+fn read_ca(dir: &Path) -> Result<Issuer<'static, KeyPair>, String> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e} (run `keepsake cert create-ca` first)", path.display()))
+    };
+    let key = KeyPair::from_pem(&read(CA_KEY)?).map_err(|e| format!("{CA_KEY} is not a private key: {e}"))?;
+    Issuer::from_ca_cert_pem(&read(CA_CERT)?, key).map_err(|e| format!("{CA_CERT} is not a certificate: {e}"))
+}
+
+fn common_name(name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn
+}
+
+fn valid_for(params: &mut CertificateParams, days: u32) {
+    let now = time::OffsetDateTime::now_utc();
+    // An hour of slack for clocks a little behind.
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+}
+
+/// Writes the certificate and the key (mode 0600), refusing to replace either.
+fn write_new(pair: &Pair, cert_pem: &str, key_pem: &str) -> Result<(), String> {
+    for path in [&pair.cert, &pair.key] {
+        if path.exists() {
+            return Err(format!("{} exists: Keepsake never replaces a certificate or key", path.display()));
+        }
+    }
+    let write = |path: &Path, text: &str, mode: u32| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    write(&pair.key, key_pem, 0o600)?;
+    write(&pair.cert, cert_pem, 0o644)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::identity::Role;
+    use super::*;
+
+    fn der(pem_path: &Path) -> Vec<u8> {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_file(pem_path).unwrap().to_vec()
+    }
+
+    #[test]
+    fn a_ca_signs_node_and_client_certificates_that_name_who_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), "test", 30).unwrap();
+        let node = create_node(dir.path(), 3, &["localhost".into(), "127.0.0.1".into()], 30).unwrap();
+        assert_eq!(Identity::of_certificate(&der(&node.cert)), Ok(Identity::Node(3)));
+        let gateway = Identity::Client { role: Role::Gateway, tenants: vec!["acme:".into()] };
+        let client = create_client(dir.path(), "gw", &gateway, 30).unwrap();
+        assert_eq!(Identity::of_certificate(&der(&client.cert)), Ok(gateway.clone()));
+        let mode = std::fs::metadata(&client.key).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600, "keys are the owner's only");
+        let again = create_client(dir.path(), "gw", &gateway, 30).unwrap_err();
+        assert!(again.contains("never replaces"), "{again}");
+        assert!(create_ca(dir.path(), "test", 30).is_err(), "a CA is never replaced");
+        assert!(create_client(dir.path(), "../x", &gateway, 30).is_err());
+    }
+}
