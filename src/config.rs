@@ -32,6 +32,16 @@ pub struct NodeConfig {
     pub archive: ArchiveConfig,
     pub limits: Limits,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
+}
+
+/// Who may call what on the client port (docs/security.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer tokens (`keepsake token create`), kept hashed; reloaded when it changes. Empty:
+    /// clients are identified by their certificates alone.
+    pub tokens_file: PathBuf,
 }
 
 /// TLS on every port (docs/security.md). Required unless plaintext is chosen on purpose.
@@ -51,14 +61,14 @@ pub struct TlsConfig {
 
 impl TlsConfig {
     /// The files to serve TLS with, or None in insecure mode; an error when neither is chosen.
-    pub fn files(&self) -> Result<Option<crate::tls::server::TlsFiles>, ConfigError> {
+    pub fn files(&self) -> Result<Option<crate::tls::material::TlsFiles>, ConfigError> {
         let set = [&self.ca, &self.cert, &self.key].iter().filter(|p| !p.as_os_str().is_empty()).count();
         match (self.insecure, set) {
             (true, 0) => Ok(None),
             (true, _) => Err(ConfigError::Invalid(
                 "tls.insecure is set together with TLS files: choose one (remove tls.insecure to serve TLS)".into(),
             )),
-            (false, 3) => Ok(Some(crate::tls::server::TlsFiles {
+            (false, 3) => Ok(Some(crate::tls::material::TlsFiles {
                 ca: self.ca.clone(),
                 cert: self.cert.clone(),
                 key: self.key.clone(),
@@ -245,6 +255,7 @@ impl Default for NodeConfig {
             archive: ArchiveConfig::default(),
             limits: Limits::default(),
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -319,10 +330,17 @@ impl NodeConfig {
             return bad("archive.max_segment_bytes, max_segment_age_ms and request_timeout_ms must be above 0".into());
         }
         a.retention().map_err(|e| ConfigError::Invalid(format!("archive.retention: {e}")))?;
+        if self.limits.max_connections_per_address == 0 {
+            return bad("limits.max_connections_per_address must be above 0".into());
+        }
         if self.limits.max_page_size == 0 || self.limits.default_page_size > self.limits.max_page_size {
             return bad("limits.default_page_size must be between 1 and limits.max_page_size".into());
         }
-        self.tls.files()?;
+        if self.tls.files()?.is_none() && !self.auth.tokens_file.as_os_str().is_empty() {
+            return bad("auth.tokens_file is set in insecure mode: bearer tokens would cross the network in \
+                 plaintext and nobody is checked anyway; serve TLS (tls.ca, tls.cert, tls.key) to use tokens"
+                .into());
+        }
         Ok(())
     }
 }

@@ -26,6 +26,9 @@ pub struct Limits {
     pub default_timeout_ms: u64,
     /// Client writes waiting to be proposed before new ones are refused.
     pub max_pending_writes: usize,
+    /// Connections one IP address may hold open on one port, handshakes included; more are
+    /// closed at once, so one host cannot use up the node's descriptors.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for Limits {
@@ -40,6 +43,7 @@ impl Default for Limits {
             default_page_size: 100,
             default_timeout_ms: 10_000,
             max_pending_writes: 10_000,
+            max_connections_per_address: 1024,
         }
     }
 }

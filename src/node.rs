@@ -22,6 +22,7 @@ use crate::proto::raft::raft_transport_server::RaftTransportServer;
 use crate::replica::{ArchiveView, Replica};
 use crate::server::peer::PeerService;
 use crate::tls::client::PeerTls;
+use crate::tls::material;
 use crate::tls::server::{accept, ClientAuth, Reloading};
 
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
@@ -73,13 +74,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
             "insecure mode: every port serves plaintext and no client or peer is authenticated; for a test bench only"
         );
     }
-    let peer_tls = tls.clone().map(PeerTls::load).transpose().map_err(anyhow::Error::msg)?;
+    // Checked now (a node with unusable files, or files naming another node, does not start),
+    // then watched.
+    let material = tls.map(|files| material::watch(files, config.node_id)).transpose().map_err(anyhow::Error::msg)?;
+    let peer_tls = material.clone().map(PeerTls::new);
     let serving = |auth: ClientAuth, alpn: &[&[u8]]| {
-        tls.clone().map(|files| Reloading::load(files, auth, alpn)).transpose().map_err(anyhow::Error::msg)
+        material.clone().map(|m| Reloading::new(m, auth, alpn)).transpose().map_err(anyhow::Error::msg)
     };
     let (client_tls, peer_server_tls) =
         (serving(ClientAuth::Optional, &[b"h2"])?, serving(ClientAuth::Required, &[b"h2"])?);
     let http_tls = serving(ClientAuth::Optional, &[b"http/1.1"])?;
+    let tokens = match &config.auth.tokens_file {
+        p if p.as_os_str().is_empty() => None,
+        p => Some(Arc::new(crate::server::tokens::Tokens::load(p.clone()).map_err(anyhow::Error::msg)?)),
+    };
     let peers = Peers::new(config.limits.max_message_bytes(), config.peer_source_ip.parse().ok(), peer_tls);
     let raft =
         Raft::new(config.node_id, Arc::new(raft_config(&config)?), peers.clone(), store.log.clone(), store.machine)
@@ -133,21 +141,23 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let transport = RaftTransportServer::new(PeerService::new(replica.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let only_members = crate::server::peer::only_members(raft.clone(), peer_server_tls.is_some());
+    let only_nodes = crate::server::peer::only_nodes(peer_server_tls.is_some());
+    let per_address = config.limits.max_connections_per_address;
     let peer_server = tonic::transport::Server::builder()
-        .add_service(tonic::service::interceptor::InterceptedService::new(transport, only_members))
+        .add_service(tonic::service::interceptor::InterceptedService::new(transport, only_nodes))
         .serve_with_incoming_shutdown(
-            crate::tls::server::incoming(accept(peer_listener, peer_server_tls)),
+            crate::tls::server::incoming(accept(peer_listener, peer_server_tls, per_address)),
             stopped(stop_rx.clone()),
         );
     let peer_task = tokio::spawn(peer_server);
-    let client_accepted = accept(client_listener, client_tls);
+    let auth = crate::server::auth::AuthLayer::new(tokens, client_tls.is_some());
+    let client_accepted = accept(client_listener, client_tls, per_address);
     let client_task =
-        tokio::spawn(crate::server::serve_clients(replica.clone(), client_accepted, stopped(stop_rx.clone())));
+        tokio::spawn(crate::server::serve_clients(replica.clone(), client_accepted, auth, stopped(stop_rx.clone())));
     let http_task = match http_listener {
         Some(l) => {
             let local = l.local_addr()?;
-            let listener = crate::tls::server::Listener::new(accept(l, http_tls), local);
+            let listener = crate::tls::server::Listener::new(accept(l, http_tls, per_address), local);
             Some(tokio::spawn(crate::server::http::serve(replica.clone(), listener, stopped(stop_rx.clone()))))
         }
         None => None,

@@ -24,8 +24,9 @@ pub enum CertCommand {
 
 #[derive(Args, Debug)]
 pub struct Common {
-    /// The directory holding ca.crt and ca.key, where the new files go.
-    #[arg(long, env = "KEEPSAKE_CERTS_DIR")]
+    /// The directory holding ca.crt and ca.key, where the new files go. (Not the CLI's certs
+    /// directory, which needs no ca.key.)
+    #[arg(long)]
     dir: PathBuf,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,

@@ -66,6 +66,9 @@ pub struct TlsOpts {
     /// Connect in plaintext, to a cluster serving in insecure mode.
     #[arg(long, env = "KEEPSAKE_INSECURE")]
     pub insecure: bool,
+    /// A bearer token to present (`keepsake token create`), instead of or with a certificate.
+    #[arg(long, env = "KEEPSAKE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// TLS settings for a channel; None: plaintext.
@@ -79,21 +82,31 @@ pub fn default_certs_dir() -> Option<PathBuf> {
 impl TlsOpts {
     /// What the flags, variables and certs directory say, read now.
     pub fn resolve(&self) -> Result<Tls, Failure> {
+        let fail = |message: String| Failure { message, code: 2 };
+        if self.insecure && self.token.is_some() {
+            return Err(fail("--insecure with a bearer token would send the token in plaintext: drop one".into()));
+        }
+        if self.insecure && self.ca.is_some() {
+            return Err(fail(
+                "--insecure and --ca are both given: choose TLS (the CA) or plaintext (--insecure)".into(),
+            ));
+        }
+        if self.insecure {
+            return Ok(None);
+        }
         let dir = self.certs_dir.clone().or_else(default_certs_dir);
         let in_dir = |name: &str| dir.as_ref().map(|d| d.join(name)).filter(|p| p.exists());
-        let ca = self.ca.clone().or_else(|| in_dir("ca.crt"));
-        let identity = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            _ => in_dir("client.crt").zip(in_dir("client.key")),
+        // The directory's client certificate goes with the directory's CA only: against a
+        // cluster named by --ca it would be another CA's, and refused.
+        let (ca, identity) = match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => (Some(ca.clone()), Some((cert.clone(), key.clone()))),
+            (Some(ca), _, _) => (Some(ca.clone()), None),
+            (None, Some(cert), Some(key)) => (in_dir("ca.crt"), Some((cert.clone(), key.clone()))),
+            (None, _, _) => (in_dir("ca.crt"), in_dir("client.crt").zip(in_dir("client.key"))),
         };
-        let fail = |message: String| Failure { message, code: 2 };
-        match (ca, self.insecure) {
-            (Some(_), true) => {
-                Err(fail("--insecure and a CA are both given: choose TLS (the CA) or plaintext (--insecure)".into()))
-            }
-            (Some(ca), false) => ClientFiles { ca, identity }.tonic().map(Some).map_err(fail),
-            (None, true) => Ok(None),
-            (None, false) => Err(fail(format!(
+        match ca {
+            Some(ca) => ClientFiles { ca, identity }.tonic().map(Some).map_err(fail),
+            None => Err(fail(format!(
                 "no CA to trust: pass --ca (KEEPSAKE_CA) or put ca.crt in {} (--certs-dir, KEEPSAKE_CERTS_DIR); \
                  for a cluster serving plaintext on purpose, pass --insecure",
                 dir.map_or("the certs directory".into(), |d| d.display().to_string())
@@ -198,5 +211,15 @@ pub(super) async fn node_status(addr: &str, timeout: Duration, tls: &Tls) -> Res
 pub fn request<T>(opts: &ClientOpts, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.set_timeout(opts.timeout);
+    authorize(opts, &mut r);
     r
+}
+
+/// Adds the bearer token, if the command has one.
+pub fn authorize<T>(opts: &ClientOpts, request: &mut tonic::Request<T>) {
+    if let Some(token) = &opts.tls.token {
+        if let Ok(value) = format!("Bearer {token}").parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+    }
 }

@@ -240,6 +240,7 @@ pub async fn changes(a: ChangesArgs) -> Result<(), Failure> {
         if !a.follow {
             req.set_timeout(opts.timeout);
         }
+        super::client::authorize(&opts, &mut req);
         async move { StoreClient::new(ch).max_decoding_message_size(256 << 20).changes(req).await }
     })
     .await?

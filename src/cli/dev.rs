@@ -130,27 +130,43 @@ fn make_certs(dir: &Path, members: &[Member]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Marks a certs directory as a dev cluster's, so the next `keepsake dev` may replace it.
+/// Marks a certs directory as a dev cluster's, with the hash of each file it copied there, so
+/// the next `keepsake dev` replaces those files only while they are still what it wrote.
 const DEV_MARK: &str = "KEEPSAKE_DEV";
+const SHARED: [&str; 3] = [certs::CA_CERT, "client.crt", "client.key"];
+
+fn file_hash(path: &Path) -> Option<String> {
+    std::fs::read(path).ok().map(|bytes| blake3::hash(&bytes).to_hex().to_string())
+}
 
 /// Copies the dev CA and the operator's certificate to `~/.keepsake/certs`, where the CLI looks
-/// by default, if that directory is free or holds another dev cluster's; returns it. None: it
-/// holds an operator's own certificates, which are never touched.
+/// by default, if that directory is free or holds only what an earlier `keepsake dev` put
+/// there, unchanged; returns it. None: it holds anything else, which is never touched.
 fn share_with_cli(certs: &Path) -> anyhow::Result<Option<PathBuf>> {
     let Some(shared) = super::client::default_certs_dir() else { return Ok(None) };
-    let ours = shared.join(DEV_MARK).exists();
-    let free = !shared.exists() || std::fs::read_dir(&shared).map(|mut d| d.next().is_none()).unwrap_or(false);
-    if !ours && !free {
+    let entries: Vec<String> = match std::fs::read_dir(&shared) {
+        Ok(dir) => dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let recorded = std::fs::read_to_string(shared.join(DEV_MARK)).unwrap_or_default();
+    let ours = |name: &String| {
+        name == DEV_MARK
+            || (SHARED.contains(&name.as_str())
+                && file_hash(&shared.join(name)).is_some_and(|h| recorded.lines().any(|l| l == format!("{name} {h}"))))
+    };
+    if !entries.iter().all(ours) {
         return Ok(None);
     }
     std::fs::create_dir_all(&shared).with_context(|| format!("cannot create {}", shared.display()))?;
-    std::fs::write(shared.join(DEV_MARK), format!("copied by `keepsake dev` from {}\n", certs.display()))?;
-    for name in [certs::CA_CERT, "client.crt", "client.key"] {
+    let mut mark = format!("# copied by `keepsake dev` from {}\n", certs.display());
+    for name in SHARED {
         // Replaced by a rename: a CLI reading meanwhile sees the old file or the new one.
         let staged = shared.join(format!(".{name}.new"));
         std::fs::copy(certs.join(name), &staged)?;
         std::fs::rename(&staged, shared.join(name))?;
+        mark.push_str(&format!("{name} {}\n", file_hash(&shared.join(name)).unwrap_or_default()));
     }
+    std::fs::write(shared.join(DEV_MARK), mark)?;
     Ok(Some(shared))
 }
 

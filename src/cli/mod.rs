@@ -13,6 +13,7 @@ mod data;
 mod dev;
 mod drill;
 mod restore;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +65,9 @@ enum Command {
     /// Certificates: the cluster's CA, and a certificate per node and per client.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Bearer tokens for clients without a certificate.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 #[derive(Args, Debug)]
@@ -153,6 +157,7 @@ pub fn main() -> ExitCode {
             Command::Export(a) => data::export(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Cert(cmd) => cert::run(cmd).await,
+            Command::Token(cmd) => token::run(cmd).await,
         }
     });
     match result {

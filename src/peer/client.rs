@@ -43,16 +43,18 @@ impl Peers {
 
     /// This node's TLS settings as a client of another node (None: insecure mode).
     pub fn tls_config(&self) -> Option<tonic::transport::ClientTlsConfig> {
-        self.tls.as_ref().map(|t| t.current().1)
+        self.tls.as_ref().map(|t| t.config().1)
     }
 
     pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, tonic::Status> {
-        let tls = self.tls.as_ref().map(|t| t.current());
-        let generation = tls.as_ref().map_or(0, |(g, _)| *g);
+        let generation = self.tls.as_ref().map_or(0, |t| t.generation());
         let mut channels = self.channels.lock().expect("peer channel map is never poisoned");
         let channel = match channels.get(addr) {
             Some((made_in, c)) if *made_in == generation => c.clone(),
             _ => {
+                // Built only when a channel is made: not on every RPC.
+                let tls = self.tls.as_ref().map(|t| t.config());
+                let made_in = tls.as_ref().map_or(0, |(g, _)| *g);
                 let scheme = if tls.is_some() { "https" } else { "http" };
                 let bad = |e: tonic::transport::Error| tonic::Status::internal(format!("bad peer address {addr}: {e}"));
                 let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
@@ -66,7 +68,7 @@ impl Peers {
                     endpoint = endpoint.tls_config(config).map_err(bad)?;
                 }
                 let c = endpoint.connect_lazy();
-                channels.insert(addr.to_owned(), (generation, c.clone()));
+                channels.insert(addr.to_owned(), (made_in, c.clone()));
                 c
             }
         };

@@ -1,15 +1,17 @@
 //! The node's servers: Store, Admin, health and reflection on the client port; the Raft
 //! transport on the peer port (`peer`); metrics and health checks on the HTTP port (`http`).
 //!
-//! Auth will sit in `interceptor` (a tonic interceptor on every service), so every request
-//! passes one place before it reaches a handler.
+//! Every request on the client port passes `auth` (a tower layer in front of every service)
+//! before it reaches a handler.
 
 pub mod admin;
+pub mod auth;
 pub mod deadline;
 pub mod http;
 pub mod peer;
 pub mod status;
 pub mod store;
+pub mod tokens;
 pub mod validate;
 
 use std::future::Future;
@@ -22,15 +24,10 @@ use crate::proto::v1::admin_server::AdminServer;
 use crate::proto::v1::store_server::StoreServer;
 use crate::replica::Replica;
 
-/// Every request passes here first: the seam where authentication will check tokens and roles.
-#[allow(clippy::result_large_err)]
-pub fn interceptor(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    Ok(req)
-}
-
 pub async fn serve_clients(
     replica: Arc<Replica>,
     accepted: tokio::sync::mpsc::Receiver<crate::tls::server::Conn>,
+    auth: auth::AuthLayer,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let max = replica.config().limits.max_message_bytes();
@@ -46,10 +43,11 @@ pub async fn serve_clients(
         .max_encoding_message_size(max);
     let admin = AdminServer::new(admin::AdminService::new(replica.clone()));
     Server::builder()
+        .layer(auth)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(tonic::service::interceptor::InterceptedService::new(store, interceptor))
-        .add_service(tonic::service::interceptor::InterceptedService::new(admin, interceptor))
+        .add_service(store)
+        .add_service(admin)
         .serve_with_incoming_shutdown(crate::tls::server::incoming(accepted), shutdown)
         .await?;
     Ok(())

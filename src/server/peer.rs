@@ -10,7 +10,7 @@ use keepsake_raft::{TypeConfig, Write};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
-use super::{deadline, status};
+use super::{deadline, status, validate};
 use crate::peer::{decode, encode};
 use crate::proto::raft::raft_transport_server::RaftTransport;
 use crate::proto::raft::*;
@@ -28,38 +28,45 @@ impl PeerService {
     }
 }
 
-/// The peer port serves only peers: a client certificate from the cluster's CA (checked in the
-/// handshake) naming a node id of the current membership. A node with no membership yet (a
-/// learner about to be sent its first entries) takes any node's. In insecure mode, anyone.
+/// The node a peer's certificate names, in its requests' extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerNode(pub u64);
+
+/// The peer port serves only nodes: a client certificate of the cluster's CA (checked in the
+/// handshake) that names a node id. Membership is not checked here: a follower that has not yet
+/// applied the change adding a new leader must still take its entries. What a node may say is
+/// checked per RPC (`speaks_for`). In insecure mode, anyone.
 #[allow(clippy::result_large_err)]
-pub fn only_members(
-    raft: keepsake_raft::Raft,
-    secure: bool,
-) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |req: Request<()>| {
+pub fn only_nodes(secure: bool) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut req: Request<()>| {
         if !secure {
             return Ok(req);
         }
         let identity = req.extensions().get::<Peer>().and_then(|p| p.identity.clone());
         match identity {
-            None => {
-                Err(Status::unauthenticated("the peer port serves only cluster members: present a node certificate"))
-            }
-            Some(Err(e)) => Err(Status::unauthenticated(format!("the peer port serves only cluster members: {e}"))),
             Some(Ok(Identity::Node(id))) => {
-                let metrics = raft.metrics();
-                let metrics = metrics.borrow();
-                let membership = metrics.membership_config.membership();
-                if membership.nodes().next().is_none() || membership.get_node(&id).is_some() {
-                    Ok(req)
-                } else {
-                    Err(Status::permission_denied(format!("node {id} is not a member of this cluster")))
-                }
+                req.extensions_mut().insert(PeerNode(id));
+                Ok(req)
             }
+            None => Err(Status::unauthenticated("the peer port serves only cluster nodes: present a node certificate")),
+            Some(Err(e)) => Err(Status::unauthenticated(format!("the peer port serves only cluster nodes: {e}"))),
             Some(Ok(other)) => Err(Status::permission_denied(format!(
-                "the peer port serves only cluster members, and this certificate names a client ({other})"
+                "the peer port serves only cluster nodes, and this certificate names a client ({other})"
             ))),
         }
+    }
+}
+
+/// Refuses a Raft message whose sender (`claimed`: the candidate or leader it names) is not the
+/// node whose certificate sent it: no node speaks for another.
+#[allow(clippy::result_large_err)]
+fn speaks_for<T>(request: &Request<T>, claimed: Option<u64>, what: &str) -> Result<(), Status> {
+    match request.extensions().get::<PeerNode>() {
+        Some(PeerNode(id)) if claimed != Some(*id) => Err(Status::permission_denied(format!(
+            "node {id}'s certificate sent a {what} in the name of node {}",
+            claimed.map_or("(none)".into(), |c| c.to_string())
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -71,20 +78,24 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status
 impl RaftTransport for PeerService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.get_ref().payload, "append-entries")?;
+        speaks_for(&request, rpc.vote.leader_id().voted_for(), "append-entries")?;
         reply(&self.replica.consensus().raft().append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: VoteRequest<u64> = decode(&request.get_ref().payload, "vote")?;
+        speaks_for(&request, rpc.vote.leader_id().voted_for(), "vote request")?;
         reply(&self.replica.consensus().raft().vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request.get_ref().payload, "install-snapshot")?;
+        speaks_for(&request, rpc.vote.leader_id().voted_for(), "snapshot")?;
         reply(&self.replica.consensus().raft().install_snapshot(rpc).await)
     }
 
     async fn timeout_now(&self, request: Request<TimeoutNowRequest>) -> Result<Response<TimeoutNowResponse>, Status> {
+        speaks_for(&request, Some(request.get_ref().from_node_id), "leader transfer")?;
         let TimeoutNowRequest { from_node_id: from, term } = request.into_inner();
         self.replica.consensus().stand_for_election(from, term).await.map_err(status::from_error)?;
         Ok(Response::new(TimeoutNowResponse {}))
@@ -94,6 +105,7 @@ impl RaftTransport for PeerService {
         let deadline = deadline::of(&request, Duration::from_millis(self.replica.config().limits.default_timeout_ms));
         let req = request.get_ref();
         let write: Write = decode(&req.write, "forwarded write")?;
+        validate::forwarded(&self.replica.config().limits, &write)?;
         let committed = self.replica.write(write, req.archived, deadline, true).await.map_err(status::from_error)?;
         Ok(Response::new(ProposeResponse {
             log_index: committed.log_index,

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::Reach;
 use super::{deadline, status, validate};
 use crate::proto::v1::store_server::Store;
 use crate::proto::v1::*;
@@ -76,15 +77,17 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[tonic::async_trait]
 impl Store for StoreService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let deadline = self.deadline(&request);
+        let (deadline, reach) = (self.deadline(&request), Reach::of(&request));
         let (write, archived) = validate::put(self.limits(), request.into_inner())?;
+        reach.user("Put", &write.user_id)?;
         let (revisions, log_index, at) = self.commit(write, archived, deadline, false).await?;
         Ok(Response::new(PutResponse { revision: revisions[0], log_index, updated_at: Some(timestamp(at)) }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let deadline = self.deadline(&request);
+        let (deadline, reach) = (self.deadline(&request), Reach::of(&request));
         let (key, consistency) = validate::get(self.limits(), request.get_ref())?;
+        reach.user("Get", &key.user_id)?;
         self.barrier(consistency, deadline).await?;
         let found = self
             .replica
@@ -103,15 +106,17 @@ impl Store for StoreService {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let deadline = self.deadline(&request);
+        let (deadline, reach) = (self.deadline(&request), Reach::of(&request));
         let (write, archived) = validate::delete(self.limits(), request.into_inner())?;
+        reach.user("Delete", &write.user_id)?;
         let (revisions, log_index, _) = self.commit(write, archived, deadline, false).await?;
         Ok(Response::new(DeleteResponse { revision: revisions[0], log_index }))
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let deadline = self.deadline(&request);
+        let (deadline, reach) = (self.deadline(&request), Reach::of(&request));
         let q = validate::list(self.limits(), request.into_inner())?;
+        reach.user("List", &q.user_id)?;
         self.barrier(q.consistency, deadline).await?;
         let (views, more) = self
             .replica
@@ -126,8 +131,9 @@ impl Store for StoreService {
     }
 
     async fn batch(&self, request: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
-        let deadline = self.deadline(&request);
+        let (deadline, reach) = (self.deadline(&request), Reach::of(&request));
         let (write, archived) = validate::batch_request(self.limits(), request.into_inner())?;
+        reach.user("Batch", &write.user_id)?;
         let (revisions, log_index, _) = self.commit(write, archived, deadline, true).await?;
         Ok(Response::new(BatchResponse { revisions, log_index }))
     }
@@ -135,9 +141,10 @@ impl Store for StoreService {
     type ChangesStream = ResponseStream<Change>;
 
     async fn changes(&self, request: Request<ChangesRequest>) -> Result<Response<Self::ChangesStream>, Status> {
-        let deadline = self.deadline(&request);
+        let (deadline, reach) = (self.deadline(&request), Reach::of(&request));
         let req = request.into_inner();
         let consistency = validate::user_read(self.limits(), &req.user_id, req.consistency)?;
+        reach.user("Changes", &req.user_id)?;
         self.barrier(consistency, deadline).await?;
         let meta = self.replica.consensus().reader().meta().await.map_err(status::from_store)?;
         if let Some(r) = meta.lost_range(req.since_revision) {
@@ -198,9 +205,10 @@ impl Store for StoreService {
         &self,
         request: Request<ExportUserRequest>,
     ) -> Result<Response<Self::ExportUserStream>, Status> {
-        let deadline = self.deadline(&request);
+        let (deadline, reach) = (self.deadline(&request), Reach::of(&request));
         let req = request.into_inner();
         let consistency = validate::user_read(self.limits(), &req.user_id, req.consistency)?;
+        reach.user("ExportUser", &req.user_id)?;
         self.barrier(consistency, deadline).await?;
         let (views_tx, mut views_rx) = mpsc::channel(2);
         let (tx, rx) = mpsc::channel(2);

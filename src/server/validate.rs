@@ -205,6 +205,37 @@ pub fn batch(limits: &Limits, user_id: &str, ops: &[BatchOp]) -> Result<Vec<Op>,
     Ok(out)
 }
 
+/// Checks a write a follower forwarded, on the leader, as the client port checked it: a peer's
+/// word is not enough to write an id, a value or a batch the rules refuse (or the system user).
+pub fn forwarded(limits: &Limits, write: &Write) -> Result<(), Status> {
+    id(limits, "user_id", &write.user_id)?;
+    if write.ops.is_empty() || write.ops.len() > limits.max_batch_ops {
+        return Err(Status::invalid_argument(format!(
+            "a forwarded write has {} ops; between 1 and {} are allowed",
+            write.ops.len(),
+            limits.max_batch_ops
+        )));
+    }
+    let mut total = 0usize;
+    for (n, op) in write.ops.iter().enumerate() {
+        let field = |f: &str| format!("ops[{n}].{f}");
+        id(limits, &field("collection"), op.collection())?;
+        id(limits, &field("item_id"), op.item_id())?;
+        total += op.collection().len() + op.item_id().len();
+        if let Op::Put(p) = op {
+            value(limits, &field("value"), &p.value, &p.content_type)?;
+            total += p.value.len();
+        }
+    }
+    if write.ops.len() > 1 && total > limits.max_batch_bytes {
+        return Err(Status::invalid_argument(format!(
+            "the batch carries {total} bytes, over the limit of {} bytes; split it",
+            limits.max_batch_bytes
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,5 +311,29 @@ mod tests {
         assert!(e.message().contains("over the limit of 16 bytes"), "{}", e.message());
         assert!(batch(&l, "u", &[BatchOp { op: None }]).is_err());
         assert!(batch(&l, "u", &[put("bad\u{1}", b"")]).unwrap_err().message().contains("ops[0].item_id"));
+    }
+
+    #[test]
+    fn a_forwarded_write_is_checked_as_a_client_one_and_never_reaches_the_system_user() {
+        let ok = Write {
+            user_id: "u".into(),
+            ops: vec![Op::Delete(DeleteOp { collection: "c".into(), item_id: "i".into(), if_revision: None })],
+        };
+        forwarded(&limits(), &ok).expect("an ordinary write");
+        let system = Write { user_id: keepsake_raft::history::SYSTEM_USER.into(), ..ok.clone() };
+        assert_eq!(forwarded(&limits(), &system).unwrap_err().code(), Code::InvalidArgument);
+        let big = Write {
+            ops: vec![Op::Put(PutOp {
+                collection: "c".into(),
+                item_id: "i".into(),
+                value: vec![0; 11],
+                content_type: String::new(),
+                if_revision: None,
+            })],
+            ..ok.clone()
+        };
+        assert!(forwarded(&limits(), &big).unwrap_err().message().contains("over the limit"));
+        let empty = Write { ops: vec![], ..ok };
+        assert!(forwarded(&limits(), &empty).is_err());
     }
 }

@@ -14,6 +14,9 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
+use rustls_pki_types::pem::PemObject;
+use x509_parser::prelude::FromDer;
+
 use super::identity::Identity;
 
 pub const CA_CERT: &str = "ca.crt";
@@ -49,7 +52,7 @@ pub fn create_ca(dir: &Path, name: &str, days: u32) -> Result<Pair, String> {
     params.distinguished_name = common_name(name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    valid_for(&mut params, days);
+    valid_for(&mut params, days)?;
     let key = KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
     let cert = params.self_signed(&key).map_err(|e| format!("cannot make the CA certificate: {e}"))?;
     let pair = Pair::named(dir, "ca");
@@ -88,28 +91,40 @@ fn sign(
     pair: &Pair,
     days: u32,
 ) -> Result<Pair, String> {
+    let (ca, ca_expires) = read_ca(dir)?;
     for uri in identity.uris() {
         let uri = uri.try_into().map_err(|e| format!("cannot name {identity}: {e}"))?;
         params.subject_alt_names.push(SanType::URI(uri));
     }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
-    valid_for(&mut params, days);
-    let ca = read_ca(dir)?;
+    valid_for(&mut params, days)?;
+    // Never past the CA: a certificate outliving it would fail to verify on that day.
+    params.not_after = params.not_after.min(ca_expires);
     let key = KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
     let cert = params.signed_by(&key, &ca).map_err(|e| format!("cannot sign the certificate: {e}"))?;
     write_new(pair, &cert.pem(), &key.serialize_pem())?;
     Ok(pair.clone())
 }
 
-fn read_ca(dir: &Path) -> Result<Issuer<'static, KeyPair>, String> {
+/// The CA in `dir`, and when its certificate expires.
+fn read_ca(dir: &Path) -> Result<(Issuer<'static, KeyPair>, time::OffsetDateTime), String> {
     let read = |name: &str| {
         let path = dir.join(name);
         std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {}: {e} (run `keepsake cert create-ca` first)", path.display()))
     };
-    let key = KeyPair::from_pem(&read(CA_KEY)?).map_err(|e| format!("{CA_KEY} is not a private key: {e}"))?;
-    Issuer::from_ca_cert_pem(&read(CA_CERT)?, key).map_err(|e| format!("{CA_CERT} is not a certificate: {e}"))
+    let (cert_pem, key) = (read(CA_CERT)?, read(CA_KEY)?);
+    let key = KeyPair::from_pem(&key).map_err(|e| format!("{CA_KEY} is not a private key: {e}"))?;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| format!("{CA_CERT} is not a certificate: {e}"))?;
+    let (_, parsed) = x509_parser::prelude::X509Certificate::from_der(&der)
+        .map_err(|e| format!("{CA_CERT} is not a certificate: {e}"))?;
+    let expires = time::OffsetDateTime::from_unix_timestamp(parsed.validity().not_after.timestamp())
+        .map_err(|e| format!("{CA_CERT}: {e}"))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| format!("{CA_CERT} is not a certificate: {e}"))?;
+    Ok((issuer, expires))
 }
 
 fn common_name(name: &str) -> DistinguishedName {
@@ -118,33 +133,43 @@ fn common_name(name: &str) -> DistinguishedName {
     dn
 }
 
-fn valid_for(params: &mut CertificateParams, days: u32) {
+fn valid_for(params: &mut CertificateParams, days: u32) -> Result<(), String> {
+    if days == 0 {
+        return Err("--days must be at least 1".into());
+    }
     let now = time::OffsetDateTime::now_utc();
     // An hour of slack for clocks a little behind.
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(i64::from(days));
+    Ok(())
 }
 
-/// Writes the certificate and the key (mode 0600), refusing to replace either.
+/// Writes the certificate and the key (mode 0600), refusing to replace either. Each is written
+/// under a temporary name first, so a failure leaves neither half of a pair behind.
 fn write_new(pair: &Pair, cert_pem: &str, key_pem: &str) -> Result<(), String> {
     for path in [&pair.cert, &pair.key] {
         if path.exists() {
             return Err(format!("{} exists: Keepsake never replaces a certificate or key", path.display()));
         }
     }
-    let write = |path: &Path, text: &str, mode: u32| {
+    let write = |path: &Path, text: &str, mode: u32| -> Result<PathBuf, String> {
+        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let staged = path.with_file_name(format!(".{name}.partial"));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(mode)
-            .open(path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            .open(&staged)
+            .map_err(|e| format!("cannot create {}: {e}", staged.display()))?;
         file.write_all(text.as_bytes())
             .and_then(|()| file.sync_all())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            .map_err(|e| format!("cannot write {}: {e}", staged.display()))?;
+        Ok(staged)
     };
-    write(&pair.key, key_pem, 0o600)?;
-    write(&pair.cert, cert_pem, 0o644)
+    let (key, cert) = (write(&pair.key, key_pem, 0o600)?, write(&pair.cert, cert_pem, 0o644)?);
+    std::fs::rename(&key, &pair.key).map_err(|e| format!("cannot write {}: {e}", pair.key.display()))?;
+    std::fs::rename(&cert, &pair.cert).map_err(|e| format!("cannot write {}: {e}", pair.cert.display()))
 }
 
 #[cfg(test)]

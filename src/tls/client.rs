@@ -1,19 +1,17 @@
 //! Dialing a TLS port: what a client trusts (the cluster's CA) and what it presents (its
 //! certificate, if it has one). A node dialing its peers reloads its files when they change.
 //!
-//! Invariant: a client that was given a CA never falls back to plaintext; a peer's channels are
-//! made again with the new files once they change.
+//! Invariant: a client that was given a CA never falls back to plaintext; a node's channels to
+//! its peers are made again once its material has a new generation.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
 
+use tokio::sync::watch;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use super::server::TlsFiles;
-
-/// How often, at most, a peer looks at its files for changes.
-const RELOAD_CHECK: Duration = Duration::from_secs(1);
+use super::material::Material;
+use super::material::TlsFiles;
 
 /// What a client trusts and presents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,48 +39,28 @@ impl From<&TlsFiles> for ClientFiles {
     }
 }
 
-/// A node's TLS settings for dialing its peers, rebuilt when its files change. Each rebuild
-/// has a new generation; a channel made in an older one is made again.
+/// A node's TLS settings for dialing its peers and their Admin API, from the newest
+/// generation of its material; a channel made in an older generation is made again.
 pub struct PeerTls {
-    files: TlsFiles,
-    state: Mutex<State>,
-}
-
-struct State {
-    stamp: Vec<Option<SystemTime>>,
-    checked: Instant,
-    generation: u64,
-    config: ClientTlsConfig,
+    material: watch::Receiver<Arc<Material>>,
 }
 
 impl PeerTls {
-    pub fn load(files: TlsFiles) -> Result<Arc<PeerTls>, String> {
-        let stamp = files.stamp();
-        let config = ClientFiles::from(&files).tonic()?;
-        let state = Mutex::new(State { stamp, checked: Instant::now(), generation: 0, config });
-        Ok(Arc::new(PeerTls { files, state }))
+    pub fn new(material: watch::Receiver<Arc<Material>>) -> Arc<PeerTls> {
+        Arc::new(PeerTls { material })
+    }
+
+    /// The newest generation (cheap: no file is read, nothing is built).
+    pub fn generation(&self) -> u64 {
+        self.material.borrow().generation
     }
 
     /// The settings for a new channel, and their generation.
-    pub fn current(&self) -> (u64, ClientTlsConfig) {
-        let mut state = self.state.lock().expect("the peer TLS state is never poisoned");
-        if state.checked.elapsed() >= RELOAD_CHECK {
-            state.checked = Instant::now();
-            let stamp = self.files.stamp();
-            if stamp != state.stamp {
-                state.stamp = stamp;
-                // Check the files make a working configuration before dialing with them.
-                match super::server::Reloading::load(self.files.clone(), super::server::ClientAuth::Required, &[])
-                    .and_then(|_| ClientFiles::from(&self.files).tonic())
-                {
-                    Ok(config) => {
-                        state.config = config;
-                        state.generation += 1;
-                    }
-                    Err(e) => tracing::warn!("dialing peers with the previous TLS files: {e}"),
-                }
-            }
-        }
-        (state.generation, state.config.clone())
+    pub fn config(&self) -> (u64, ClientTlsConfig) {
+        let material = self.material.borrow().clone();
+        let config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&material.ca_pem))
+            .identity(Identity::from_pem(&material.cert_pem, &material.key_pem));
+        (material.generation, config)
     }
 }

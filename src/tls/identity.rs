@@ -34,7 +34,7 @@ impl Role {
         }
     }
 
-    fn parse(name: &str) -> Option<Role> {
+    pub fn parse(name: &str) -> Option<Role> {
         [Role::Gateway, Role::Operator, Role::Reader].into_iter().find(|r| r.name() == name)
     }
 }
@@ -76,13 +76,19 @@ impl Identity {
         }
         match (nodes.as_slice(), roles.as_slice()) {
             ([id], []) if tenants.is_empty() => Ok(Identity::Node(*id)),
-            ([], [role]) if tenants.is_empty() || *role == Role::Gateway => {
-                Ok(Identity::Client { role: *role, tenants })
-            }
-            ([], [_]) => Err("only a gateway certificate can be scoped to tenants".into()),
+            ([], [role]) => Identity::client(*role, tenants),
             ([], []) => Err("the certificate names no Keepsake node id or role".into()),
             _ => Err("the certificate names more than one Keepsake node id or role".into()),
         }
+    }
+
+    /// A client in `role`, reaching only users whose ids start with one of `tenants` (none:
+    /// every user); only a gateway is scoped to tenants.
+    pub fn client(role: Role, tenants: Vec<String>) -> Result<Identity, String> {
+        if !tenants.is_empty() && role != Role::Gateway {
+            return Err("only a gateway can be scoped to tenants".into());
+        }
+        Ok(Identity::Client { role, tenants })
     }
 
     /// The identity a DER certificate says.

@@ -1,78 +1,38 @@
-//! Serving a port with TLS: accepting connections, the handshake (bounded in time, off the
-//! accept loop), and the node's certificate, key and CA reloaded from disk when they change,
-//! so certificates rotate without a restart. A port in insecure mode goes through the same
-//! loop as plain TCP.
+//! Serving a port with TLS: accepting connections, the handshake (bounded in time and in how
+//! many run at once, off the accept loop), with a configuration rebuilt from each new
+//! generation of the node's material (`material.rs`), so certificates rotate without a
+//! restart. A port in insecure mode goes through the same loop as plain TCP.
 //!
 //! Invariant: a connection reaches a server only once its handshake has completed with the
-//! current files' configuration; a reload that fails keeps the last good one and says why.
+//! newest checked material's configuration.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::identity::Identity;
+use super::material::Material;
 
 /// A handshake that takes longer is dropped (a client that connects and sends nothing).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often, at most, the files are looked at for changes.
-const RELOAD_CHECK: Duration = Duration::from_secs(1);
+/// Handshakes under way at once on one port, from every address together; a connection beyond
+/// them is closed at once, so a flood costs neither unbounded tasks nor signatures. (One
+/// address is held to `limits.max_connections_per_address` first.)
+const HANDSHAKES: usize = 4096;
 /// Handshaken connections waiting for the server to take them.
 const BACKLOG: usize = 64;
-
-/// Where a node's TLS material lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The cluster's CA: peers' and clients' certificates must chain to it.
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl TlsFiles {
-    pub(crate) fn stamp(&self) -> Vec<Option<SystemTime>> {
-        [&self.ca, &self.cert, &self.key].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
-    }
-
-    /// The CA's certificates, for a verifier.
-    pub fn roots(&self) -> Result<RootCertStore, String> {
-        let mut roots = RootCertStore::empty();
-        for cert in read_certs(&self.ca)? {
-            roots.add(cert).map_err(|e| format!("{}: not a CA certificate: {e}", self.ca.display()))?;
-        }
-        Ok(roots)
-    }
-
-    /// This node's certificate chain and key.
-    pub fn identity(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| format!("{}: no private key: {e}", self.key.display()))?;
-        Ok((read_certs(&self.cert)?, key))
-    }
-}
-
-fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: holds no certificate", path.display()));
-    }
-    Ok(certs)
-}
 
 /// Whether a port asks clients for a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,75 +43,103 @@ pub enum ClientAuth {
     Required,
 }
 
-/// A server configuration, rebuilt when the files change.
+/// A port's server configuration, rebuilt from each new generation of the node's material.
 pub struct Reloading {
-    files: TlsFiles,
+    material: watch::Receiver<Arc<Material>>,
     auth: ClientAuth,
     alpn: Vec<Vec<u8>>,
-    state: Mutex<State>,
-}
-
-struct State {
-    config: Arc<ServerConfig>,
-    stamp: Vec<Option<SystemTime>>,
-    checked: Instant,
+    /// The configuration and the generation it was built from.
+    built: Mutex<(u64, Arc<ServerConfig>)>,
 }
 
 impl Reloading {
-    /// Loads the files now: a node with TLS configured and unreadable files does not start.
-    pub fn load(files: TlsFiles, auth: ClientAuth, alpn: &[&[u8]]) -> Result<Arc<Reloading>, String> {
+    pub fn new(
+        material: watch::Receiver<Arc<Material>>,
+        auth: ClientAuth,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<Reloading>, String> {
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
-        let stamp = files.stamp();
-        let config = build(&files, auth, &alpn)?;
-        let state = Mutex::new(State { config, stamp, checked: Instant::now() });
-        Ok(Arc::new(Reloading { files, auth, alpn, state }))
+        let first = material.borrow().clone();
+        let built = Mutex::new((first.generation, build(&first, auth, &alpn)?));
+        Ok(Arc::new(Reloading { material, auth, alpn, built }))
     }
 
-    /// The configuration for the next handshake, reloaded first if the files changed.
+    /// The configuration for the next handshake: the newest material's.
     pub fn current(&self) -> Arc<ServerConfig> {
-        let mut state = self.state.lock().expect("the TLS state is never poisoned");
-        if state.checked.elapsed() >= RELOAD_CHECK {
-            state.checked = Instant::now();
-            let stamp = self.files.stamp();
-            if stamp != state.stamp {
-                state.stamp = stamp;
-                match build(&self.files, self.auth, &self.alpn) {
-                    Ok(config) => {
-                        tracing::info!(cert = %self.files.cert.display(), "reloaded the TLS certificate, key and CA");
-                        state.config = config;
-                    }
-                    // Half-written files during a rotation, most likely: the next change retries.
-                    Err(e) => tracing::warn!("keeping the previous TLS configuration: {e}"),
-                }
+        let material = self.material.borrow().clone();
+        let mut built = self.built.lock().expect("the TLS state is never poisoned");
+        if built.0 != material.generation {
+            match build(&material, self.auth, &self.alpn) {
+                Ok(config) => *built = (material.generation, config),
+                // Material is checked before it is published: this does not happen.
+                Err(e) => tracing::warn!("keeping the previous TLS configuration: {e}"),
             }
         }
-        state.config.clone()
+        built.1.clone()
     }
 }
 
-fn build(files: &TlsFiles, auth: ClientAuth, alpn: &[Vec<u8>]) -> Result<Arc<ServerConfig>, String> {
+fn build(material: &Material, auth: ClientAuth, alpn: &[Vec<u8>]) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(files.roots()?), provider.clone());
+    let verifier = WebPkiClientVerifier::builder_with_provider(material.roots.clone(), provider.clone());
     let verifier = match auth {
         ClientAuth::Optional => verifier.allow_unauthenticated(),
         ClientAuth::Required => verifier,
     };
-    let verifier = verifier.build().map_err(|e| format!("{}: {e}", files.ca.display()))?;
-    let (certs, key) = files.identity()?;
+    let verifier = verifier.build().map_err(|e| format!("the CA: {e}"))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{} and {} do not make a key pair: {e}", files.cert.display(), files.key.display()))?;
+        .with_single_cert(material.certs.clone(), material.key.clone_key())
+        .map_err(|e| format!("the certificate and key: {e}"))?;
     config.alpn_protocols = alpn.to_vec();
     Ok(Arc::new(config))
 }
 
-/// One accepted connection: TLS, or plain TCP in insecure mode.
-pub enum Conn {
+/// One accepted connection: TLS, or plain TCP in insecure mode, holding its address's slot.
+pub struct Conn {
+    io: Io,
+    _slot: Slot,
+}
+
+enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Connections open per IP address on one port.
+type Open = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One connection's place in its address's count, given back when the connection closes.
+struct Slot {
+    open: Open,
+    ip: IpAddr,
+}
+
+impl Slot {
+    /// A place for one more connection from `ip`, if it holds fewer than `cap`.
+    fn take(open: &Open, ip: IpAddr, cap: usize) -> Option<Slot> {
+        let mut counts = open.lock().expect("the connection counts are never poisoned");
+        let count = counts.entry(ip).or_default();
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(Slot { open: open.clone(), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.open.lock().expect("the connection counts are never poisoned");
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// What a server knows of a connection: where it comes from, whether it is TLS, and who the
@@ -167,9 +155,9 @@ pub struct Peer {
 
 impl Conn {
     pub fn peer(&self) -> Peer {
-        match self {
-            Conn::Plain(s) => Peer { addr: s.peer_addr().ok(), tls: false, identity: None },
-            Conn::Tls(s) => {
+        match &self.io {
+            Io::Plain(s) => Peer { addr: s.peer_addr().ok(), tls: false, identity: None },
+            Io::Tls(s) => {
                 let (tcp, session) = s.get_ref();
                 let identity = session.peer_certificates().and_then(|c| c.first()).map(|c| Identity::of_certificate(c));
                 Peer { addr: tcp.peer_addr().ok(), tls: true, identity }
@@ -188,32 +176,32 @@ impl tonic::transport::server::Connected for Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -222,25 +210,27 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 }
 
 /// Accepts connections on `listener` (Nagle off: a small response must not wait for the
-/// client's delayed ACK) and hands over each once its handshake is done. The loop ends when
-/// the receiver is dropped.
-pub fn accept(listener: TcpListener, tls: Option<Arc<Reloading>>) -> mpsc::Receiver<Conn> {
+/// client's delayed ACK), at most `per_address` open at once from one IP address, and hands
+/// over each once its handshake is done. The loop ends when the receiver is dropped.
+pub fn accept(listener: TcpListener, tls: Option<Arc<Reloading>>, per_address: usize) -> mpsc::Receiver<Conn> {
     let (tx, rx) = mpsc::channel(BACKLOG);
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES));
+    let open: Open = Arc::default();
     tokio::spawn(async move {
         loop {
             let (tcp, from) = tokio::select! {
@@ -255,18 +245,27 @@ pub fn accept(listener: TcpListener, tls: Option<Arc<Reloading>>) -> mpsc::Recei
                 },
                 () = tx.closed() => return,
             };
+            let Some(slot) = Slot::take(&open, from.ip(), per_address) else {
+                tracing::debug!(%from, "{per_address} connections from this address are open: closing a new one");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let Some(tls) = &tls else {
-                if tx.send(Conn::Plain(tcp)).await.is_err() {
+                if tx.send(Conn { io: Io::Plain(tcp), _slot: slot }).await.is_err() {
                     return;
                 }
                 continue;
             };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                tracing::debug!(%from, "{HANDSHAKES} TLS handshakes under way: closing a new connection");
+                continue;
+            };
             let (acceptor, tx) = (TlsAcceptor::from(tls.current()), tx.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Conn::Tls(Box::new(stream))).await;
+                        let _ = tx.send(Conn { io: Io::Tls(Box::new(stream)), _slot: slot }).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%from, "TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(%from, "TLS handshake timed out"),

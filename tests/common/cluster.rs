@@ -4,7 +4,7 @@
 //! Dropping it kills every node still running and, when a test panics, prints each node's log.
 
 use std::fs::OpenOptions;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -72,6 +72,8 @@ pub struct ClusterBuilder {
     /// Each node reads copies of its TLS files in its own directory (`tls/`), which a test may
     /// replace; otherwise every node reads the shared test certificates.
     own_certs: bool,
+    /// `auth.tokens_file` of every node.
+    tokens_file: Option<PathBuf>,
 }
 
 impl ClusterBuilder {
@@ -158,6 +160,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// Every node accepts the bearer tokens in `file` (`auth.tokens_file`).
+    pub fn tokens_file(mut self, file: &Path) -> Self {
+        self.tokens_file = Some(file.to_path_buf());
+        self
+    }
+
     /// Nodes start with no initial members: the cluster already exists in a seeded data dir.
     pub fn no_bootstrap(mut self) -> Self {
         self.bootstrap = false;
@@ -227,6 +235,9 @@ impl ClusterBuilder {
             ));
             let tls_dir = self.own_certs.then(|| super::tls::copy_node_files(&dir.path().join("tls"), *id));
             config.push_str(&super::tls::node_tls_config(tls_dir.as_deref(), *id));
+            if let Some(file) = &self.tokens_file {
+                config.push_str(&format!("\n[auth]\ntokens_file = {}\n", toml_string(&file.display().to_string())));
+            }
             std::fs::write(&config_path, config).expect("write the test node's node.toml");
             nodes.push(NodeProc {
                 http_addr,
@@ -344,6 +355,7 @@ impl Cluster {
             tmpfs_bytes: None,
             clock_offsets: Vec::new(),
             own_certs: false,
+            tokens_file: None,
         }
     }
 

@@ -36,4 +36,6 @@ pub use rpc::{
 #[allow(unused_imports)]
 pub use s3::{S3Server, S3_ENV};
 #[allow(unused_imports)]
-pub use tls::{certs_dir, client_pair, client_tls, der_of, https_request, rotate_node_files, served_certificate};
+pub use tls::{
+    certs_dir, client_pair, client_tls, der_of, https_request, rotate_node_files, served_certificate, GATEWAY_TENANT,
+};

@@ -1,7 +1,7 @@
 //! The tests' TLS: one CA for every cluster a test process starts, with a certificate for node
 //! ids 1 to 9 (for 127.0.0.1 and localhost), an operator's client certificate as `client.crt`
-//! (what the CLI presents by default), and gateway and reader ones, in a directory the CLI
-//! finds through `KEEPSAKE_CERTS_DIR`. Made once per process, removed when it exits.
+//! (what the CLI presents by default), a gateway's scoped to one tenant and a reader's, in a
+//! directory the CLI finds through `KEEPSAKE_CERTS_DIR`. Made once per process.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -35,7 +35,14 @@ fn make(dir: &Path) {
     let pair = certs::create_client(dir, "operator", &operator, 30).expect("create the operator's certificate");
     std::fs::copy(&pair.cert, dir.join("client.crt")).expect("client.crt");
     std::fs::copy(&pair.key, dir.join("client.key")).expect("client.key");
+    let gateway = Identity::Client { role: Role::Gateway, tenants: vec![GATEWAY_TENANT.into()] };
+    certs::create_client(dir, "gateway", &gateway, 30).expect("create a gateway's certificate");
+    let reader = Identity::Client { role: Role::Reader, tenants: vec![] };
+    certs::create_client(dir, "reader", &reader, 30).expect("create a reader's certificate");
 }
+
+/// The tenant (user-id prefix) the `gateway` client certificate is scoped to.
+pub const GATEWAY_TENANT: &str = "acme:";
 
 /// A client certificate's files by name (`operator`).
 pub fn client_pair(name: &str) -> certs::Pair {
@@ -157,7 +164,7 @@ pub fn https_request(addr: &str, method: &str, path: &str) -> std::io::Result<(u
 
 /// The test CA, as rustls roots.
 fn test_roots() -> std::io::Result<rustls::RootCertStore> {
-    let files = keepsake::tls::server::TlsFiles {
+    let files = keepsake::tls::material::TlsFiles {
         ca: certs_dir().join(certs::CA_CERT),
         cert: PathBuf::new(),
         key: PathBuf::new(),

@@ -7,11 +7,17 @@ use std::time::Duration;
 
 use keepsake::proto::raft::raft_transport_client::RaftTransportClient;
 use keepsake::proto::raft::CapabilitiesRequest;
+use keepsake::proto::v1::admin_client::AdminClient;
 use keepsake::proto::v1::store_client::StoreClient;
-use keepsake::proto::v1::{GetRequest, PutRequest};
+use keepsake::proto::v1::{
+    AddLearnerRequest, ChangesRequest, ClusterStatusRequest, ExportUserRequest, GetRequest, ListRequest, PutRequest,
+    RemoveNodeRequest,
+};
 use keepsake::tls::certs;
 use keepsake::tls::client::ClientFiles;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
+use tonic::Code;
 
 use crate::common::*;
 
@@ -105,8 +111,14 @@ async fn the_peer_port_serves_only_member_certificates() {
     assert!(member.is_ok_and(|formats| formats.contains(&2)), "a member is served");
     let client = ask_peer_port(&addr, &ca, Some(client_pair("operator"))).await.expect_err("a client was served");
     assert!(client.starts_with("PermissionDenied") && client.contains("names a client"), "{client}");
-    let stranger = ask_peer_port(&addr, &ca, Some(certs::node_pair(certs_dir(), 9))).await.expect_err("served");
-    assert!(stranger.contains("node 9 is not a member"), "{stranger}");
+    // A node may speak only for itself: node 9 asking for node 1's vote is refused.
+    let channel = dial(&addr, &ca, Some(certs::node_pair(certs_dir(), 9))).await.expect("a node certificate connects");
+    let vote: openraft::raft::VoteRequest<u64> =
+        openraft::raft::VoteRequest { vote: openraft::Vote::new(99, 1), last_log_id: None };
+    let message = keepsake::proto::raft::RaftMessage { payload: keepsake::peer::encode(&vote) };
+    let refused = RaftTransportClient::new(channel).vote(request(message, RPC_TIMEOUT)).await.expect_err("served");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("in the name of node 1"), "{refused:?}");
     let anonymous = ask_peer_port(&addr, &ca, None).await.expect_err("a client with no certificate was served");
     assert!(!anonymous.is_empty());
     let other = tempfile::tempdir().unwrap();
@@ -179,4 +191,196 @@ async fn certificates_rotate_while_writers_run_with_no_failed_request() {
     let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
     let next = cluster.leader_among(&others, LEADER_TIMEOUT).await;
     put(&mut cluster.store(next), "rot", "c", "after-rotation", b"v").await.expect("a put through a new leader");
+}
+
+/// Adds a bearer token to every request.
+#[derive(Clone)]
+struct Bearer(Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ASCII"));
+        }
+        Ok(request)
+    }
+}
+
+type As = InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// A channel to a client port as the test client certificate `name` (None: none), sending
+/// `token` as a bearer token if given.
+async fn channel_as(addr: &str, name: Option<&str>, token: Option<&str>) -> As {
+    let ca = certs_dir().join(certs::CA_CERT);
+    let channel = dial(addr, &ca, name.map(client_pair)).await.expect("connect");
+    InterceptedService::new(channel, Bearer(token.map(str::to_owned)))
+}
+
+async fn put_as(
+    store: &mut StoreClient<As>,
+    user: &str,
+    collection: &str,
+    id: &str,
+    value: &[u8],
+) -> Result<(), tonic::Status> {
+    let req = PutRequest { key: Some(key(user, collection, id)), value: value.to_vec(), ..Default::default() };
+    bounded(store.put(request(req, RPC_TIMEOUT))).await.map(|_| ())
+}
+
+async fn get_as(store: &mut StoreClient<As>, user: &str, collection: &str, id: &str) -> Result<(), tonic::Status> {
+    let req = GetRequest { key: Some(key(user, collection, id)), ..Default::default() };
+    bounded(store.get(request(req, RPC_TIMEOUT))).await.map(|_| ())
+}
+
+fn code_and_message<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (Code, String) {
+    let status = result.expect_err("the call was served");
+    (status.code(), status.message().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_with_no_credentials_gets_unauthenticated_and_health_stays_open() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let anonymous = channel_as(&cluster.client_addr(leader), None, None).await;
+    let get = GetRequest { key: Some(key("u", "c", "i")), ..Default::default() };
+    let (code, message) = code_and_message(StoreClient::new(anonymous.clone()).get(request(get, RPC_TIMEOUT)).await);
+    assert_eq!(code, Code::Unauthenticated, "{message}");
+    assert!(message.contains("client certificate") && message.contains("bearer token"), "{message}");
+    let status =
+        AdminClient::new(anonymous.clone()).cluster_status(request(ClusterStatusRequest {}, RPC_TIMEOUT)).await;
+    assert_eq!(status.expect_err("served").code(), Code::Unauthenticated);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(anonymous);
+    let served =
+        health.check(request(tonic_health::pb::HealthCheckRequest { service: String::new() }, RPC_TIMEOUT)).await;
+    assert!(served.is_ok(), "health is open to any TLS client: {served:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn roles_reach_their_methods_and_a_gateway_its_tenants_only() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let addr = cluster.client_addr(leader);
+    let (gateway, reader) =
+        (channel_as(&addr, Some("gateway"), None).await, channel_as(&addr, Some("reader"), None).await);
+    let ours = format!("{GATEWAY_TENANT}alice");
+
+    // A gateway may not change the membership, and the refusal is in the audit log.
+    let mut admin = AdminClient::new(gateway.clone());
+    let add = AddLearnerRequest { node_id: 7, client_addr: "127.0.0.1:1".into(), peer_addr: "127.0.0.1:1".into() };
+    let (code, message) = code_and_message(admin.add_learner(request(add, RPC_TIMEOUT)).await);
+    assert_eq!(code, Code::PermissionDenied, "{message}");
+    assert!(message.contains("needs an operator"), "{message}");
+    let (code, _) = code_and_message(admin.remove_node(request(RemoveNodeRequest { node_id: 2 }, RPC_TIMEOUT)).await);
+    assert_eq!(code, Code::PermissionDenied);
+    let log = cluster.log_tail(leader, 200);
+    assert!(
+        log.contains("keepsake::audit") && log.contains("/keepsake.v1.Admin/AddLearner") && log.contains("denied"),
+        "no audit line for the refused AddLearner: {log}"
+    );
+
+    // Its own tenant's users: every Store call works.
+    let mut store = StoreClient::new(gateway.clone());
+    put_as(&mut store, &ours, "contacts", "bob", b"secret-value-7f3a").await.expect("a put for its tenant");
+    get_as(&mut store, &ours, "contacts", "bob").await.expect("a get for its tenant");
+    // Another tenant's: Get, List, Export, Changes and writes are refused.
+    let theirs = "globex:carol";
+    let refused = [
+        code_and_message(
+            store
+                .get(request(GetRequest { key: Some(key(theirs, "c", "i")), ..Default::default() }, RPC_TIMEOUT))
+                .await,
+        ),
+        code_and_message(
+            store
+                .list(request(
+                    ListRequest { user_id: theirs.into(), collection: "c".into(), ..Default::default() },
+                    RPC_TIMEOUT,
+                ))
+                .await,
+        ),
+        code_and_message(
+            store
+                .export_user(request(ExportUserRequest { user_id: theirs.into(), ..Default::default() }, RPC_TIMEOUT))
+                .await,
+        ),
+        code_and_message(
+            store.changes(request(ChangesRequest { user_id: theirs.into(), ..Default::default() }, RPC_TIMEOUT)).await,
+        ),
+        code_and_message(
+            store
+                .put(request(
+                    PutRequest { key: Some(key(theirs, "c", "i")), value: b"v".to_vec(), ..Default::default() },
+                    RPC_TIMEOUT,
+                ))
+                .await,
+        ),
+    ];
+    for (code, message) in refused {
+        assert_eq!(code, Code::PermissionDenied, "{message}");
+        assert!(message.contains(GATEWAY_TENANT), "the refusal names the tenants: {message}");
+    }
+
+    // A reader reads any user and writes nothing.
+    let mut store = StoreClient::new(reader);
+    get_as(&mut store, &ours, "contacts", "bob").await.expect("a reader's get");
+    let (code, message) = code_and_message(put_as(&mut store, &ours, "contacts", "x", b"v").await);
+    assert_eq!(code, Code::PermissionDenied, "{message}");
+    // No value is ever logged.
+    for id in cluster.ids() {
+        assert!(!cluster.log_tail(id, 5000).contains("secret-value-7f3a"), "node {id} logged a value");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bearer_tokens_identify_clients_and_are_added_and_revoked_without_a_restart() {
+    use keepsake::server::tokens;
+    use keepsake::tls::identity::Role;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    let gateway = tokens::create(&file, "gw-eu1", Role::Gateway, vec![GATEWAY_TENANT.into()]).unwrap();
+    let cluster = Cluster::builder().tokens_file(&file).start().await;
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let addr = cluster.client_addr(leader);
+    let ours = format!("{GATEWAY_TENANT}dave");
+
+    let mut store = StoreClient::new(channel_as(&addr, None, Some(&gateway)).await);
+    put_as(&mut store, &ours, "c", "i", b"v").await.expect("a put with a gateway token");
+    let (code, _) = code_and_message(put_as(&mut store, "globex:erin", "c", "i", b"v").await);
+    assert_eq!(code, Code::PermissionDenied, "the token's tenants apply");
+    let mut wrong = StoreClient::new(channel_as(&addr, None, Some("kst_not-a-token")).await);
+    let (code, message) = code_and_message(get_as(&mut wrong, &ours, "c", "i").await);
+    assert_eq!(code, Code::Unauthenticated, "{message}");
+    assert!(message.contains("not known"), "{message}");
+
+    // Added while the cluster runs: usable within seconds. Revoked: refused within seconds.
+    let operator = tokens::create(&file, "ops", Role::Operator, vec![]).unwrap();
+    let mut admin = AdminClient::new(channel_as(&addr, None, Some(&operator)).await);
+    let accepted = eventually(Duration::from_secs(10), || {
+        let mut admin = admin.clone();
+        async move { admin.cluster_status(request(ClusterStatusRequest {}, RPC_TIMEOUT)).await.ok() }
+    })
+    .await;
+    assert!(accepted.is_some(), "a token added to the file was not accepted");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let kept: String =
+        text.split("[[token]]").filter(|entry| !entry.contains("\"ops\"")).collect::<Vec<_>>().join("[[token]]");
+    std::fs::write(dir.path().join("next.toml"), kept).unwrap();
+    std::fs::rename(dir.path().join("next.toml"), &file).unwrap();
+    let revoked = eventually(Duration::from_secs(10), || {
+        let mut admin = admin.clone();
+        async move {
+            let r = admin.cluster_status(request(ClusterStatusRequest {}, RPC_TIMEOUT)).await;
+            r.err().filter(|s| s.code() == Code::Unauthenticated)
+        }
+    })
+    .await;
+    assert!(revoked.is_some(), "a token removed from the file was still accepted");
+    let _ = admin.cluster_status(request(ClusterStatusRequest {}, RPC_TIMEOUT)).await;
+
+    // Neither token appears in any log; the audit lines name the holder.
+    for id in cluster.ids() {
+        let log = cluster.log_tail(id, 5000);
+        assert!(!log.contains(&gateway) && !log.contains(&operator), "node {id} logged a token");
+    }
+    assert!(cluster.log_tail(leader, 5000).contains("token gw-eu1"), "the audit line names the token's holder");
 }

@@ -210,6 +210,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         (None, Target::Keepsake) => args.client.tls.resolve()?,
         _ => None,
     };
+    if args.client.tls.token.is_some() {
+        return Err(Failure::usage(
+            "keepsake bench authenticates with a client certificate (--cert, --key), not --token",
+        ));
+    }
     let leader = match args.target {
         Target::Keepsake => Some(find_leader(&endpoints, args.client.timeout, &tls).await?),
         _ => None,
