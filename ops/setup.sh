@@ -4,8 +4,8 @@
 # the tests archive to (moto, from PyPI, in a virtualenv under target/tools). protoc comes vendored
 # through Cargo. Idempotent, and quick when everything is already there.
 #
-# --with-bench-compare also installs what the bench-compare feature's build needs: a system
-# protoc, with which etcd-client compiles etcd's protos (ops/bench/compare.sh and CI's lint).
+# --with-bench-compare also installs what CI's lint needs: a system protoc, with which the
+# bench-compare feature's etcd-client compiles etcd's protos, and cargo-deny.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +40,15 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "ops/setup.sh: cargo is not on PATH; install the Rust toolchain (rustup) first" >&2
   exit 1
+fi
+
+# cargo-deny, for CI's check of licences, bans and sources (deny.toml), built once into
+# target/tools from crates.io.
+DENY_VERSION=0.18.9
+if [ "${1:-}" = "--with-bench-compare" ] && [ "$(cat target/tools/cargo-deny/.installed 2>/dev/null)" != "$DENY_VERSION" ]; then
+  echo "ops/setup.sh: building cargo-deny $DENY_VERSION into target/tools/cargo-deny" >&2
+  cargo install --quiet --locked --version "$DENY_VERSION" --root target/tools/cargo-deny cargo-deny
+  echo "$DENY_VERSION" > target/tools/cargo-deny/.installed
 fi
 
 # The S3-compatible test server: the tests start target/tools/moto/bin/moto_server on loopback.
