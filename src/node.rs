@@ -68,6 +68,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         let vote = store.log.clone().read_vote().await.context("cannot read the saved vote")?;
         vote.map_or(0, |v| v.leader_id().get_term())
     };
+    // Everything the node starts stops when this turns true.
+    let (stop_tx, stop_rx) = watch::channel(false);
     let tls = config.tls.files()?;
     if tls.is_none() {
         tracing::warn!(
@@ -76,7 +78,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     }
     // Checked now (a node with unusable files, or files naming another node, does not start),
     // then watched.
-    let material = tls.map(|files| material::watch(files, config.node_id)).transpose().map_err(anyhow::Error::msg)?;
+    let material = tls
+        .map(|files| material::watch(files, config.node_id, stop_rx.clone()))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let peer_tls = material.clone().map(PeerTls::new);
     let serving = |auth: ClientAuth, alpn: &[&[u8]]| {
         material.clone().map(|m| Reloading::new(m, auth, alpn)).transpose().map_err(anyhow::Error::msg)
@@ -86,7 +91,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let http_tls = serving(ClientAuth::Optional, &[b"http/1.1"])?;
     let tokens = match &config.auth.tokens_file {
         p if p.as_os_str().is_empty() => None,
-        p => Some(Arc::new(crate::server::tokens::Tokens::load(p.clone()).map_err(anyhow::Error::msg)?)),
+        p => {
+            let tokens = Arc::new(crate::server::tokens::Tokens::load(p.clone()).map_err(anyhow::Error::msg)?);
+            tokens.watch(stop_rx.clone());
+            Some(tokens)
+        }
     };
     let peers = Peers::new(config.limits.max_message_bytes(), config.peer_source_ip.parse().ok(), peer_tls);
     let raft =
@@ -133,7 +142,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let upgrader = crate::upgrade::run(consensus.clone(), peers.clone());
     let replica = Arc::new(Replica::new(consensus, config.clone(), peers, view));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -150,7 +158,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
             stopped(stop_rx.clone()),
         );
     let peer_task = tokio::spawn(peer_server);
-    let auth = crate::server::auth::AuthLayer::new(tokens, client_tls.is_some());
+    let auth = crate::server::auth::AuthLayer::new(tokens, client_tls.is_some(), raft.clone());
     let client_accepted = accept(client_listener, client_tls, per_address);
     let client_task =
         tokio::spawn(crate::server::serve_clients(replica.clone(), client_accepted, auth, stopped(stop_rx.clone())));

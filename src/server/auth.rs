@@ -125,7 +125,7 @@ fn authenticate(peer: Option<&Peer>, bearer: Option<&str>, tokens: Option<&Token
         },
     };
     match (by_certificate, by_token) {
-        (Some(a), Some((_, b))) if a != b => Err(Status::unauthenticated(format!(
+        (Some(a), Some((_, b))) if !a.same_as(&b) => Err(Status::unauthenticated(format!(
             "the client certificate ({a}) and the bearer token ({b}) name different callers"
         ))),
         (_, Some((name, identity))) => Ok(Caller { identity, via: format!("token {name}") }),
@@ -140,7 +140,8 @@ fn authenticate(peer: Option<&Peer>, bearer: Option<&str>, tokens: Option<&Token
 /// The bearer token of an `authorization: Bearer …` header.
 fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(str::trim)
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// One audit line: who, how, what, from where, and the outcome.
@@ -157,8 +158,17 @@ fn audit(caller: Option<&Caller>, method: &str, from: Option<std::net::SocketAdd
     }
 }
 
+/// Whether node `id` is in the current membership.
+pub fn is_member(raft: &keepsake_raft::Raft, id: u64) -> bool {
+    raft.metrics().borrow().membership_config.membership().get_node(&id).is_some()
+}
+
 /// Decides one request: `Ok(None)` open, `Ok(Some)` its caller, or the status that refuses it.
-fn decide<B>(request: &http::Request<B>, tokens: Option<&Tokens>) -> Result<Option<Caller>, (Option<Caller>, Status)> {
+fn decide<B>(
+    request: &http::Request<B>,
+    tokens: Option<&Tokens>,
+    raft: &keepsake_raft::Raft,
+) -> Result<Option<Caller>, (Option<Caller>, Status)> {
     let path = request.uri().path();
     let need = need(path);
     let peer = request.extensions().get::<Peer>();
@@ -176,6 +186,14 @@ fn decide<B>(request: &http::Request<B>, tokens: Option<&Tokens>) -> Result<Opti
         let status = Status::permission_denied(format!("{}: {what}", caller.identity));
         return Err((Some(caller), status));
     }
+    // A node's certificate acts for the cluster only while the node is a member: a removed
+    // node's certificate stays valid until it expires.
+    if let Identity::Node(id) = caller.identity {
+        if !is_member(raft, id) {
+            let status = Status::permission_denied(format!("node {id} is not a member of this cluster"));
+            return Err((Some(caller), status));
+        }
+    }
     Ok(Some(caller))
 }
 
@@ -185,11 +203,13 @@ fn decide<B>(request: &http::Request<B>, tokens: Option<&Tokens>) -> Result<Opti
 pub struct AuthLayer {
     tokens: Option<Arc<Tokens>>,
     secure: bool,
+    /// The membership a node certificate must be in.
+    raft: keepsake_raft::Raft,
 }
 
 impl AuthLayer {
-    pub fn new(tokens: Option<Arc<Tokens>>, secure: bool) -> AuthLayer {
-        AuthLayer { tokens, secure }
+    pub fn new(tokens: Option<Arc<Tokens>>, secure: bool, raft: keepsake_raft::Raft) -> AuthLayer {
+        AuthLayer { tokens, secure, raft }
     }
 }
 
@@ -197,7 +217,7 @@ impl<S> tower::Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Auth<S> {
-        Auth { inner, tokens: self.tokens.clone(), secure: self.secure }
+        Auth { inner, tokens: self.tokens.clone(), secure: self.secure, raft: self.raft.clone() }
     }
 }
 
@@ -206,6 +226,7 @@ pub struct Auth<S> {
     inner: S,
     tokens: Option<Arc<Tokens>>,
     secure: bool,
+    raft: keepsake_raft::Raft,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -234,7 +255,7 @@ where
         }
         let method = request.uri().path().to_owned();
         let from = request.extensions().get::<Peer>().and_then(|p| p.addr);
-        match decide(&request, self.tokens.as_deref()) {
+        match decide(&request, self.tokens.as_deref(), &self.raft) {
             Ok(caller) => {
                 if let Some(caller) = caller {
                     if need(&method) == Need::Admin {

@@ -70,6 +70,21 @@ fn speaks_for<T>(request: &Request<T>, claimed: Option<u64>, what: &str) -> Resu
     }
 }
 
+impl PeerService {
+    /// Refuses a request from a node outside the current membership: forwarding a client's
+    /// write or read is a member's job (a removed node's certificate stays valid until it
+    /// expires).
+    #[allow(clippy::result_large_err)]
+    fn check_member<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match request.extensions().get::<PeerNode>() {
+            Some(PeerNode(id)) if !super::auth::is_member(self.replica.consensus().raft(), *id) => {
+                Err(Status::permission_denied(format!("node {id} is not a member of this cluster")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
     Ok(Response::new(RaftMessage { payload: encode(value) }))
 }
@@ -104,6 +119,7 @@ impl RaftTransport for PeerService {
     async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeResponse>, Status> {
         let deadline = deadline::of(&request, Duration::from_millis(self.replica.config().limits.default_timeout_ms));
         let req = request.get_ref();
+        self.check_member(&request)?;
         let write: Write = decode(&req.write, "forwarded write")?;
         validate::forwarded(&self.replica.config().limits, &write)?;
         let committed = self.replica.write(write, req.archived, deadline, true).await.map_err(status::from_error)?;
@@ -115,6 +131,7 @@ impl RaftTransport for PeerService {
     }
 
     async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        self.check_member(&request)?;
         let deadline = deadline::of(&request, Duration::from_millis(self.replica.config().limits.default_timeout_ms));
         let index = self.replica.consensus().read_index(deadline).await.map_err(status::from_error)?;
         Ok(Response::new(ReadIndexResponse { index }))

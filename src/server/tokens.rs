@@ -2,12 +2,12 @@
 //! gateway the tenants) it grants. The node reloads the file when it changes, so tokens are
 //! added and revoked without a restart. `keepsake token create` adds one.
 //!
-//! Invariant: a token is never stored or logged; a file that does not load leaves the last
-//! good set in force, and one that never loaded grants nothing.
+//! Invariant: a token is never stored or logged; a file that does not load (or that others may
+//! write) leaves the last good set in force, and one that never loaded grants nothing.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,10 +58,23 @@ fn identity(entry: &TokenEntry) -> Result<Identity, String> {
     Identity::client(role, entry.tenants.clone()).map_err(|e| format!("token {:?}: {e}", entry.name))
 }
 
-/// Reads a tokens file, checking every entry.
+/// A toml error without the text it quotes: a line of the file may hold a hash, or a token
+/// pasted by mistake, which must not reach a log.
+fn toml_error(path: &Path, e: &toml::de::Error) -> String {
+    let at = e.span().map_or(String::new(), |s| format!(" (at byte {})", s.start));
+    format!("{}: {}{at}", path.display(), e.message())
+}
+
+/// Reads a tokens file, checking every entry; refuses a file others may write, since anyone who
+/// can write it can add an operator's token.
 fn load(path: &Path) -> Result<Vec<(String, String, Identity)>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(format!("{} is writable by other users (mode {:o}): chmod 600 it", path.display(), mode & 0o777));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: TokenFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: TokenFile = toml::from_str(&text).map_err(|e| toml_error(path, &e))?;
     file.tokens
         .iter()
         .map(|entry| {
@@ -73,56 +86,98 @@ fn load(path: &Path) -> Result<Vec<(String, String, Identity)>, String> {
         .collect()
 }
 
-/// The tokens a node accepts, reloaded when the file changes.
-pub struct Tokens {
-    path: PathBuf,
-    state: Mutex<State>,
+/// One file as seen from outside: device, inode, size, and modification and change times.
+type FileStamp = (u64, u64, u64, i64, i64, i64, i64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
 }
 
-struct State {
-    stamp: Option<SystemTime>,
-    checked: Instant,
-    /// (hash, name, identity)
-    entries: Vec<(String, String, Identity)>,
+/// (hash, name, identity) of each token.
+type Entries = Arc<Vec<(String, String, Identity)>>;
+
+/// The tokens a node accepts. `watch` keeps them current, off the request path.
+pub struct Tokens {
+    path: PathBuf,
+    entries: RwLock<Entries>,
 }
 
 impl Tokens {
     /// Loads the file now: a node given a tokens file that does not load does not start.
     pub fn load(path: PathBuf) -> Result<Tokens, String> {
-        let stamp = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        let entries = load(&path)?;
-        Ok(Tokens { path, state: Mutex::new(State { stamp, checked: Instant::now(), entries }) })
+        let entries = Arc::new(load(&path)?);
+        Ok(Tokens { path, entries: RwLock::new(entries) })
     }
 
     /// The name and identity `token` grants, if the file holds it.
     pub fn find(&self, token: &str) -> Option<(String, Identity)> {
         let hashed = hash(token);
-        let mut state = self.state.lock().expect("the token state is never poisoned");
-        if state.checked.elapsed() >= RELOAD_CHECK {
-            state.checked = Instant::now();
-            let stamp = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-            if stamp != state.stamp {
-                state.stamp = stamp;
-                match load(&self.path) {
-                    Ok(entries) => {
-                        tracing::info!(file = %self.path.display(), tokens = entries.len(), "reloaded the tokens file");
-                        state.entries = entries;
+        let entries = self.entries.read().expect("the tokens are never poisoned").clone();
+        // Compared as hashes: a caller cannot steer a hash, so timing tells nothing.
+        entries.iter().find(|(h, _, _)| *h == hashed).map(|(_, name, identity)| (name.clone(), identity.clone()))
+    }
+
+    /// Looks at the file every second until `stop`, adopting it when it changed and loads; a
+    /// file that does not load keeps the last good tokens, is said once, and retried.
+    pub fn watch(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let tokens = self.clone();
+        tokio::spawn(async move {
+            let path = tokens.path.clone();
+            let mut adopted = stamp(&path);
+            let mut said = String::new();
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(RELOAD_CHECK) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let p = path.clone();
+                let Ok((now, loaded)) = tokio::task::spawn_blocking(move || {
+                    let before = stamp(&p);
+                    let loaded = load(&p);
+                    // Read again after: a file changed while it was read is read next time.
+                    (if stamp(&p) == before { before } else { None }, loaded)
+                })
+                .await
+                else {
+                    continue;
+                };
+                if now.is_some() && now == adopted {
+                    continue;
+                }
+                match loaded {
+                    Ok(entries) if now.is_some() => {
+                        tracing::info!(file = %path.display(), tokens = entries.len(), "reloaded the tokens file");
+                        *tokens.entries.write().expect("the tokens are never poisoned") = Arc::new(entries);
+                        adopted = now;
+                        said.clear();
                     }
-                    Err(e) => tracing::warn!("keeping the previous tokens: {e}"),
+                    Ok(_) => {}
+                    Err(e) if e != said => {
+                        tracing::warn!("keeping the previous tokens, and retrying every second: {e}");
+                        said = e;
+                    }
+                    Err(_) => {}
                 }
             }
-        }
-        // Compared as hashes: equal-length strings of a hash the caller cannot steer.
-        state.entries.iter().find(|(h, _, _)| *h == hashed).map(|(_, name, identity)| (name.clone(), identity.clone()))
+        });
     }
 }
 
 /// Adds a new token for `name` with `role` (and `tenants`) to the file at `path` (created,
-/// readable by its owner only, if missing); returns the token, which is written nowhere.
+/// readable by its owner only, if missing); returns the token, which is written nowhere. The
+/// file keeps its owner, and is replaced only if nobody changed it meanwhile.
 pub fn create(path: &Path, name: &str, role: Role, tenants: Vec<String>) -> Result<String, String> {
-    let mut file: TokenFile = match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokenFile::default(),
+    let before = stamp(path);
+    let (mut file, owner): (TokenFile, _) = match std::fs::read_to_string(path) {
+        Ok(text) => {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            (toml::from_str(&text).map_err(|e| toml_error(path, &e))?, Some((meta.uid(), meta.gid())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (TokenFile::default(), None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     if file.tokens.iter().any(|t| t.name == name) {
@@ -133,23 +188,32 @@ pub fn create(path: &Path, name: &str, role: Role, tenants: Vec<String>) -> Resu
     identity(&entry)?;
     file.tokens.push(entry);
     let text = toml::to_string(&file).map_err(|e| e.to_string())?;
-    // Written beside and renamed over: a node reading meanwhile sees the old file or the new.
-    let staged = path.with_extension("new");
-    {
+    // Staged beside it under a name of its own, then renamed over: a node reading meanwhile
+    // sees the old file or the new one.
+    let base = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let staged = path.with_file_name(format!(".{base}.{}.{}.new", std::process::id(), generate()));
+    let write = || -> std::io::Result<()> {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&staged)
-            .map_err(|e| format!("{}: {e}", staged.display()))?;
-        out.write_all(text.as_bytes())
-            .and_then(|()| out.sync_all())
-            .map_err(|e| format!("{}: {e}", staged.display()))?;
+        let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staged)?;
+        out.write_all(text.as_bytes())?;
+        out.sync_all()?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&staged, Some(uid), Some(gid))?;
+        }
+        Ok(())
+    };
+    let written = write().map_err(|e| format!("{}: {e}", staged.display()));
+    if written.is_ok() && stamp(path) != before {
+        let _ = std::fs::remove_file(&staged);
+        return Err(format!("{} changed while the token was added: run the command again", path.display()));
     }
-    std::fs::rename(&staged, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Err(e) =
+        written.and_then(|()| std::fs::rename(&staged, path).map_err(|e| format!("{}: {e}", path.display())))
+    {
+        let _ = std::fs::remove_file(&staged);
+        return Err(e);
+    }
     Ok(token)
 }
 
@@ -170,6 +234,16 @@ mod tests {
         assert!(tokens.find("kst_wrong").is_none());
         assert!(create(&path, "gw", Role::Reader, vec![]).is_err(), "names are unique");
         assert!(create(&path, "op", Role::Operator, vec!["a".into()]).is_err(), "only gateways have tenants");
+    }
+
+    #[test]
+    fn a_file_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        create(&path, "gw", Role::Gateway, vec![]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(Tokens::load(path).err().expect("refused").contains("writable by other users"));
     }
 
     #[test]

@@ -84,11 +84,22 @@ impl Identity {
 
     /// A client in `role`, reaching only users whose ids start with one of `tenants` (none:
     /// every user); only a gateway is scoped to tenants.
-    pub fn client(role: Role, tenants: Vec<String>) -> Result<Identity, String> {
+    pub fn client(role: Role, mut tenants: Vec<String>) -> Result<Identity, String> {
         if !tenants.is_empty() && role != Role::Gateway {
             return Err("only a gateway can be scoped to tenants".into());
         }
+        // An empty prefix would reach every user: never a scope.
+        if tenants.iter().any(String::is_empty) {
+            return Err("a tenant is a non-empty user-id prefix".into());
+        }
+        tenants.sort();
+        tenants.dedup();
         Ok(Identity::Client { role, tenants })
+    }
+
+    /// The same caller: tenants compared as a set.
+    pub fn same_as(&self, other: &Identity) -> bool {
+        self == other
     }
 
     /// The identity a DER certificate says.
@@ -138,6 +149,7 @@ mod tests {
             vec!["https://example.com"],
             vec!["urn:keepsake:role:operator", "urn:keepsake:tenant:a"],
             vec!["urn:keepsake:role:root"],
+            vec!["urn:keepsake:role:gateway", "urn:keepsake:tenant:"],
             vec!["urn:keepsake:node:x"],
         ];
         for uris in bad {

@@ -92,15 +92,24 @@ impl Material {
             }
             Err(e) => return Err(format!("{}: {e}", files.cert.display())),
         }
-        // The same check a server makes: the key signs for the certificate.
+        // The certificate chains to the CA and is valid now, as its peers will check: a half-done
+        // CA rotation is not adopted.
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let roots = Arc::new(roots);
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| format!("{}: {e}", files.ca.display()))?;
+        verifier
+            .verify_client_cert(&certs[0], &certs[1..], rustls_pki_types::UnixTime::now())
+            .map_err(|e| format!("{} does not verify against {}: {e}", files.cert.display(), files.ca.display()))?;
+        // The same check a server makes: the key signs for the certificate.
         rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
             .with_single_cert(certs.clone(), key.clone_key())
             .map_err(|e| format!("{} and {} are not a pair: {e}", files.cert.display(), files.key.display()))?;
-        Ok(Material { generation: 0, ca_pem, cert_pem, key_pem, roots: Arc::new(roots), certs, key })
+        Ok(Material { generation: 0, ca_pem, cert_pem, key_pem, roots, certs, key })
     }
 }
 
@@ -121,16 +130,20 @@ fn stamp(files: &TlsFiles) -> Vec<Option<FileStamp>> {
 
 /// Reads the material now (a node with unusable files does not start) and keeps it current
 /// until every receiver is gone.
-pub fn watch(files: TlsFiles, node_id: u64) -> Result<watch::Receiver<Arc<Material>>, String> {
+pub fn watch(
+    files: TlsFiles,
+    node_id: u64,
+    mut stop: watch::Receiver<bool>,
+) -> Result<watch::Receiver<Arc<Material>>, String> {
     let first = Material::read(&files, node_id)?;
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         let mut adopted = stamp(&files);
         let (mut generation, mut said) = (0, String::new());
         loop {
-            tokio::time::sleep(CHECK_EVERY).await;
-            if tx.is_closed() {
-                return;
+            tokio::select! {
+                () = tokio::time::sleep(CHECK_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
             }
             let f = files.clone();
             let Ok(now) = tokio::task::spawn_blocking(move || stamp(&f)).await else { continue };

@@ -27,10 +27,11 @@ use super::material::Material;
 
 /// A handshake that takes longer is dropped (a client that connects and sends nothing).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes under way at once on one port, from every address together; a connection beyond
-/// them is closed at once, so a flood costs neither unbounded tasks nor signatures. (One
-/// address is held to `limits.max_connections_per_address` first.)
+/// Handshakes under way at once on one port, from every address together, and from one; a
+/// connection beyond them is closed at once, so a flood costs neither unbounded tasks nor
+/// signatures, and one host cannot take the others' share.
 const HANDSHAKES: usize = 4096;
+const HANDSHAKES_PER_ADDRESS: usize = 32;
 /// Handshaken connections waiting for the server to take them.
 const BACKLOG: usize = 64;
 
@@ -108,8 +109,16 @@ enum Io {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// Connections open per IP address on one port.
+/// Connections (or handshakes) open per address on one port.
 type Open = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// What counts as one address: an IPv4 address, or an IPv6 /64 (one host's usual share).
+fn address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+    }
+}
 
 /// One connection's place in its address's count, given back when the connection closes.
 struct Slot {
@@ -120,6 +129,7 @@ struct Slot {
 impl Slot {
     /// A place for one more connection from `ip`, if it holds fewer than `cap`.
     fn take(open: &Open, ip: IpAddr, cap: usize) -> Option<Slot> {
+        let ip = address(ip);
         let mut counts = open.lock().expect("the connection counts are never poisoned");
         let count = counts.entry(ip).or_default();
         if *count >= cap {
@@ -230,7 +240,7 @@ impl AsyncWrite for Conn {
 pub fn accept(listener: TcpListener, tls: Option<Arc<Reloading>>, per_address: usize) -> mpsc::Receiver<Conn> {
     let (tx, rx) = mpsc::channel(BACKLOG);
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES));
-    let open: Open = Arc::default();
+    let (open, shaking): (Open, Open) = (Arc::default(), Arc::default());
     tokio::spawn(async move {
         loop {
             let (tcp, from) = tokio::select! {
@@ -256,13 +266,15 @@ pub fn accept(listener: TcpListener, tls: Option<Arc<Reloading>>, per_address: u
                 }
                 continue;
             };
-            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                tracing::debug!(%from, "{HANDSHAKES} TLS handshakes under way: closing a new connection");
+            let (Ok(permit), Some(shake)) =
+                (handshakes.clone().try_acquire_owned(), Slot::take(&shaking, from.ip(), HANDSHAKES_PER_ADDRESS))
+            else {
+                tracing::debug!(%from, "too many TLS handshakes under way: closing a new connection");
                 continue;
             };
             let (acceptor, tx) = (TlsAcceptor::from(tls.current()), tx.clone());
             tokio::spawn(async move {
-                let _permit = permit;
+                let (_permit, _shake) = (permit, shake);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Conn { io: Io::Tls(Box::new(stream)), _slot: slot }).await;

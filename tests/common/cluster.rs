@@ -141,9 +141,12 @@ impl ClusterBuilder {
 
     /// Starts every node and waits until they agree on a leader.
     pub async fn start(self) -> Cluster {
-        let initial = self.nodes;
+        let (initial, new) = (self.nodes, self.bootstrap);
         let cluster = self.prepare();
         cluster.launch(initial).await;
+        if new {
+            cluster.wait_until_settled().await;
+        }
         cluster
     }
 
@@ -357,6 +360,19 @@ impl Cluster {
             own_certs: false,
             tokens_file: None,
         }
+    }
+
+    /// Waits until a new cluster's first leader has written its history record in the newest
+    /// digest format (keepsake::upgrade may take a few seconds when a member answered late), so
+    /// a test that compares log indices sees no write of the cluster's own.
+    async fn wait_until_settled(&self) {
+        let settled = super::rpc::eventually(Duration::from_secs(20), || async {
+            let leader = self.leader_id().await?;
+            let status = self.get_node_status(leader).await.ok()?;
+            (status.digest_format == 2).then_some(())
+        })
+        .await;
+        assert!(settled.is_some(), "the new cluster's leader did not settle on digest format 2 within 20 s");
     }
 
     /// Starts nodes 1..=n and waits until they agree on a leader.

@@ -119,6 +119,23 @@ async fn the_peer_port_serves_only_member_certificates() {
     let refused = RaftTransportClient::new(channel).vote(request(message, RPC_TIMEOUT)).await.expect_err("served");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("in the name of node 1"), "{refused:?}");
+    // A node outside the membership can neither forward a write nor call Admin.
+    let channel = dial(&addr, &ca, Some(certs::node_pair(certs_dir(), 9))).await.expect("connect");
+    let write = keepsake_raft::Write {
+        user_id: "u".into(),
+        ops: vec![keepsake_raft::Op::Delete(keepsake_raft::DeleteOp {
+            collection: "c".into(),
+            item_id: "i".into(),
+            if_revision: None,
+        })],
+    };
+    let propose = keepsake::proto::raft::ProposeRequest { write: keepsake::peer::encode(&write), archived: false };
+    let refused = RaftTransportClient::new(channel).propose(request(propose, RPC_TIMEOUT)).await.expect_err("served");
+    assert!(refused.message().contains("node 9 is not a member"), "{refused:?}");
+    let channel =
+        dial(&cluster.client_addr(leader), &ca, Some(certs::node_pair(certs_dir(), 9))).await.expect("connect");
+    let refused = AdminClient::new(channel).cluster_status(request(ClusterStatusRequest {}, RPC_TIMEOUT)).await;
+    assert!(refused.expect_err("served").message().contains("node 9 is not a member"));
     let anonymous = ask_peer_port(&addr, &ca, None).await.expect_err("a client with no certificate was served");
     assert!(!anonymous.is_empty());
     let other = tempfile::tempdir().unwrap();
