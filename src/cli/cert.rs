@@ -65,14 +65,28 @@ pub struct CreateClientArgs {
     /// The file name: client-NAME.crt and client-NAME.key.
     #[arg(long)]
     name: String,
-    #[arg(long, value_enum)]
-    role: Role,
-    /// A user-id prefix a gateway may reach (repeat for each; none: every user).
-    #[arg(long = "tenant")]
-    tenants: Vec<String>,
+    #[command(flatten)]
+    grant: Grant,
     /// How long the certificate is valid.
     #[arg(long, default_value_t = 365)]
     days: u32,
+}
+
+/// What a client certificate or a token grants: a role, and for a gateway its tenants.
+#[derive(Args, Debug)]
+pub struct Grant {
+    #[arg(long, value_enum)]
+    pub role: Role,
+    /// A user-id prefix a gateway may reach (repeat for each; none: every user).
+    #[arg(long = "tenant")]
+    pub tenants: Vec<String>,
+}
+
+impl Grant {
+    /// The client identity it names, if it is one.
+    pub fn identity(self) -> Result<Identity, Failure> {
+        Identity::client(self.role, self.tenants).map_err(Failure::usage)
+    }
 }
 
 pub async fn run(cmd: CertCommand) -> Result<(), Failure> {
@@ -86,7 +100,7 @@ pub async fn run(cmd: CertCommand) -> Result<(), Failure> {
             (a.common, made)
         }
         CertCommand::CreateClient(a) => {
-            let identity = Identity::Client { role: a.role, tenants: a.tenants };
+            let identity = a.grant.identity()?;
             let made = certs::create_client(&a.common.dir, &a.name, &identity, a.days);
             (a.common, made)
         }

@@ -7,7 +7,6 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{Failure, Output};
-use crate::tls::identity::Role;
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
@@ -24,18 +23,15 @@ pub struct CreateArgs {
     /// Who holds the token (named in audit lines); unique in the file.
     #[arg(long)]
     name: String,
-    #[arg(long, value_enum)]
-    role: Role,
-    /// A user-id prefix a gateway may reach (repeat for each; none: every user).
-    #[arg(long = "tenant")]
-    tenants: Vec<String>,
+    #[command(flatten)]
+    grant: super::cert::Grant,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
 }
 
 pub async fn run(cmd: TokenCommand) -> Result<(), Failure> {
     let TokenCommand::Create(a) = cmd;
-    let token = crate::server::tokens::create(&a.file, &a.name, a.role, a.tenants)
+    let token = crate::server::tokens::create(&a.file, &a.name, a.grant.role, a.grant.tenants)
         .map_err(|message| Failure { message, code: 1 })?;
     match a.output {
         Output::Json => println!("{}", json!({"name": a.name, "token": token})),

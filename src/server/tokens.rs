@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::tls::identity::{Identity, Role};
+use crate::tls::material::file_stamp;
 
 /// How often, at most, the file is looked at for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -86,16 +87,6 @@ fn load(path: &Path) -> Result<Vec<(String, String, Identity)>, String> {
         .collect()
 }
 
-/// One file as seen from outside: device, inode, size, and modification and change times.
-type FileStamp = (u64, u64, u64, i64, i64, i64, i64);
-
-fn stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
-}
-
 /// (hash, name, identity) of each token.
 type Entries = Arc<Vec<(String, String, Identity)>>;
 
@@ -126,7 +117,7 @@ impl Tokens {
         let tokens = self.clone();
         tokio::spawn(async move {
             let path = tokens.path.clone();
-            let mut adopted = stamp(&path);
+            let mut adopted = file_stamp(&path);
             let mut said = String::new();
             loop {
                 tokio::select! {
@@ -135,10 +126,10 @@ impl Tokens {
                 }
                 let p = path.clone();
                 let Ok((now, loaded)) = tokio::task::spawn_blocking(move || {
-                    let before = stamp(&p);
+                    let before = file_stamp(&p);
                     let loaded = load(&p);
                     // Read again after: a file changed while it was read is read next time.
-                    (if stamp(&p) == before { before } else { None }, loaded)
+                    (if file_stamp(&p) == before { before } else { None }, loaded)
                 })
                 .await
                 else {
@@ -170,7 +161,7 @@ impl Tokens {
 /// readable by its owner only, if missing); returns the token, which is written nowhere. The
 /// file keeps its owner, and is replaced only if nobody changed it meanwhile.
 pub fn create(path: &Path, name: &str, role: Role, tenants: Vec<String>) -> Result<String, String> {
-    let before = stamp(path);
+    let before = file_stamp(path);
     let (mut file, owner): (TokenFile, _) = match std::fs::read_to_string(path) {
         Ok(text) => {
             use std::os::unix::fs::MetadataExt;
@@ -204,7 +195,7 @@ pub fn create(path: &Path, name: &str, role: Role, tenants: Vec<String>) -> Resu
         Ok(())
     };
     let written = write().map_err(|e| format!("{}: {e}", staged.display()));
-    if written.is_ok() && stamp(path) != before {
+    if written.is_ok() && file_stamp(path) != before {
         let _ = std::fs::remove_file(&staged);
         return Err(format!("{} changed while the token was added: run the command again", path.display()));
     }

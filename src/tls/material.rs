@@ -34,22 +34,29 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// The CA's certificates, for a verifier.
     pub fn roots(&self) -> Result<RootCertStore, String> {
-        let mut roots = RootCertStore::empty();
-        for cert in read_certs(&self.ca)? {
-            roots.add(cert).map_err(|e| format!("{}: not a CA certificate: {e}", self.ca.display()))?;
-        }
-        Ok(roots)
+        let pem = std::fs::read(&self.ca).map_err(|e| format!("cannot read {}: {e}", self.ca.display()))?;
+        roots(&pem, &self.ca)
     }
 }
 
-fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+/// The certificates in a PEM file's bytes (`path` names it in errors); at least one.
+fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("{}: holds no certificate", path.display()));
     }
     Ok(certs)
+}
+
+/// A CA file's bytes as verifier roots.
+fn roots(pem: &[u8], path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for ca in parse_certs(pem, path)? {
+        roots.add(ca).map_err(|e| format!("{}: not a CA certificate: {e}", path.display()))?;
+    }
+    Ok(roots)
 }
 
 /// One checked generation of a node's CA, certificate chain and key.
@@ -69,19 +76,7 @@ impl Material {
     pub fn read(files: &TlsFiles, node_id: u64) -> Result<Material, String> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
         let (ca_pem, cert_pem, key_pem) = (read(&files.ca)?, read(&files.cert)?, read(&files.key)?);
-        let parse_certs = |pem: &[u8], path: &Path| {
-            let certs = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("{}: holds no certificate", path.display()));
-            }
-            Ok(certs)
-        };
-        let mut roots = RootCertStore::empty();
-        for ca in parse_certs(&ca_pem, &files.ca)? {
-            roots.add(ca).map_err(|e| format!("{}: not a CA certificate: {e}", files.ca.display()))?;
-        }
+        let roots = roots(&ca_pem, &files.ca)?;
         let certs = parse_certs(&cert_pem, &files.cert)?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| format!("{}: no private key: {e}", files.key.display()))?;
@@ -114,18 +109,19 @@ impl Material {
 }
 
 /// One file as seen from outside: device, inode, size, and modification and change times.
-type FileStamp = (u64, u64, u64, i64, i64, i64, i64);
+pub(crate) type FileStamp = (u64, u64, u64, i64, i64, i64, i64);
+
+/// How `path` looks from outside (None: it cannot be seen): any change to the file, a rename
+/// over it included, changes it.
+pub(crate) fn file_stamp(path: &Path) -> Option<FileStamp> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+}
 
 /// What the files look like from outside: a change to any of them changes it.
 fn stamp(files: &TlsFiles) -> Vec<Option<FileStamp>> {
-    [&files.ca, &files.cert, &files.key]
-        .iter()
-        .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
-        })
-        .collect()
+    [&files.ca, &files.cert, &files.key].iter().map(|p| file_stamp(p)).collect()
 }
 
 /// Reads the material now (a node with unusable files does not start) and keeps it current

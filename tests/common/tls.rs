@@ -102,17 +102,8 @@ pub fn der_of(pem: &Path) -> Vec<u8> {
 
 /// The certificate a TLS port presents (DER).
 pub async fn served_certificate(addr: &str) -> std::io::Result<Vec<u8>> {
-    let roots = test_roots()?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    // No ALPN offered: the HTTP port speaks http/1.1, the others h2, and each takes none.
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+    let tls = tokio_rustls::TlsConnector::from(client_config()?).connect(server_name(addr)?, tcp).await?;
     let (_, session) = tls.get_ref();
     let first =
         session.peer_certificates().and_then(|c| c.first()).ok_or_else(|| std::io::Error::other("no certificate"))?;
@@ -132,42 +123,31 @@ pub fn client_tls() -> ClientTlsConfig {
 /// One bodiless HTTPS/1.1 request to a node's HTTP port; returns the status code and the whole
 /// response.
 pub fn https_request(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let roots = test_roots()?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
-    let name = rustls_pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let conn = rustls::ClientConnection::new(client_config()?, server_name(addr)?).map_err(std::io::Error::other)?;
     let tcp = std::net::TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    match stream.read_to_string(&mut response) {
-        Ok(_) => {}
-        // A server that closes without close_notify still sent the whole response.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
-        Err(e) => return Err(e),
-    }
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
-    Ok((code, response))
+    super::http::request_over(rustls::StreamOwned::new(conn, tcp), addr, method, path)
 }
 
-/// The test CA, as rustls roots.
-fn test_roots() -> std::io::Result<rustls::RootCertStore> {
+/// rustls settings trusting the test CA, with no client certificate and no ALPN offered (the
+/// HTTP port speaks http/1.1, the others h2, and each takes a client that offers none).
+fn client_config() -> std::io::Result<Arc<rustls::ClientConfig>> {
     let files = keepsake::tls::material::TlsFiles {
         ca: certs_dir().join(certs::CA_CERT),
         cert: PathBuf::new(),
         key: PathBuf::new(),
     };
-    files.roots().map_err(std::io::Error::other)
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(files.roots().map_err(std::io::Error::other)?)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The name a TLS client checks a node's certificate for: the host of `addr`.
+fn server_name(addr: &str) -> std::io::Result<rustls_pki_types::ServerName<'static>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
+    rustls_pki_types::ServerName::try_from(host).map_err(std::io::Error::other)
 }

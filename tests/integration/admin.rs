@@ -127,38 +127,16 @@ async fn write_some(cluster: &Cluster, node: u64, n: usize) {
     }
 }
 
-#[test]
-fn serve_refuses_to_start_without_an_archive_url() {
+/// Runs `keepsake serve` with the config `config(dir)` writes for a fresh directory; returns
+/// its exit code, what it printed on standard error, and whether it created its data directory.
+fn serve_once(config: impl FnOnce(&std::path::Path) -> String) -> (Option<i32>, String, bool) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let config = dir.path().join("node.toml");
-    std::fs::write(&config, "node_id = 1\n[archive]\nurl = \"\"\n").expect("write node.toml");
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, config(dir.path())).expect("write node.toml");
     let data = dir.path().join("data");
     let out = Command::new(env!("CARGO_BIN_EXE_keepsake"))
         .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--client-addr", "127.0.0.1:1", "--peer-addr", "127.0.0.1:1", "--http-addr", ""])
-        .env_remove("KEEPSAKE_CONFIG")
-        .output()
-        .expect("run keepsake serve");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "serve without an archive must not run: {err}");
-    assert!(err.contains("archive.url is empty"), "the error names the setting: {err}");
-    assert!(!data.exists(), "nothing is written before the refusal");
-}
-
-#[test]
-fn serve_refuses_to_start_without_tls_unless_plaintext_is_chosen() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let config = dir.path().join("node.toml");
-    let archive = dir.path().join("archive");
-    std::fs::write(&config, format!("node_id = 1\n[archive]\nurl = {:?}\n", archive.display().to_string()))
-        .expect("write node.toml");
-    let data = dir.path().join("data");
-    let out = Command::new(env!("CARGO_BIN_EXE_keepsake"))
-        .args(["serve", "--config"])
-        .arg(&config)
+        .arg(&path)
         .arg("--data-dir")
         .arg(&data)
         .args(["--client-addr", "127.0.0.1:1", "--peer-addr", "127.0.0.1:1", "--http-addr", ""])
@@ -166,10 +144,24 @@ fn serve_refuses_to_start_without_tls_unless_plaintext_is_chosen() {
         .env_remove("KEEPSAKE_INSECURE")
         .output()
         .expect("run keepsake serve");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "serve without TLS must not run: {err}");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), data.exists())
+}
+
+#[test]
+fn serve_refuses_to_start_without_an_archive_url() {
+    let (code, err, wrote) = serve_once(|_| "node_id = 1\n[archive]\nurl = \"\"\n".into());
+    assert_ne!(code, Some(0), "serve without an archive must not run: {err}");
+    assert!(err.contains("archive.url is empty"), "the error names the setting: {err}");
+    assert!(!wrote, "nothing is written before the refusal");
+}
+
+#[test]
+fn serve_refuses_to_start_without_tls_unless_plaintext_is_chosen() {
+    let (code, err, wrote) =
+        serve_once(|dir| format!("node_id = 1\n[archive]\nurl = {:?}\n", dir.join("archive").display().to_string()));
+    assert_ne!(code, Some(0), "serve without TLS must not run: {err}");
     assert!(err.contains("TLS is not configured") && err.contains("--insecure"), "the error says what to do: {err}");
-    assert!(!data.exists(), "nothing is written before the refusal");
+    assert!(!wrote, "nothing is written before the refusal");
 }
 
 /// Runs the `keepsake` binary against the cluster; returns (exit code, stdout, stderr).
