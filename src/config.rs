@@ -128,6 +128,14 @@ pub struct ArchiveConfig {
     /// Retention keeps at least this many whole archive snapshots (every chunk there, none
     /// found damaged), and everything after the oldest of them, even beyond the window.
     pub keep_whole_snapshots: u64,
+    /// Seal every archive object with the key ring (docs/security.md) read from this file,
+    /// which the node re-reads when it changes…
+    pub key_file: String,
+    /// …or from this environment variable…
+    pub key_env: String,
+    /// …or from what this command prints (`sh -c`; for a KMS). None of the three: the archive
+    /// is plaintext, and the node says so at every start.
+    pub key_command: String,
 }
 
 impl Default for ArchiveConfig {
@@ -150,6 +158,9 @@ impl Default for ArchiveConfig {
             chunk_grace_seconds: 3600,
             scrub_bytes_per_second: 1 << 20,
             keep_whole_snapshots: 2,
+            key_file: String::new(),
+            key_env: String::new(),
+            key_command: String::new(),
         }
     }
 }
@@ -186,6 +197,11 @@ impl ArchiveConfig {
             virtual_hosted_style: self.virtual_hosted_style,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
         }
+    }
+
+    /// Where the archive's key ring comes from (None: the archive is plaintext).
+    pub fn key_source(&self) -> Result<Option<keepsake_archive::keys::KeySource>, String> {
+        keepsake_archive::keys::KeySource::from_settings(&self.key_file, &self.key_env, &self.key_command)
     }
 
     /// The retention window; None keeps everything.
@@ -330,6 +346,7 @@ impl NodeConfig {
             return bad("archive.max_segment_bytes, max_segment_age_ms and request_timeout_ms must be above 0".into());
         }
         a.retention().map_err(|e| ConfigError::Invalid(format!("archive.retention: {e}")))?;
+        a.key_source().map_err(|e| ConfigError::Invalid(format!("archive.key_file, key_env, key_command: {e}")))?;
         if self.limits.max_connections_per_address == 0 {
             return bad("limits.max_connections_per_address must be above 0".into());
         }

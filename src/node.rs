@@ -97,6 +97,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
             Some(tokens)
         }
     };
+    let keys = crate::backup::keyring::load(config.archive.key_source().map_err(anyhow::Error::msg)?, stop_rx.clone())
+        .map_err(anyhow::Error::msg)?;
     let peers = Peers::new(config.limits.max_message_bytes(), config.peer_source_ip.parse().ok(), peer_tls);
     let raft =
         Raft::new(config.node_id, Arc::new(raft_config(&config)?), peers.clone(), store.log.clone(), store.machine)
@@ -111,7 +113,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let parts = Parts { log: store.log.clone(), reader: store.reader.clone(), gate: store.gate.clone() };
     let consensus =
         Arc::new(Consensus::start(config.node_id, raft.clone(), parts, peers.acks.clone(), settings, start_term));
-    let archive = Archive::open(&config.archive.url, &config.archive.connection(), &config.cluster_id)?;
+    let archive = Archive::open(&config.archive.url, &config.archive.connection(), &config.cluster_id)?.with_keys(keys);
     let (status_tx, status_rx) = watch::channel(ArchiveStatus::default());
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let snapshotter = Arc::new(Snapshotter::new(

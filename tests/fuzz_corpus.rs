@@ -176,9 +176,10 @@ mod seeds {
     use keepsake::peer::encode;
     use keepsake::proto::v1::*;
     use keepsake_archive::entry::archived;
+    use keepsake_archive::envelope;
     use keepsake_archive::proto::SnapshotManifest;
     use keepsake_archive::segment::Segment;
-    use keepsake_archive::snapshot::{encode_manifest, Chunker};
+    use keepsake_archive::snapshot::{encode_manifest, Chunker, Namer};
     use keepsake_raft::keys::{change_key, index_key, item_key};
     use keepsake_raft::store::ItemRecord;
     use keepsake_raft::types::{Entry, LogId, SnapshotMeta, Vote};
@@ -249,7 +250,7 @@ mod seeds {
         let crc = crc32c::crc32c(&segment[..content]);
         segment[content..].copy_from_slice(&crc.to_le_bytes());
         // A snapshot chunk whose body length says 80 MiB (its hash is checked only after).
-        let mut chunker = Chunker::default();
+        let mut chunker = Chunker::new(Namer::Plain);
         let mut chunk = chunker.push(TAG_ITEM, b"k", b"v");
         chunk.extend(chunker.finish());
         let mut chunk = chunk[0].encode();
@@ -268,7 +269,7 @@ mod seeds {
     pub fn all() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         let segment =
             Segment::new("seed", vec![archived(&blank(3)), archived(&entry(4)), archived(&entry(5))], [7; 32]);
-        let mut chunker = Chunker::default();
+        let mut chunker = Chunker::new(Namer::Plain);
         let mut chunks = chunker.push(TAG_ITEM, &item_key("alice", "contacts", "c1"), b"record");
         chunks.extend(chunker.finish());
         let manifest = SnapshotManifest { index: 9, term: 2, ..Default::default() };
@@ -303,7 +304,16 @@ mod seeds {
         let vote = VoteRequest::<u64> { vote: Vote::new(3, 2), last_log_id: None };
         vec![
             ("segment", vec![segment.encode(), Segment::new("seed", vec![], [0; 32]).encode()]),
-            ("archive_snapshot", vec![encode_manifest(&manifest), chunks[0].encode(), chunks[0].body.clone(), vec![]]),
+            (
+                "archive_snapshot",
+                vec![
+                    encode_manifest(&manifest),
+                    chunks[0].encode(),
+                    chunks[0].body.clone(),
+                    vec![],
+                    envelope::seal(crate::targets::fuzz_ring().active(), envelope::Kind::Chunk, &chunks[0].encode()),
+                ],
+            ),
             (
                 "raft_snapshot",
                 vec![

@@ -27,7 +27,7 @@ impl Expect {
     /// The root's history, from `archive-info.json`; with none there, the first object that
     /// names a history sets it.
     pub async fn load(archive: &Archive) -> Result<Expect, String> {
-        Ok(match info::read(archive).await? {
+        Ok(match info::read(archive).await.map_err(|e| e.to_string())? {
             Some(found) => {
                 let history = found.history().ok_or_else(|| {
                     format!("{}: history id {:?} is not 32 hex digits", info::OBJECT, found.history_id)

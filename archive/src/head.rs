@@ -13,6 +13,7 @@ use keepsake_raft::HistoryId;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::Kind;
 use crate::store::Archive;
 
 /// The object's name under the archive root.
@@ -35,8 +36,8 @@ impl Head {
     }
 }
 
-/// The object's bytes for `index` in `history`, written by a leader of `term` (tests forge
-/// heads with it).
+/// The object's bytes for `index` in `history`, written by a leader of `term`, before they are
+/// sealed (tests forge heads with it).
 pub fn encode(index: u64, history: HistoryId, term: u64) -> Vec<u8> {
     let head = Head { archived_index: index, history_id: Some(history.to_hex()), term };
     serde_json::to_vec(&head).expect("a head encodes")
@@ -57,7 +58,8 @@ async fn read_versioned(archive: &Archive) -> Result<Option<(Head, UpdateVersion
     };
     let version = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
     let bytes = got.bytes().await.map_err(|e| format!("reading {path}: {e}"))?;
-    let head = serde_json::from_slice(&bytes).map_err(|e| format!("{path} is malformed: {e}"))?;
+    let opened = archive.keys.open(Kind::Head, path.as_ref(), &bytes).map_err(|e| e.to_string())?;
+    let head = serde_json::from_slice(&opened.bytes).map_err(|e| format!("{path} is malformed: {e}"))?;
     Ok(Some((head, version)))
 }
 
@@ -110,7 +112,7 @@ impl Writer {
                     }
                 },
             };
-            let bytes = encode(index, self.history, self.term);
+            let bytes = archive.keys.seal(Kind::Head, &encode(index, self.history, self.term));
             let options = PutOptions { mode: mode.clone(), ..PutOptions::default() };
             match archive.store.put_opts(&path, bytes.clone().into(), options).await {
                 Ok(done) => {

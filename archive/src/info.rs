@@ -10,6 +10,7 @@ use keepsake_raft::HistoryId;
 use object_store::{ObjectStoreExt, PutMode, PutOptions};
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::{Kind, OpenError, Why};
 use crate::store::Archive;
 
 /// The object's name under the archive root.
@@ -44,28 +45,51 @@ pub enum Claim {
     Foreign(ArchiveInfo),
 }
 
+/// Why the root's info could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The store failed, or the object is malformed; retrying may help.
+    #[error("{0}")]
+    Store(String),
+    /// The root's encryption is not this reader's: plaintext where this reader has keys, sealed
+    /// where it has none, or with keys this reader does not hold. Retrying cannot help.
+    #[error("{0}")]
+    Keys(OpenError),
+}
+
 /// The root's info, if it has one.
-pub async fn read(archive: &Archive) -> Result<Option<ArchiveInfo>, String> {
+pub async fn read(archive: &Archive) -> Result<Option<ArchiveInfo>, ReadError> {
     let path = archive.path(OBJECT);
     let bytes = match archive.store.get(&path).await {
-        Ok(got) => got.bytes().await.map_err(|e| format!("reading {path}: {e}"))?,
+        Ok(got) => got.bytes().await.map_err(|e| ReadError::Store(format!("reading {path}: {e}")))?,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(format!("reading {path}: {e}")),
+        Err(e) => return Err(ReadError::Store(format!("reading {path}: {e}"))),
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("{path} is malformed: {e}"))
+    let opened = archive.keys.open(Kind::Info, path.as_ref(), &bytes).map_err(|mut e| {
+        if e.why == Why::Plaintext {
+            e.problem = "this archive root is not encrypted, and this reader has archive keys: an archive is \
+                         encrypted from its first object or never (a plaintext archive read with keys could be a \
+                         forged one). To encrypt a cluster's archive, give it a new, empty root \
+                         (docs/operations.md, Encrypting the archive)"
+                .to_string();
+        }
+        ReadError::Keys(e)
+    })?;
+    serde_json::from_slice(&opened.bytes).map(Some).map_err(|e| ReadError::Store(format!("{path} is malformed: {e}")))
 }
 
 /// Binds the root to `info`'s history unless another history holds it already.
-pub async fn claim(archive: &Archive, info: &ArchiveInfo) -> Result<Claim, String> {
+pub async fn claim(archive: &Archive, info: &ArchiveInfo) -> Result<Claim, ReadError> {
     let path = archive.path(OBJECT);
-    let bytes = serde_json::to_vec_pretty(info).expect("archive info encodes");
+    let bytes = archive.keys.seal(Kind::Info, &serde_json::to_vec_pretty(info).expect("archive info encodes"));
     let create = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
     match archive.store.put_opts(&path, bytes.into(), create).await {
         Ok(_) => return Ok(Claim::Ours),
         Err(object_store::Error::AlreadyExists { .. }) => {}
-        Err(e) => return Err(format!("writing {path}: {e}")),
+        Err(e) => return Err(ReadError::Store(format!("writing {path}: {e}"))),
     }
-    let found = read(archive).await?.ok_or_else(|| format!("{path} exists and then does not: retrying"))?;
+    let found =
+        read(archive).await?.ok_or_else(|| ReadError::Store(format!("{path} exists and then does not: retrying")))?;
     Ok(if found.history_id == info.history_id { Claim::Ours } else { Claim::Foreign(found) })
 }
 
@@ -85,9 +109,10 @@ pub enum Probe {
 pub async fn probe(archive: &Archive, marker: &str) -> Probe {
     let path = archive.path(&format!("probe/{marker}"));
     let create = || PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-    let first = archive.store.put_opts(&path, "probe".into(), create()).await;
+    let bytes = bytes::Bytes::from(archive.keys.seal(Kind::Probe, b"probe"));
+    let first = archive.store.put_opts(&path, bytes.clone().into(), create()).await;
     let second = match &first {
-        Ok(_) => Some(archive.store.put_opts(&path, "probe".into(), create()).await),
+        Ok(_) => Some(archive.store.put_opts(&path, bytes.into(), create()).await),
         Err(_) => None,
     };
     let _ = archive.store.delete(&path).await;

@@ -11,6 +11,7 @@ use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::Kind;
 use crate::store::Archive;
 use keepsake_raft::clock::now_us;
 
@@ -45,7 +46,7 @@ impl LeaseGuard {
 
     pub async fn renew(&self) -> Result<(), object_store::Error> {
         let lease = Lease { holder: self.holder.clone(), expires_us: now_us() + LEASE_DURATION.as_micros() as i64 };
-        let body = serde_json::to_vec(&lease).expect("a lease encodes");
+        let body = self.archive.keys.seal(Kind::Lease, &serde_json::to_vec(&lease).expect("a lease encodes"));
         self.archive.store.put(&self.path, body.into()).await.map(|_| ())
     }
 
@@ -71,7 +72,10 @@ pub async fn held(archive: &Archive) -> Result<bool, String> {
             Err(e) => return Err(format!("reading {}: {e}", o.location)),
         };
         // A lease that cannot be read holds, rather than being ignored.
-        let live = serde_json::from_slice::<Lease>(&bytes).map_or(true, |l| l.expires_us > now_us());
+        let lease = archive.keys.open(Kind::Lease, o.location.as_ref(), &bytes).ok();
+        let live = lease
+            .and_then(|opened| serde_json::from_slice::<Lease>(&opened.bytes).ok())
+            .is_none_or(|l| l.expires_us > now_us());
         if live {
             return Ok(true);
         }

@@ -3,17 +3,22 @@
 //! docs/archive-format.md).
 //!
 //! `segment` and `snapshot` are the object formats, `entry` the archived form of a Raft log
-//! entry, `head` the archive's claimed last index, `info` the history that owns the archive root, `chain` what a reader checks every object against, `store` opens the object store an archive
-//! URL names, `lease` marks an archive a restore is reading, `restore` rebuilds a node's state
-//! from the archive alone and `verify` checks every object. Writing the archive from a live cluster (archiver, snapshotter,
-//! retention) belongs to the node, in the `keepsake` crate.
+//! entry, `head` the archive's claimed last index, `info` the history that owns the archive
+//! root, `chain` what a reader checks every object against, `envelope`, `keys` and `sealing`
+//! seal every object of an encrypted archive, `store` opens the object store an archive URL
+//! names, `lease` marks an archive a restore is reading, `restore` rebuilds a node's state from
+//! the archive alone and `verify` checks every object. Writing the archive from a live cluster
+//! (archiver, snapshotter, retention) belongs to the node, in the `keepsake` crate.
 
 pub mod chain;
 pub mod entry;
+pub mod envelope;
 pub mod head;
 pub mod info;
+pub mod keys;
 pub mod lease;
 pub mod restore;
+pub mod sealing;
 pub mod segment;
 pub mod snapshot;
 pub mod store;

@@ -25,6 +25,7 @@ use openraft::{CommittedLeaderId, EntryPayload, Membership};
 
 use crate::chain::{check_link, Expect};
 use crate::entry::to_command;
+use crate::envelope::Kind;
 use crate::lease::{LeaseGuard, LEASE_DURATION};
 use crate::proto::{ArchivedEntry, SnapshotManifest};
 use crate::segment::{Link, Segment};
@@ -145,7 +146,11 @@ async fn base_candidate(
     listed_chunks: &HashSet<ChunkId>,
 ) -> Result<Result<Option<SnapshotManifest>, String>, RestoreError> {
     let bytes = archive.store.get(&object_store::path::Path::from(name)).await?.bytes().await?;
-    let m = match decode_manifest(name, &bytes) {
+    let m = match archive.keys.open(Kind::Manifest, name, &bytes) {
+        Ok(opened) => decode_manifest(name, &opened.bytes).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let m = match m {
         Ok(m) => m,
         Err(e) => return Ok(Err(format!("{name} ({e})"))),
     };
@@ -192,7 +197,10 @@ async fn load_snapshot(
             Err(e) => return Err(e.into()),
         };
         report.bytes += bytes.len() as u64;
-        let chunk = Chunk::decode(&object, &bytes, &hash).map_err(|e| RestoreError::Damaged(e.to_string()))?;
+        let opened =
+            archive.keys.open(Kind::Chunk, &object, &bytes).map_err(|e| RestoreError::Damaged(e.to_string()))?;
+        let chunk = Chunk::decode(&object, &opened.bytes, &hash, &opened.namer)
+            .map_err(|e| RestoreError::Damaged(e.to_string()))?;
         for (tag, key, value) in records(&object, &chunk.body).map_err(|e| RestoreError::Damaged(e.to_string()))? {
             loader.record(tag, key, value, &object).map_err(|e| RestoreError::Damaged(e.to_string()))?;
         }
@@ -398,7 +406,12 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
         let bytes =
             plan.archive.store.get(&object_store::path::Path::from(listed.name.as_str())).await?.bytes().await?;
         report.bytes += bytes.len() as u64;
-        let segment = Segment::decode(&listed.name, &bytes).map_err(|e| RestoreError::Archive(e.to_string()))?;
+        let opened = plan
+            .archive
+            .keys
+            .open(Kind::Segment, &listed.name, &bytes)
+            .map_err(|e| RestoreError::Archive(e.to_string()))?;
+        let segment = Segment::decode(&listed.name, &opened.bytes).map_err(|e| RestoreError::Archive(e.to_string()))?;
         expect.segment(&listed.name, &segment.header).map_err(RestoreError::Archive)?;
         if !done {
             link_holds(&listed.name, &segment, next, &before, &store)?;

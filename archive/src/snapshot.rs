@@ -107,9 +107,46 @@ pub struct Chunk {
     pub records: u32,
 }
 
+/// How chunks are named and cut: plainly (BLAKE3 of the records, boundaries from BLAKE3 of the
+/// keys) in a plaintext archive; with keyed BLAKE3 in an encrypted one, so that neither a
+/// chunk's name nor where chunks end says anything about the records to whoever lacks the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Namer {
+    Plain,
+    Keyed { names: [u8; 32], cuts: [u8; 32] },
+}
+
+impl std::fmt::Debug for Namer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Namer::Plain => "Namer::Plain",
+            Namer::Keyed { .. } => "Namer::Keyed",
+        })
+    }
+}
+
+impl Namer {
+    /// The name (content hash) of a chunk's records.
+    pub fn name(&self, body: &[u8]) -> [u8; 32] {
+        match self {
+            Namer::Plain => *blake3::hash(body).as_bytes(),
+            Namer::Keyed { names, .. } => *blake3::keyed_hash(names, body).as_bytes(),
+        }
+    }
+
+    /// Whether a chunk ends after a record with this key.
+    fn cuts_after(&self, key: &[u8]) -> bool {
+        let h = match self {
+            Namer::Plain => blake3::hash(key),
+            Namer::Keyed { cuts, .. } => blake3::keyed_hash(cuts, key),
+        };
+        u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) % BOUNDARY_MODULUS == 0
+    }
+}
+
 impl Chunk {
-    fn seal(body: Vec<u8>, records: u32) -> Chunk {
-        Chunk { hash: *blake3::hash(&body).as_bytes(), body, records }
+    fn seal(namer: &Namer, body: Vec<u8>, records: u32) -> Chunk {
+        Chunk { hash: namer.name(&body), body, records }
     }
 
     /// The object: magic, the body's length (u64 LE), the body as one zstd frame.
@@ -122,8 +159,9 @@ impl Chunk {
         out
     }
 
-    /// Decodes a chunk object and checks that its records hash to `expected`.
-    pub fn decode(object: &str, bytes: &[u8], expected: &[u8; 32]) -> Result<Chunk, SnapshotError> {
+    /// Decodes a chunk object (opened, if the archive is encrypted) and checks that its records
+    /// are named `expected` by `namer`.
+    pub fn decode(object: &str, bytes: &[u8], expected: &[u8; 32], namer: &Namer) -> Result<Chunk, SnapshotError> {
         if bytes.len() < 16 || &bytes[..8] != CHUNK_MAGIC {
             return Err(fail(object, 0, "not a Keepsake snapshot chunk (bad magic or too short)"));
         }
@@ -133,7 +171,7 @@ impl Chunk {
         }
         let body = crate::decompress_exact(&bytes[16..], len)
             .map_err(|e| fail(object, 16, format!("the zstd frame does not decompress: {e}")))?;
-        let chunk = Chunk::seal(body, 0);
+        let chunk = Chunk::seal(namer, body, 0);
         if &chunk.hash != expected {
             return Err(fail(
                 object,
@@ -176,14 +214,18 @@ pub fn records<'a>(object: &str, body: &'a [u8]) -> Result<Vec<Record<'a>>, Snap
 }
 
 /// Cuts a stream of records, in key order, into chunks at key-defined boundaries.
-#[derive(Default)]
 pub struct Chunker {
+    namer: Namer,
     body: Vec<u8>,
     records: u32,
     tag: u8,
 }
 
 impl Chunker {
+    pub fn new(namer: Namer) -> Chunker {
+        Chunker { namer, body: Vec::new(), records: 0, tag: 0 }
+    }
+
     /// Adds one record; returns the chunks it completed (none, one, or — when the record kind
     /// changes — the previous kind's last chunk, and maybe this record's).
     pub fn push(&mut self, tag: u8, key: &[u8], value: &[u8]) -> Vec<Chunk> {
@@ -198,8 +240,7 @@ impl Chunker {
         self.body.extend_from_slice(&(value.len() as u32).to_le_bytes());
         self.body.extend_from_slice(value);
         self.records += 1;
-        let h = u64::from_le_bytes(blake3::hash(key).as_bytes()[..8].try_into().expect("8 bytes"));
-        if h % BOUNDARY_MODULUS == 0 || self.body.len() >= MAX_CHUNK_BYTES {
+        if self.namer.cuts_after(key) || self.body.len() >= MAX_CHUNK_BYTES {
             done.extend(self.cut());
         }
         done
@@ -215,7 +256,7 @@ impl Chunker {
             return None;
         }
         let records = std::mem::take(&mut self.records);
-        Some(Chunk::seal(std::mem::take(&mut self.body), records))
+        Some(Chunk::seal(&self.namer, std::mem::take(&mut self.body), records))
     }
 }
 
@@ -259,7 +300,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn chunks_of(records: &[(u8, Vec<u8>, Vec<u8>)]) -> Vec<Chunk> {
-        let mut c = Chunker::default();
+        let mut c = Chunker::new(Namer::Plain);
         let mut out: Vec<Chunk> = records.iter().flat_map(|(t, k, v)| c.push(*t, k, v)).collect();
         out.extend(c.finish());
         out
@@ -307,15 +348,15 @@ mod tests {
     fn chunks_round_trip_and_damage_is_named() {
         let chunk = chunks_of(&state(100, None)).remove(0);
         let bytes = chunk.encode();
-        assert_eq!(Chunk::decode("x", &bytes, &chunk.hash).unwrap(), chunk);
+        assert_eq!(Chunk::decode("x", &bytes, &chunk.hash, &Namer::Plain).unwrap(), chunk);
         let mut bad = bytes.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(Chunk::decode("snapshots/chunks/x", &bad, &chunk.hash)
+        assert!(Chunk::decode("snapshots/chunks/x", &bad, &chunk.hash, &Namer::Plain)
             .unwrap_err()
             .to_string()
             .contains("snapshots/chunks/x"));
-        assert!(Chunk::decode("x", &bytes, &[0; 32]).unwrap_err().problem.contains("damaged"));
+        assert!(Chunk::decode("x", &bytes, &[0; 32], &Namer::Plain).unwrap_err().problem.contains("damaged"));
     }
 
     #[test]
@@ -337,7 +378,7 @@ mod tests {
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode_manifest("m", &bytes);
-            let _ = Chunk::decode("c", &bytes, &[0; 32]);
+            let _ = Chunk::decode("c", &bytes, &[0; 32], &Namer::Plain);
             let _ = records("c", &bytes);
         }
 

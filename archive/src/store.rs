@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::sealing::Keys;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -18,6 +19,8 @@ pub struct Archive {
     pub root: Path,
     /// Names the archive in messages (the URL, never credentials).
     pub url: String,
+    /// Whether its objects are sealed, and with which keys (`crate::keys`).
+    pub keys: Keys,
 }
 
 /// How to reach an S3 archive; a local directory needs none of it.
@@ -122,7 +125,12 @@ impl Archive {
         };
         let root =
             if prefix.is_empty() { Path::from(cluster_id) } else { Path::from(format!("{prefix}/{cluster_id}")) };
-        Ok(Archive { store, root, url })
+        Ok(Archive { store, root, url, keys: Keys::plaintext() })
+    }
+
+    /// The same archive, its objects sealed and opened with `keys`.
+    pub fn with_keys(self, keys: Keys) -> Archive {
+        Archive { keys, ..self }
     }
 
     /// The full path of an object under this cluster's root (e.g. `segments/…`).

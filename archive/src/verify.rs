@@ -3,18 +3,20 @@
 //! segment, manifest and the head belong to the root's history, that each segment continues
 //! from the entry before it (its link), that the segments cover every index from the first to
 //! the head with no gap (or a snapshot bridges it), that overlapping segments agree entry for
-//! entry, and every snapshot manifest and the hash of every chunk it names.
+//! entry, and every snapshot manifest and the hash of every chunk it names; and that every
+//! object is sealed with one of the archive's keys (in an encrypted archive) or none is.
 //!
 //! It reads, never writes. (Digests are proved by replaying: that is restore's job.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::TryStreamExt;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
 use crate::chain::{check_link, Expect};
+use crate::envelope::Kind;
 use crate::segment::{entry_hash, parse_object_name, Link, Segment};
-use crate::snapshot::{chunk_name, decode_manifest, parse_manifest_name, Chunk, ChunkId};
+use crate::snapshot::{chunk_name, decode_manifest, parse_chunk_name, parse_manifest_name, Chunk, ChunkId};
 use crate::store::Archive;
 
 /// One segment as listed.
@@ -99,7 +101,11 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
                 continue;
             }
         };
-        let segment = match Segment::decode(&s.name, &bytes) {
+        let segment = match archive.keys.open(Kind::Segment, &s.name, &bytes) {
+            Ok(opened) => Segment::decode(&s.name, &opened.bytes).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let segment = match segment {
             Ok(seg) => seg,
             Err(e) => {
                 report.problems.push(e.to_string());
@@ -144,7 +150,8 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
             }
         }
     }
-    let (snapshots, digests) = verify_snapshots(archive, cluster_id, &mut expect, &mut report).await?;
+    let (snapshots, digests, chunks) = verify_snapshots(archive, cluster_id, &mut expect, &mut report).await?;
+    sweep(archive, &chunks, &mut report).await?;
     // A segment that continues from a snapshot names its digest: the manifest there must agree.
     for (name, header) in &links {
         if let Link::Snapshot { index, digest, .. } = header.prev {
@@ -191,13 +198,14 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
 }
 
 /// Checks every snapshot manifest and every chunk they name (each chunk once); returns the
-/// indices of the snapshots that check out, and every decoded manifest's state digest.
+/// indices of the snapshots that check out, every decoded manifest's state digest, and the
+/// chunks read.
 async fn verify_snapshots(
     archive: &Archive,
     cluster_id: &str,
     expect: &mut Expect,
     report: &mut Report,
-) -> Result<(Vec<u64>, BTreeMap<u64, [u8; 32]>), object_store::Error> {
+) -> Result<(Vec<u64>, BTreeMap<u64, [u8; 32]>, BTreeSet<ChunkId>), object_store::Error> {
     let objects: Vec<ObjectMeta> = archive.store.list(Some(&archive.path("snapshots"))).try_collect().await?;
     let mut checked: BTreeMap<ChunkId, bool> = BTreeMap::new();
     let (mut good, mut digests) = (Vec::new(), BTreeMap::new());
@@ -206,10 +214,14 @@ async fn verify_snapshots(
         let name = o.location.to_string();
         report.bytes += o.size;
         let bytes = archive.store.get(&o.location).await?.bytes().await?;
-        let m = match decode_manifest(&name, &bytes) {
+        let m = match archive.keys.open(Kind::Manifest, &name, &bytes) {
+            Ok(opened) => decode_manifest(&name, &opened.bytes).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let m = match m {
             Ok(m) => m,
             Err(e) => {
-                report.problems.push(e.to_string());
+                report.problems.push(e);
                 continue;
             }
         };
@@ -243,7 +255,10 @@ async fn verify_snapshots(
                 Ok(got) => {
                     let bytes = got.bytes().await?;
                     report.bytes += bytes.len() as u64;
-                    match Chunk::decode(object.as_ref(), &bytes, &hash) {
+                    let chunk = archive.keys.open(Kind::Chunk, object.as_ref(), &bytes).map_err(|e| e.to_string());
+                    match chunk.and_then(|o| {
+                        Chunk::decode(object.as_ref(), &o.bytes, &hash, &o.namer).map_err(|e| e.to_string())
+                    }) {
                         Ok(_) => true,
                         Err(e) => {
                             report.problems.push(format!("{e} (named by {name})"));
@@ -265,5 +280,35 @@ async fn verify_snapshots(
         }
     }
     report.chunks = checked.len();
-    Ok((good, digests))
+    Ok((good, digests, checked.into_keys().collect()))
+}
+
+/// Reads every object of the root the checks above did not (leases, probes, chunks no manifest
+/// names, and whatever else is there) and names each one the archive's keys refuse: in an
+/// encrypted archive, every object must be sealed with one of its keys and authenticate; in a
+/// plaintext one, none may be sealed.
+async fn sweep(archive: &Archive, chunks: &BTreeSet<ChunkId>, report: &mut Report) -> Result<(), object_store::Error> {
+    let read = |name: &str| {
+        parse_object_name(name).is_some()
+            || parse_manifest_name(name).is_some()
+            || parse_chunk_name(name).is_some_and(|id| chunks.contains(&id))
+            || name == archive.path(crate::head::OBJECT).as_ref()
+            || name == archive.path(crate::info::OBJECT).as_ref()
+    };
+    let mut objects = archive.store.list(Some(&archive.root));
+    while let Some(o) = objects.try_next().await? {
+        if read(o.location.as_ref()) {
+            continue;
+        }
+        let bytes = match archive.store.get(&o.location).await {
+            Ok(got) => got.bytes().await?,
+            // A lease released, a probe finished, a chunk retention deleted, since the listing.
+            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = archive.keys.authenticate(o.location.as_ref(), &bytes) {
+            report.problems.push(e.to_string());
+        }
+    }
+    Ok(())
 }

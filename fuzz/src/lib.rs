@@ -10,8 +10,10 @@ use keepsake::proto::v1::{
     BatchRequest, ChangesRequest, DeleteRequest, ExportUserRequest, GetRequest, ListRequest, PutRequest,
 };
 use keepsake::server::validate;
+use keepsake_archive::envelope;
+use keepsake_archive::keys::KeyRing;
 use keepsake_archive::segment::Segment;
-use keepsake_archive::snapshot::{decode_manifest, encode_manifest, records, Chunk};
+use keepsake_archive::snapshot::{decode_manifest, encode_manifest, records, Chunk, Namer};
 use keepsake_raft::keys::{decode_change_revision, decode_index_key, decode_item_key, index_key, item_key};
 use keepsake_raft::store::ItemRecord;
 use keepsake_raft::{MachineMeta, TypeConfig, Write, WriteOutcome};
@@ -34,18 +36,27 @@ pub fn segment(data: &[u8]) {
     }
 }
 
-/// Archive snapshots: manifests, chunks and the records inside a chunk.
+/// Archive snapshots: manifests, chunks and the records inside a chunk; and the envelope every
+/// object of an encrypted archive is sealed in.
 pub fn archive_snapshot(data: &[u8]) {
     if let Ok(m) = decode_manifest("fuzz", data) {
         assert_eq!(decode_manifest("fuzz", &encode_manifest(&m)).expect("a decoded manifest re-encodes"), m);
     }
     // A chunk is checked against the hash in its name; the fuzzer cannot forge BLAKE3, so the
     // record parser is also fed the raw bytes, as a body that passed the hash check would be.
-    let _ = Chunk::decode("fuzz", data, &[0; 32]);
+    let _ = Chunk::decode("fuzz", data, &[0; 32], &Namer::Plain);
+    // Every object of an encrypted archive is an envelope first (the corpus holds one sealed
+    // with this ring's key, so the fuzzer reaches past the tags).
+    let _ = envelope::open(&fuzz_ring(), None, "fuzz", data);
     if let Ok(parsed) = records("fuzz", data) {
         let total: usize = parsed.iter().map(|(_, k, v)| 9 + k.len() + v.len()).sum();
         assert_eq!(total, data.len(), "the records account for every byte");
     }
+}
+
+/// The key ring the envelope is fuzzed with (its key is 32 zero bytes).
+pub fn fuzz_ring() -> KeyRing {
+    KeyRing::parse("fuzz:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "fuzz").expect("a valid ring")
 }
 
 /// Raft snapshot files, as a node reads one a leader sent it or one it finds on its disk.

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use keepsake_archive::entry::archived;
+use keepsake_archive::envelope::Kind;
 use keepsake_archive::head;
 use keepsake_archive::info::{self, ArchiveInfo, Claim, Probe};
 use keepsake_archive::proto::ArchivedEntry;
@@ -80,6 +81,16 @@ enum NotYet {
     /// A leader of a later term writes the archive: this node no longer leads, whatever its
     /// Raft state says (openraft 0.9 does not step down on a lost quorum).
     Superseded(String),
+}
+
+/// Reading the root's info: a store failure passes; keys that do not fit the root (plaintext
+/// where this node seals, sealed where it has no key, a key it lacks) are refused until the
+/// keys or the root change.
+fn not_yet(e: info::ReadError) -> NotYet {
+    match e {
+        info::ReadError::Store(e) => NotYet::Retry(e),
+        info::ReadError::Keys(e) => NotYet::Refuse(e.to_string()),
+    }
 }
 
 /// What the listing says the archive ends with.
@@ -318,7 +329,7 @@ impl Archiver {
                 info::OBJECT
             )
         };
-        let claimed = match info::read(&self.archive).await.map_err(NotYet::Retry)? {
+        let claimed = match info::read(&self.archive).await.map_err(not_yet)? {
             Some(found) if found.history() == Some(history) => true,
             Some(found) => return Err(foreign(belongs(&found))),
             // An archive from before histories had ids: this history may adopt it only if it
@@ -350,7 +361,7 @@ impl Archiver {
                 parent_history_id: parent,
                 created_at_us: now_us(),
             };
-            if let Claim::Foreign(other) = info::claim(&self.archive, &info).await.map_err(NotYet::Retry)? {
+            if let Claim::Foreign(other) = info::claim(&self.archive, &info).await.map_err(not_yet)? {
                 return Err(foreign(belongs(&other)));
             }
         }
@@ -374,6 +385,7 @@ impl Archiver {
         if let Some((_, path)) = end.segment.as_ref().filter(|(l, _)| *l == last) {
             let bytes = self.archive.store.get(path).await.map_err(|e| format!("reading {path}: {e}"))?;
             let bytes = bytes.bytes().await.map_err(|e| format!("reading {path}: {e}"))?;
+            let bytes = self.archive.keys.open(Kind::Segment, path.as_ref(), &bytes).map_err(|e| e.to_string())?.bytes;
             let segment = Segment::decode(path.as_ref(), &bytes).map_err(|e| e.to_string())?;
             let entry = segment.entries.last().ok_or_else(|| format!("{path} holds no entry"))?;
             return Ok(Link::after(entry));
@@ -381,6 +393,7 @@ impl Archiver {
         let path = self.archive.path(&manifest_name(last));
         let bytes = self.archive.store.get(&path).await.map_err(|e| format!("reading {path}: {e}"))?;
         let bytes = bytes.bytes().await.map_err(|e| format!("reading {path}: {e}"))?;
+        let bytes = self.archive.keys.open(Kind::Manifest, path.as_ref(), &bytes).map_err(|e| e.to_string())?.bytes;
         let m = decode_manifest(path.as_ref(), &bytes).map_err(|e| e.to_string())?;
         let digest = m.digest.as_slice().try_into().map_err(|_| format!("{path}: the digest is not 32 bytes"))?;
         Ok(Link::Snapshot { index: m.index, term: m.term, digest })
@@ -593,10 +606,11 @@ impl Archiver {
             None => return Upload::LeadershipLost,
         };
         let segment = Segment::new(&self.cluster_id, entries, digest).in_history(history, prev);
-        let bytes = bytes::Bytes::from(segment.encode());
+        let bytes = bytes::Bytes::from(self.archive.keys.seal(Kind::Segment, &segment.encode()));
         let path = self.archive.path(&segment.object_name());
         let same = |existing: &[u8]| {
-            let other = Segment::decode(path.as_ref(), existing).map_err(|e| e.to_string())?;
+            let existing = self.archive.keys.open(Kind::Segment, path.as_ref(), existing).map_err(|e| e.to_string())?;
+            let other = Segment::decode(path.as_ref(), &existing.bytes).map_err(|e| e.to_string())?;
             // A format 1 segment (an upgrading cluster's older leader) holds no history id.
             if other.header.history.is_some() && other.header.history != segment.header.history {
                 return Err(format!(

@@ -18,6 +18,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use futures::TryStreamExt;
+use keepsake_archive::envelope::Kind;
 use keepsake_archive::segment::parse_object_name;
 use keepsake_archive::snapshot::{decode_manifest, parse_chunk_name, parse_manifest_name, ChunkId};
 use keepsake_archive::store::Archive;
@@ -72,6 +73,7 @@ pub async fn apply(
             .await
             .map_err(|e| format!("reading {name}: {e}"))?;
         // A damaged manifest stops retention: it cannot tell what the snapshot needs.
+        let bytes = archive.keys.open(Kind::Manifest, &name, &bytes).map_err(|e| e.to_string())?.bytes;
         let m = decode_manifest(&name, &bytes).map_err(|e| e.to_string())?;
         let chunks: Vec<ChunkId> = m.chunks.iter().filter_map(ChunkId::of).collect();
         manifests.push((index, m.last_write_us, chunks, o.location.clone()));

@@ -11,6 +11,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
+use keepsake_archive::envelope::Kind;
+use keepsake_archive::sealing::Sealer;
 use keepsake_archive::snapshot::{chunk_name, Chunk, ChunkId, Chunker};
 use keepsake_archive::store::{put, Archive};
 use object_store::ObjectStoreExt;
@@ -72,8 +74,13 @@ pub async fn check(
         };
         report.chunks += 1;
         report.bytes += bytes.len() as u64;
-        if Chunk::decode(path.as_ref(), &bytes, &id.hash).is_err() {
-            tracing::error!(chunk = %path, "scrub: the chunk does not match its hash");
+        let fine = archive
+            .keys
+            .open(Kind::Chunk, path.as_ref(), &bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|o| Chunk::decode(path.as_ref(), &o.bytes, &id.hash, &o.namer).map_err(|e| e.to_string()));
+        if let Err(e) = fine {
+            tracing::error!(chunk = %path, "scrub: the chunk does not match its hash or does not open: {e}");
             bad.push(*id);
         }
     }
@@ -84,13 +91,43 @@ pub async fn check(
 }
 
 /// Rewrites each damaged chunk from the node's current Raft snapshot file, where a chunk of it
-/// has the same hash; the rest are reported as damaged.
+/// has the same name under one of the archive's keys (the one that named it, then seals it
+/// again); the rest are reported as damaged.
 async fn repair(archive: &Archive, bad: &[ChunkId], state: &Path, report: &mut Report) -> Result<(), String> {
-    let wanted: HashSet<[u8; 32]> = bad.iter().map(|id| id.hash).collect();
+    let mut rebuilt: HashMap<[u8; 32], (Chunk, Sealer)> = HashMap::new();
+    for sealer in archive.keys.sealers() {
+        let wanted: HashSet<[u8; 32]> = bad.iter().map(|id| id.hash).filter(|h| !rebuilt.contains_key(h)).collect();
+        if wanted.is_empty() {
+            break;
+        }
+        let found = rebuild(state, wanted, &sealer).await?;
+        rebuilt.extend(found.into_iter().map(|(hash, chunk)| (hash, (chunk, sealer.clone()))));
+    }
+    for id in bad {
+        match rebuilt.get(&id.hash) {
+            Some((chunk, sealer)) => {
+                // Content-addressed: the only records with this name are these.
+                let path = archive.path(&chunk_name(id));
+                put(archive.store.as_ref(), &path, sealer.seal(Kind::Chunk, &chunk.encode()).into())
+                    .await
+                    .map_err(|e| format!("rewriting {path}: {e}"))?;
+                tracing::warn!(chunk = %path, "scrub: rewrote a damaged chunk from this node's state");
+                report.repaired.push(*id);
+            }
+            None => report.damaged.push(*id),
+        }
+    }
+    Ok(())
+}
+
+/// The chunks of the node's current Raft snapshot file that `sealer`'s namer names as one of
+/// `wanted`.
+async fn rebuild(state: &Path, wanted: HashSet<[u8; 32]>, sealer: &Sealer) -> Result<HashMap<[u8; 32], Chunk>, String> {
     let path = keepsake_raft::current_snapshot_path(state);
-    let rebuilt: HashMap<[u8; 32], Chunk> = tokio::task::spawn_blocking(move || {
+    let namer = sealer.namer();
+    tokio::task::spawn_blocking(move || {
         let mut found = HashMap::new();
-        let mut chunker = Chunker::default();
+        let mut chunker = Chunker::new(namer);
         let mut keep = |chunk: Chunk| {
             if wanted.contains(&chunk.hash) {
                 found.insert(chunk.hash, chunk);
@@ -107,20 +144,5 @@ async fn repair(archive: &Archive, bad: &[ChunkId], state: &Path, report: &mut R
         Ok::<_, String>(found)
     })
     .await
-    .map_err(|e| format!("rebuilding chunks: {e}"))??;
-    for id in bad {
-        match rebuilt.get(&id.hash) {
-            Some(chunk) => {
-                // Content-addressed: the only bytes with this name are these.
-                let path = archive.path(&chunk_name(id));
-                put(archive.store.as_ref(), &path, chunk.encode().into())
-                    .await
-                    .map_err(|e| format!("rewriting {path}: {e}"))?;
-                tracing::warn!(chunk = %path, "scrub: rewrote a damaged chunk from this node's state");
-                report.repaired.push(*id);
-            }
-            None => report.damaged.push(*id),
-        }
-    }
-    Ok(())
+    .map_err(|e| format!("rebuilding chunks: {e}"))?
 }

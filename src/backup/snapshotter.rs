@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
+use keepsake_archive::envelope::Kind;
 use keepsake_archive::proto::{ChunkRef, ResyncRange, SnapshotManifest};
 use keepsake_archive::snapshot::{
     chunk_name, chunks_missing, decode_manifest, encode_manifest, manifest_name, parse_chunk_name, parse_manifest_name,
@@ -351,8 +352,11 @@ impl Snapshotter {
                 // a deposed one's) stays if it states the same snapshot; one from another history
                 // is never replaced.
                 let path = self.archive.path(&name);
-                put_new(self.archive.store.as_ref(), &path, encode_manifest(&manifest).into(), |existing| {
-                    let other = decode_manifest(path.as_ref(), existing).map_err(|e| e.to_string())?;
+                let bytes = self.archive.keys.seal(Kind::Manifest, &encode_manifest(&manifest));
+                put_new(self.archive.store.as_ref(), &path, bytes.into(), |existing| {
+                    let existing =
+                        self.archive.keys.open(Kind::Manifest, path.as_ref(), existing).map_err(|e| e.to_string())?;
+                    let other = decode_manifest(path.as_ref(), &existing.bytes).map_err(|e| e.to_string())?;
                     // A manifest from before history ids names none.
                     let history = other.history_id.is_empty() || other.history_id == manifest.history_id;
                     let same = history
@@ -418,8 +422,11 @@ impl Snapshotter {
     async fn upload_chunks(&self, known: &mut Known) -> Result<(SnapshotManifest, Uploaded), String> {
         let path = keepsake_raft::current_snapshot_path(&self.data_dir);
         let (tx, mut rx) = mpsc::channel(2);
+        // One key names and seals every chunk of this snapshot, even if the ring rotates meanwhile.
+        let sealer = self.archive.keys.sealer();
+        let namer = sealer.namer();
         let reading = tokio::task::spawn_blocking(move || {
-            let mut chunker = Chunker::default();
+            let mut chunker = Chunker::new(namer);
             let header = keepsake_raft::read_snapshot_records(&path, |tag, key, value| {
                 for chunk in chunker.push(tag, key, value) {
                     tx.blocking_send(chunk)
@@ -465,13 +472,14 @@ impl Snapshotter {
             }
             let from = known.by_hash.get(&chunk.hash).map(|from| self.archive.path(&chunk_name(from)));
             let (store, to) = (self.archive.store.clone(), self.archive.path(&chunk_name(&id)));
+            let sealer = sealer.clone();
             writes.push(async move {
                 if let Some(from) = from {
                     if store.copy(&from, &to).await.is_ok() {
                         return Ok((id, None));
                     }
                 }
-                let bytes = bytes::Bytes::from(chunk.encode());
+                let bytes = bytes::Bytes::from(sealer.seal(Kind::Chunk, &chunk.encode()));
                 let size = bytes.len() as u64;
                 put(store.as_ref(), &to, bytes).await.map_err(|e| format!("uploading {to}: {e}"))?;
                 Ok((id, Some(size)))

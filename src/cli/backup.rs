@@ -1,6 +1,8 @@
 //! Backup commands for SREs: how far behind the archive is.
 
 use clap::{Args, Subcommand};
+use keepsake_archive::keys::KeySource;
+use keepsake_archive::sealing::Keys;
 use keepsake_archive::store::{Archive, Connection};
 use serde_json::json;
 
@@ -41,6 +43,15 @@ pub struct ArchiveArgs {
     pub endpoint: String,
     #[arg(long, env = "AWS_REGION", default_value = "")]
     pub region: String,
+    /// An encrypted archive's key ring, from this file…
+    #[arg(long, env = "KEEPSAKE_ARCHIVE_KEY_FILE", default_value = "")]
+    pub key_file: String,
+    /// …from this environment variable…
+    #[arg(long, default_value = "")]
+    pub key_env: String,
+    /// …or from what this command prints (as archive.key_command).
+    #[arg(long, env = "KEEPSAKE_ARCHIVE_KEY_COMMAND", default_value = "")]
+    pub key_command: String,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -54,7 +65,15 @@ impl ArchiveArgs {
     pub fn open_as(&self, url: Option<&str>, cluster_id: &str) -> Result<Archive, Failure> {
         let connection =
             Connection { endpoint: self.endpoint.clone(), region: self.region.clone(), ..Connection::default() };
-        Archive::open(url.unwrap_or(&self.archive), &connection, cluster_id).map_err(|e| Failure::usage(e.to_string()))
+        let archive = Archive::open(url.unwrap_or(&self.archive), &connection, cluster_id)
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        let source =
+            KeySource::from_settings(&self.key_file, &self.key_env, &self.key_command).map_err(Failure::usage)?;
+        let keys = match source {
+            None => Keys::plaintext(),
+            Some(source) => Keys::sealed(source.load().map_err(Failure::usage)?),
+        };
+        Ok(archive.with_keys(keys))
     }
 }
 
