@@ -53,6 +53,8 @@ pub fn keepsake_cli_crashing_at<S: AsRef<std::ffi::OsStr>>(
         .env_remove("KEEPSAKE_CA")
         .env_remove("KEEPSAKE_CERT")
         .env_remove("KEEPSAKE_KEY")
+        .env_remove("KEEPSAKE_ARCHIVE_KEY_FILE")
+        .env_remove("KEEPSAKE_ARCHIVE_KEY_COMMAND")
         .stdin(Stdio::null());
     if let Some(point) = crash_at {
         cmd.env("KEEPSAKE_CRASH_AT", point);

@@ -74,6 +74,8 @@ pub struct ClusterBuilder {
     own_certs: bool,
     /// `auth.tokens_file` of every node.
     tokens_file: Option<PathBuf>,
+    /// `archive.key_file` of every node: the archive is encrypted.
+    key_file: Option<PathBuf>,
 }
 
 impl ClusterBuilder {
@@ -169,6 +171,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Every node seals the archive with the key ring in `file` (`archive.key_file`); the test's
+    /// own readers (`Cluster::open_archive`, `archive_args`) use it too.
+    pub fn archive_key_file(mut self, file: &Path) -> Self {
+        self.key_file = Some(file.to_path_buf());
+        self.archive_option("key_file", &toml_string(&file.display().to_string()))
+    }
+
     /// Nodes start with no initial members: the cluster already exists in a seeded data dir.
     pub fn no_bootstrap(mut self) -> Self {
         self.bootstrap = false;
@@ -257,7 +266,15 @@ impl ClusterBuilder {
                 dir,
             });
         }
-        Cluster { nodes, archive, archive_url, archive_endpoint, cluster_id: self.cluster_id.clone(), mounts }
+        Cluster {
+            nodes,
+            archive,
+            archive_url,
+            archive_endpoint,
+            cluster_id: self.cluster_id.clone(),
+            mounts,
+            key_file: self.key_file.clone(),
+        }
     }
 }
 
@@ -272,6 +289,8 @@ pub struct Cluster {
     archive_endpoint: String,
     /// tmpfs data directories to unmount on drop.
     mounts: Vec<PathBuf>,
+    /// The archive's key ring, when it is encrypted.
+    key_file: Option<PathBuf>,
 }
 
 struct NodeProc {
@@ -359,6 +378,7 @@ impl Cluster {
             clock_offsets: Vec::new(),
             own_certs: false,
             tokens_file: None,
+            key_file: None,
         }
     }
 
@@ -421,7 +441,15 @@ impl Cluster {
             request_timeout: Duration::from_secs(30),
             ..Default::default()
         };
-        keepsake_archive::store::Archive::open(url, &connection, &self.cluster_id).expect("open the archive")
+        let archive =
+            keepsake_archive::store::Archive::open(url, &connection, &self.cluster_id).expect("open the archive");
+        match &self.key_file {
+            None => archive,
+            Some(file) => {
+                let ring = keepsake_archive::keys::KeySource::File(file.clone()).load().expect("the test's key ring");
+                archive.with_keys(keepsake_archive::sealing::Keys::sealed(ring))
+            }
+        }
     }
 
     /// The archive's segment objects, sorted by first index, read through object_store.
@@ -450,11 +478,14 @@ impl Cluster {
         store.delete(&object_store::path::Path::from(name)).await.expect("delete an archive object");
     }
 
-    /// `--archive URL [--endpoint E]`, as the CLI's archive commands take them.
+    /// `--archive URL [--endpoint E] [--key-file F]`, as the CLI's archive commands take them.
     pub fn archive_args(&self) -> Vec<String> {
         let mut args = vec!["--archive".to_owned(), self.archive_url.clone()];
         if !self.archive_endpoint.is_empty() {
             args.extend(["--endpoint".to_owned(), self.archive_endpoint.clone()]);
+        }
+        if let Some(file) = &self.key_file {
+            args.extend(["--key-file".to_owned(), file.display().to_string()]);
         }
         args
     }

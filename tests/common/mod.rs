@@ -1,14 +1,16 @@
 //! The integration-test harness, shared by tests/integration and tests/fault: a `Cluster` of
 //! real `keepsake serve` processes (`cluster`), their ports (`ports`), the `keepsake` command
 //! line (`cli`), gRPC helpers bounded in time (`rpc`), plain HTTP (`http`), the test CA and
-//! certificates (`tls`), signals and locks (`os`) and an S3-compatible server (`s3`). Every call made here carries a gRPC deadline and
-//! a local timeout, so a broken cluster fails the test instead of hanging it.
+//! certificates (`tls`), archive key rings (`keys`), signals and locks (`os`) and an
+//! S3-compatible server (`s3`). Every call made here carries a gRPC deadline and a local
+//! timeout, so a broken cluster fails the test instead of hanging it.
 
 #![allow(dead_code)]
 
 mod cli;
 mod cluster;
 mod http;
+mod keys;
 mod os;
 mod ports;
 mod rpc;
@@ -28,6 +30,8 @@ pub use cli::{
 pub use cluster::{peer_source_ip, Cluster, ClusterBuilder};
 #[allow(unused_imports)]
 pub use http::{http_request, metric};
+#[allow(unused_imports)]
+pub use keys::{key_entry, write_key_file};
 #[allow(unused_imports)]
 pub use rpc::{
     bounded, bounded_for, check_items, connect, delete, eventually, get, get_with, item_id, key, list_all, put, put_if,

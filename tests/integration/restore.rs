@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keepsake::proto::v1::*;
+use keepsake_archive::envelope::Kind;
 use keepsake_archive::segment::Segment;
 
 use crate::common::*;
@@ -23,7 +24,47 @@ async fn last_segment(cluster: &Cluster) -> Segment {
     let newest = listed.iter().max_by_key(|s| s.last).expect("at least one segment");
     let path = object_store::path::Path::from(newest.name.as_str());
     let bytes = archive.store.get(&path).await.expect("get").bytes().await.expect("read the segment");
-    Segment::decode(&newest.name, &bytes).expect("the newest segment decodes")
+    let opened = archive.keys.open(Kind::Segment, &newest.name, &bytes).expect("the newest segment opens");
+    Segment::decode(&newest.name, &opened.bytes).expect("the newest segment decodes")
+}
+
+/// What anyone holding `bytes` can read without a key: the bytes, and every zstd frame found
+/// in them, decompressed (a plaintext archive's values are compressed, not hidden).
+fn readable_forms(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![bytes.to_vec()];
+    for at in 0..bytes.len().saturating_sub(4) {
+        if bytes[at..at + 4] == [0x28, 0xb5, 0x2f, 0xfd] {
+            let mut frame = Vec::new();
+            let decoder = zstd::stream::read::Decoder::new(&bytes[at..]).map(|d| d.single_frame());
+            if decoder.and_then(|mut d| std::io::Read::read_to_end(&mut d, &mut frame)).is_ok() {
+                out.push(frame);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_plaintext_segment_shows_its_values_to_readable_forms() {
+    let entry = keepsake_archive::proto::ArchivedEntry { index: 1, term: 1, ..Default::default() };
+    let mut plain = Segment::new("c", vec![entry], [0; 32]).encode();
+    assert!(readable_forms(&plain).len() > 1, "the segment's zstd frame is found and read");
+    plain.extend_from_slice(&zstd::bulk::compress(b"contact w0-1 and contact w0-2", 3).unwrap());
+    assert!(readable_forms(&plain).iter().any(|r| r.windows(8).any(|w| w == b"contact ")));
+}
+
+/// Every object under `prefix` in the bucket: (name, bytes).
+async fn every_object(s3: &S3Server, prefix: &str, cluster: &Cluster) -> Vec<(String, Vec<u8>)> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let archive = cluster.open_archive_at(&s3.url(prefix));
+    let listed: Vec<_> = archive.store.list(Some(&archive.root)).try_collect().await.expect("list the bucket");
+    let mut out = Vec::new();
+    for o in listed {
+        let bytes = archive.store.get(&o.location).await.expect("get").bytes().await.expect("read an object");
+        out.push((o.location.to_string(), bytes.to_vec()));
+    }
+    out
 }
 
 #[derive(Clone, Debug)]
@@ -35,8 +76,27 @@ struct Acked {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sidekick_losing_every_node_and_disk_loses_no_archived_write() {
+    sidekick(None).await;
+}
+
+/// The Sidekick test with the archive encrypted: it passes the same, and no value written
+/// appears in any object of the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sidekick_with_an_encrypted_archive_loses_nothing_and_the_bucket_holds_no_value() {
+    let keys = tempfile::tempdir().expect("a directory for the key file");
+    let ring = format!("{} {}:active", key_entry("sidekick-2026-11"), key_entry("sidekick-2026-12"));
+    sidekick(Some(&write_key_file(&keys.path().join("archive.keys"), &ring))).await;
+}
+
+/// Every node and every disk lost at once, mid-write; the archive (sealed with the ring in
+/// `key_file`, if given) restores every acknowledged ARCHIVED write.
+async fn sidekick(key_file: Option<&std::path::Path>) {
     let s3 = S3Server::start();
-    let old = Cluster::builder().archive_s3(&s3, "sidekick").start().await;
+    let builder = |b: ClusterBuilder| match key_file {
+        Some(file) => b.archive_key_file(file),
+        None => b,
+    };
+    let old = builder(Cluster::builder().archive_s3(&s3, "sidekick")).start().await;
     old.wait_for_leader(LEADER_TIMEOUT).await;
     let acked: Arc<Mutex<BTreeMap<String, Acked>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -66,7 +126,11 @@ async fn sidekick_losing_every_node_and_disk_loses_no_archived_write() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // An archive snapshot mid-write, so the restore starts from chunks and replays segments.
+    let (code, text) = cluster_cli(&old, &["backup", "snapshot", "--timeout", "60s"]);
+    assert_eq!(code, 0, "backup snapshot: {text}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
     // The disaster: every node dies at once, mid-write, and every disk is lost.
     for id in old.ids() {
         old.kill(id);
@@ -80,10 +144,24 @@ async fn sidekick_losing_every_node_and_disk_loses_no_archived_write() {
     }
     let archived_head = last_segment(&old).await;
 
-    let new = Cluster::builder().cluster_id("sidekick-restored").archive_s3(&s3, "sidekick").no_bootstrap().prepare();
+    if key_file.is_some() {
+        let objects = every_object(&s3, "sidekick", &old).await;
+        assert!(objects.iter().any(|(name, _)| name.contains("/chunks/")), "the archive holds snapshot chunks");
+        for (name, bytes) in &objects {
+            for readable in readable_forms(bytes) {
+                assert!(!readable.windows(8).any(|w| w == b"contact "), "{name} holds a value in the clear");
+            }
+            assert!(bytes.starts_with(keepsake_archive::envelope::MAGIC), "{name} is not sealed");
+        }
+    }
+
+    let new = builder(Cluster::builder().cluster_id("sidekick-restored").archive_s3(&s3, "sidekick"))
+        .no_bootstrap()
+        .prepare();
     let (code, text) = restore_cli(&old, &new, &[]);
     assert_eq!(code, 0, "restore succeeds: {text}");
     println!("{text}");
+    assert!(text.contains("started from the snapshot at index") && !text.contains("passed over"), "{text}");
     new.launch(3).await;
     let leader = new.wait_for_leader(LEADER_TIMEOUT).await;
 
