@@ -45,6 +45,10 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
 /// Runs a node until `shutdown` resolves, then stops it cleanly.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate()?;
+    // Before anything is written: a node whose archive keys are configured but unavailable
+    // does not start.
+    let key_source = config.archive.key_source().map_err(anyhow::Error::msg)?;
+    let keys = crate::backup::keyring::load(key_source.as_ref()).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     bind_cluster_id(&config)?;
@@ -97,8 +101,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
             Some(tokens)
         }
     };
-    let keys = crate::backup::keyring::load(config.archive.key_source().map_err(anyhow::Error::msg)?, stop_rx.clone())
-        .map_err(anyhow::Error::msg)?;
+    crate::backup::keyring::follow(key_source, &keys, stop_rx.clone());
     let peers = Peers::new(config.limits.max_message_bytes(), config.peer_source_ip.parse().ok(), peer_tls);
     let raft =
         Raft::new(config.node_id, Arc::new(raft_config(&config)?), peers.clone(), store.log.clone(), store.machine)

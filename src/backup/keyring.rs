@@ -17,9 +17,9 @@ use crate::tls::material::file_stamp;
 /// How often the key file is looked at for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
-/// The archive's keys as `source` gives them now (None: a plaintext archive), and, for a key
-/// file, a task that keeps them current until `stop`.
-pub fn load(source: Option<KeySource>, stop: watch::Receiver<bool>) -> Result<Keys, String> {
+/// The archive's keys as `source` gives them now (None: a plaintext archive, said at every
+/// start).
+pub fn load(source: Option<&KeySource>) -> Result<Keys, String> {
     let Some(source) = source else {
         tracing::warn!(
             "the archive is not encrypted: whoever can read the bucket can read every user's data; set \
@@ -30,15 +30,18 @@ pub fn load(source: Option<KeySource>, stop: watch::Receiver<bool>) -> Result<Ke
     let ring =
         source.load().map_err(|e| format!("archive encryption is configured but its keys are unavailable: {e}"))?;
     tracing::info!(from = %source, active = ring.active().id(), keys = ?ring.ids(), "archive objects are sealed");
-    let keys = Keys::sealed(ring);
-    if let Some(path) = source.file().map(ToOwned::to_owned) {
-        tokio::spawn(follow(source, path, keys.clone(), stop));
+    Ok(Keys::sealed(ring))
+}
+
+/// For a key file, a task that keeps `keys` current with it until `stop`.
+pub fn follow(source: Option<KeySource>, keys: &Keys, stop: watch::Receiver<bool>) {
+    if let Some(path) = source.as_ref().and_then(KeySource::file).map(ToOwned::to_owned) {
+        tokio::spawn(reread(source.expect("a key file is a source"), path, keys.clone(), stop));
     }
-    Ok(keys)
 }
 
 /// Re-reads the key file whenever it changes.
-async fn follow(source: KeySource, path: std::path::PathBuf, keys: Keys, mut stop: watch::Receiver<bool>) {
+async fn reread(source: KeySource, path: std::path::PathBuf, keys: Keys, mut stop: watch::Receiver<bool>) {
     let mut adopted = file_stamp(&path);
     loop {
         tokio::select! {

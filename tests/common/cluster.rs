@@ -794,6 +794,14 @@ impl Cluster {
         std::fs::write(path, config).expect("write node.toml");
     }
 
+    /// Adds `key = value` to a stopped node's `[archive]` table (for the next `restart`).
+    pub fn add_archive_option(&self, id: u64, key: &str, value: &str) {
+        let path = &self.node(id).config_path;
+        let config = std::fs::read_to_string(path).expect("read node.toml");
+        let config = config.replacen("\n[archive]\n", &format!("\n[archive]\n{key} = {value}\n"), 1);
+        std::fs::write(path, config).expect("write node.toml");
+    }
+
     /// Starts a killed or stopped node again: same config, data dir and ports. Does not wait.
     pub fn restart(&self, id: u64) {
         self.restart_with(id, None);

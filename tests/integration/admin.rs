@@ -164,6 +164,38 @@ fn serve_refuses_to_start_without_tls_unless_plaintext_is_chosen() {
     assert!(!wrote, "nothing is written before the refusal");
 }
 
+#[test]
+fn serve_refuses_to_start_when_its_archive_keys_are_unavailable() {
+    use std::os::unix::fs::PermissionsExt;
+    let config = |dir: &std::path::Path, keys: &str| {
+        let archive = dir.join("archive").display().to_string();
+        format!("node_id = 1\n[tls]\ninsecure = true\n[archive]\nurl = {archive:?}\n{keys}\n")
+    };
+    let (code, err, wrote) = serve_once(|dir| config(dir, &format!("key_file = {:?}", dir.join("absent.keys"))));
+    assert_ne!(code, Some(0), "serve without its key file must not run: {err}");
+    assert!(err.contains("keys are unavailable") && err.contains("absent.keys"), "the error names the file: {err}");
+    assert!(!wrote, "nothing is written before the refusal");
+
+    let (code, err, wrote) = serve_once(|dir| {
+        let path = dir.join("open.keys");
+        std::fs::write(&path, key_entry("k1")).expect("write a key file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        config(dir, &format!("key_file = {path:?}"))
+    });
+    assert_ne!(code, Some(0), "serve with a key file anyone can read must not run: {err}");
+    assert!(err.contains("chmod 600"), "the error says what to do: {err}");
+    assert!(!wrote);
+
+    let (code, err, wrote) = serve_once(|dir| config(dir, "key_env = \"KEEPSAKE_TEST_NO_SUCH_VARIABLE\""));
+    assert_ne!(code, Some(0), "serve without its key variable must not run: {err}");
+    assert!(err.contains("KEEPSAKE_TEST_NO_SUCH_VARIABLE"), "{err}");
+    assert!(!wrote);
+
+    let (code, err, _) = serve_once(|dir| config(dir, "key_env = \"A\"\nkey_command = \"echo\""));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("one way only"), "{err}");
+}
+
 /// Runs the `keepsake` binary against the cluster; returns (exit code, stdout, stderr).
 fn keepsake(cluster: &Cluster, args: &[&str]) -> (i32, String, String) {
     let endpoints = cluster.endpoints();

@@ -6,6 +6,7 @@
 //! - `bench`: `keepsake bench` drives every workload, writes what it reports, stops its own cluster.
 //! - `cluster`: replication, failover, catch-up, restarts, compare-and-set, changes, exports, batches.
 //! - `crash`: crash points (`failpoints`): killed mid install, upload, restore or membership change.
+//! - `encryption`: the encrypted archive: wrong keys, forgeries and plaintext refused, rotation.
 //! - `history`: one history per archive root; splices, skipped entries and forged heads are named.
 //! - `hostile`: bytes that are not protobuf, oversized messages, idle connections, follow streams.
 //! - `measure`: run by hand only (ignored): archive lag under load and restore speed.
@@ -25,6 +26,7 @@ mod backup;
 mod bench;
 mod cluster;
 mod crash;
+mod encryption;
 mod history;
 mod hostile;
 mod measure;
