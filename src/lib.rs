@@ -8,6 +8,7 @@
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod limits;
 pub mod node;
 pub mod peer;

@@ -12,7 +12,7 @@ use keepsake_archive::keys::KeySource;
 use keepsake_archive::sealing::Keys;
 use tokio::sync::watch;
 
-use crate::tls::material::file_stamp;
+use crate::files::file_stamp;
 
 /// How often the key file is looked at for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);

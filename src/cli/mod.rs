@@ -4,6 +4,7 @@
 //! Exit codes: 0 ok, 1 other error, 2 bad usage, 3 not found, 4 precondition failed,
 //! 5 unavailable (no leader, no quorum, no node reachable), 6 deadline exceeded.
 
+mod archive_key;
 mod backup;
 mod bench;
 mod cert;
@@ -68,6 +69,9 @@ enum Command {
     /// Bearer tokens for clients without a certificate.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// The key ring that encrypts the archive: add a key, choose the one that seals.
+    #[command(subcommand)]
+    ArchiveKey(archive_key::ArchiveKeyCommand),
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +162,7 @@ pub fn main() -> ExitCode {
             Command::Bench(a) => bench::run(a).await,
             Command::Cert(cmd) => cert::run(cmd).await,
             Command::Token(cmd) => token::run(cmd).await,
+            Command::ArchiveKey(cmd) => archive_key::run(cmd).await,
         }
     });
     match result {

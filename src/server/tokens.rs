@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::{file_stamp, replace_secret_file};
 use crate::tls::identity::{Identity, Role};
-use crate::tls::material::file_stamp;
 
 /// How often, at most, the file is looked at for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -162,13 +162,9 @@ impl Tokens {
 /// file keeps its owner, and is replaced only if nobody changed it meanwhile.
 pub fn create(path: &Path, name: &str, role: Role, tenants: Vec<String>) -> Result<String, String> {
     let before = file_stamp(path);
-    let (mut file, owner): (TokenFile, _) = match std::fs::read_to_string(path) {
-        Ok(text) => {
-            use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            (toml::from_str(&text).map_err(|e| toml_error(path, &e))?, Some((meta.uid(), meta.gid())))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (TokenFile::default(), None),
+    let mut file: TokenFile = match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| toml_error(path, &e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokenFile::default(),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     if file.tokens.iter().any(|t| t.name == name) {
@@ -179,32 +175,7 @@ pub fn create(path: &Path, name: &str, role: Role, tenants: Vec<String>) -> Resu
     identity(&entry)?;
     file.tokens.push(entry);
     let text = toml::to_string(&file).map_err(|e| e.to_string())?;
-    // Staged beside it under a name of its own, then renamed over: a node reading meanwhile
-    // sees the old file or the new one.
-    let base = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let staged = path.with_file_name(format!(".{base}.{}.{}.new", std::process::id(), generate()));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staged)?;
-        out.write_all(text.as_bytes())?;
-        out.sync_all()?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&staged, Some(uid), Some(gid))?;
-        }
-        Ok(())
-    };
-    let written = write().map_err(|e| format!("{}: {e}", staged.display()));
-    if written.is_ok() && file_stamp(path) != before {
-        let _ = std::fs::remove_file(&staged);
-        return Err(format!("{} changed while the token was added: run the command again", path.display()));
-    }
-    if let Err(e) =
-        written.and_then(|()| std::fs::rename(&staged, path).map_err(|e| format!("{}: {e}", path.display())))
-    {
-        let _ = std::fs::remove_file(&staged);
-        return Err(e);
-    }
+    replace_secret_file(path, &text, before)?;
     Ok(token)
 }
 

@@ -7,7 +7,6 @@
 //! Invariant: only material that checked out is ever published; files that do not are retried
 //! every second (a rotation caught half-written settles), and said once per distinct problem.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 
 use super::identity::Identity;
+use crate::files::{file_stamp, FileStamp};
 
 /// How often the files are looked at.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -106,17 +106,6 @@ impl Material {
             .map_err(|e| format!("{} and {} are not a pair: {e}", files.cert.display(), files.key.display()))?;
         Ok(Material { generation: 0, ca_pem, cert_pem, key_pem, roots, certs, key })
     }
-}
-
-/// One file as seen from outside: device, inode, size, and modification and change times.
-pub(crate) type FileStamp = (u64, u64, u64, i64, i64, i64, i64);
-
-/// How `path` looks from outside (None: it cannot be seen): any change to the file, a rename
-/// over it included, changes it.
-pub(crate) fn file_stamp(path: &Path) -> Option<FileStamp> {
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
 }
 
 /// What the files look like from outside: a change to any of them changes it.

@@ -240,3 +240,37 @@ async fn a_node_given_keys_refuses_to_archive_into_a_plaintext_root() {
         assert!(!envelope::is_sealed(&cluster.archive_object(&s.name).await), "{} was sealed into the root", s.name);
     }
 }
+
+#[test]
+fn archive_key_commands_add_and_activate_keys_and_never_print_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = Keys::new();
+    let file = keys.dir.path().join("archive.keys");
+    let file_arg = file.display().to_string();
+    let printed = std::cell::RefCell::new(String::new());
+    let cli = |args: &[&str]| {
+        let (code, text) = keepsake_cli(&[&["archive-key"][..], args, &["--file", &file_arg]].concat());
+        printed.borrow_mut().push_str(&text);
+        (code, text)
+    };
+    let (code, text) = cli(&["create", "--id", "2026-12"]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = cli(&["create", "--id", "2027-01"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("\"2026-12\" seals new objects"), "a later key waits to be activated: {text}");
+    let (code, text) = cli(&["create", "--id", "2027-01"]);
+    assert_ne!(code, 0, "an id is there once: {text}");
+    let (code, text) = cli(&["activate", "--id", "2027-01"]);
+    assert_eq!(code, 0, "{text}");
+    let ring = keepsake_archive::keys::KeySource::File(file.clone()).load().expect("the file loads");
+    assert_eq!((ring.active().id(), ring.ids().len()), ("2027-01", 2));
+    let mode = std::fs::metadata(&file).expect("the file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the key file is its owner's alone");
+    let written = std::fs::read_to_string(&file).expect("the file");
+    for secret in written.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(':').nth(1)) {
+        assert!(!printed.borrow().contains(secret), "a key was printed");
+    }
+    let (code, text) = cli(&["activate", "--id", "2028-01"]);
+    assert_ne!(code, 0);
+    assert!(text.contains("holds no key \"2028-01\""), "{text}");
+}
