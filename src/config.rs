@@ -134,8 +134,9 @@ pub struct ArchiveConfig {
     /// …or from this environment variable…
     pub key_env: String,
     /// …or from what this command prints (`sh -c`; for a KMS). None of the three: the archive
-    /// is plaintext, and the node says so at every start.
-    pub key_command: String,
+    /// is plaintext, and the node says so at every start. Redacted when printed: a command
+    /// may carry a credential.
+    pub key_command: Secret,
 }
 
 impl Default for ArchiveConfig {
@@ -160,7 +161,7 @@ impl Default for ArchiveConfig {
             keep_whole_snapshots: 2,
             key_file: String::new(),
             key_env: String::new(),
-            key_command: String::new(),
+            key_command: Secret::default(),
         }
     }
 }
@@ -201,7 +202,7 @@ impl ArchiveConfig {
 
     /// Where the archive's key ring comes from (None: the archive is plaintext).
     pub fn key_source(&self) -> Result<Option<keepsake_archive::keys::KeySource>, String> {
-        keepsake_archive::keys::KeySource::from_settings(&self.key_file, &self.key_env, &self.key_command)
+        keepsake_archive::keys::KeySource::from_settings(&self.key_file, &self.key_env, &self.key_command.0)
     }
 
     /// The retention window; None keeps everything.

@@ -14,6 +14,7 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Kind;
+use crate::sealing::ReadError;
 use crate::store::Archive;
 
 /// The object's name under the archive root.
@@ -44,22 +45,24 @@ pub fn encode(index: u64, history: HistoryId, term: u64) -> Vec<u8> {
 }
 
 /// The head, None while the archive has none.
-pub async fn read(archive: &Archive) -> Result<Option<Head>, String> {
+pub async fn read(archive: &Archive) -> Result<Option<Head>, ReadError> {
     Ok(read_versioned(archive).await?.map(|(head, _)| head))
 }
 
 /// The head and the version a compare-and-swap must name to replace it.
-async fn read_versioned(archive: &Archive) -> Result<Option<(Head, UpdateVersion)>, String> {
+async fn read_versioned(archive: &Archive) -> Result<Option<(Head, UpdateVersion)>, ReadError> {
     let path = archive.path(OBJECT);
+    let failed = |e: object_store::Error| ReadError::Store(format!("reading {path}: {e}"));
     let got = match archive.store.get(&path).await {
         Ok(got) => got,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(format!("reading {path}: {e}")),
+        Err(e) => return Err(failed(e)),
     };
     let version = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
-    let bytes = got.bytes().await.map_err(|e| format!("reading {path}: {e}"))?;
-    let opened = archive.keys.open(Kind::Head, path.as_ref(), &bytes).map_err(|e| e.to_string())?;
-    let head = serde_json::from_slice(&opened.bytes).map_err(|e| format!("{path} is malformed: {e}"))?;
+    let bytes = got.bytes().await.map_err(failed)?;
+    let opened = archive.keys.open(Kind::Head, path.as_ref(), &bytes).map_err(ReadError::Keys)?;
+    let head =
+        serde_json::from_slice(&opened.bytes).map_err(|e| ReadError::Store(format!("{path} is malformed: {e}")))?;
     Ok(Some((head, version)))
 }
 
@@ -96,7 +99,7 @@ impl Writer {
         for _ in 0..3 {
             let mode = match self.version.take() {
                 Some(version) => PutMode::Update(version),
-                None => match read_versioned(archive).await.map_err(NotWritten::Store)? {
+                None => match read_versioned(archive).await.map_err(|e| NotWritten::Store(e.to_string()))? {
                     None => PutMode::Create,
                     Some((head, version)) => {
                         if head.term > self.term || head.history().is_some_and(|h| h != self.history) {

@@ -10,7 +10,8 @@ use keepsake_raft::HistoryId;
 use object_store::{ObjectStoreExt, PutMode, PutOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{Kind, OpenError, Why};
+use crate::envelope::Kind;
+pub use crate::sealing::ReadError;
 use crate::store::Archive;
 
 /// The object's name under the archive root.
@@ -45,18 +46,6 @@ pub enum Claim {
     Foreign(ArchiveInfo),
 }
 
-/// Why the root's info could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// The store failed, or the object is malformed; retrying may help.
-    #[error("{0}")]
-    Store(String),
-    /// The root's encryption is not this reader's: plaintext where this reader has keys, sealed
-    /// where it has none, or with keys this reader does not hold. Retrying cannot help.
-    #[error("{0}")]
-    Keys(OpenError),
-}
-
 /// The root's info, if it has one.
 pub async fn read(archive: &Archive) -> Result<Option<ArchiveInfo>, ReadError> {
     let path = archive.path(OBJECT);
@@ -65,16 +54,7 @@ pub async fn read(archive: &Archive) -> Result<Option<ArchiveInfo>, ReadError> {
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(ReadError::Store(format!("reading {path}: {e}"))),
     };
-    let opened = archive.keys.open(Kind::Info, path.as_ref(), &bytes).map_err(|mut e| {
-        if e.why == Why::Plaintext {
-            e.problem = "this archive root is not encrypted, and this reader has archive keys: an archive is \
-                         encrypted from its first object or never (a plaintext archive read with keys could be a \
-                         forged one). To encrypt a cluster's archive, give it a new, empty root \
-                         (docs/operations.md, Encrypting the archive)"
-                .to_string();
-        }
-        ReadError::Keys(e)
-    })?;
+    let opened = archive.keys.open(Kind::Info, path.as_ref(), &bytes).map_err(ReadError::Keys)?;
     serde_json::from_slice(&opened.bytes).map(Some).map_err(|e| ReadError::Store(format!("{path} is malformed: {e}")))
 }
 

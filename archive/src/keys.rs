@@ -148,7 +148,8 @@ pub fn check_id(id: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("a key id is 1 to {MAX_ID_LEN} of A-Z a-z 0-9 . _ - (got {id:?})"))
+        // Never quote it: a malformed entry's "id" may be its secret.
+        Err(format!("a key id is 1 to {MAX_ID_LEN} of A-Z a-z 0-9 . _ -"))
     }
 }
 
@@ -197,7 +198,11 @@ impl KeySource {
     pub fn load(&self) -> Result<KeyRing, String> {
         let text = match self {
             KeySource::File(path) => read_key_file(path)?,
-            KeySource::Env(var) => std::env::var(var).map_err(|e| format!("environment variable {var}: {e}"))?,
+            // Never show the value: VarError::NotUnicode would print it.
+            KeySource::Env(var) => std::env::var(var).map_err(|e| match e {
+                std::env::VarError::NotPresent => format!("environment variable {var} is not set"),
+                std::env::VarError::NotUnicode(_) => format!("environment variable {var} is not UTF-8 text"),
+            })?,
             KeySource::Command(command) => run_key_command(command)?,
         };
         KeyRing::parse(&text, &self.to_string())
@@ -227,11 +232,20 @@ fn read_key_file(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("key file {}: {e}", path.display()))
 }
 
+/// The most a key command may print.
+const MAX_COMMAND_OUTPUT: usize = 1 << 20;
+/// How long output is still taken once the command has exited (a process it left behind may
+/// hold its output open).
+const EXITED_GRACE: Duration = Duration::from_millis(500);
+
 /// Runs a key command and returns its standard output. Its standard error is passed through
-/// (never parsed into a message), and it must finish within `COMMAND_TIMEOUT`.
+/// (never parsed into a message); it must exit within `COMMAND_TIMEOUT`, printing at most
+/// `MAX_COMMAND_OUTPUT` bytes.
 fn run_key_command(command: &str) -> Result<String, String> {
     use std::io::Read;
     use std::process::{Command, Stdio};
+    use std::sync::mpsc::RecvTimeoutError;
+    use std::time::Instant;
     let mut child = Command::new("sh")
         .args(["-c", command])
         .stdin(Stdio::null())
@@ -240,28 +254,51 @@ fn run_key_command(command: &str) -> Result<String, String> {
         .spawn()
         .map_err(|e| format!("key command: cannot start sh: {e}"))?;
     let mut stdout = child.stdout.take().expect("stdout is piped");
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).map(|_| out)
-    });
-    let began = std::time::Instant::now();
-    let status = loop {
-        match child.try_wait().map_err(|e| format!("key command: {e}"))? {
-            Some(status) => break status,
-            None if began.elapsed() > COMMAND_TIMEOUT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("key command did not finish within {} s", COMMAND_TIMEOUT.as_secs()));
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                return;
             }
-            None => std::thread::sleep(Duration::from_millis(20)),
         }
+    });
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let (mut out, mut status, mut exited_at) = (Vec::new(), None, None);
+    let failed = |child: &mut std::process::Child, why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(why)
     };
-    let out = reader.join().map_err(|_| "key command: reading its output failed".to_string())?;
-    let out = out.map_err(|e| format!("key command: its output is not UTF-8 text: {e}"))?;
+    loop {
+        let closed = match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(chunk) => {
+                out.extend_from_slice(&chunk);
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if out.len() > MAX_COMMAND_OUTPUT {
+            return failed(&mut child, format!("key command printed more than {MAX_COMMAND_OUTPUT} bytes"));
+        }
+        if status.is_none() {
+            status = child.try_wait().map_err(|e| format!("key command: {e}"))?;
+            exited_at = status.map(|_| Instant::now());
+        }
+        let grace_over = exited_at.is_some_and(|t| t.elapsed() > EXITED_GRACE);
+        if status.is_some() && (closed || grace_over) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return failed(&mut child, format!("key command did not exit within {} s", COMMAND_TIMEOUT.as_secs()));
+        }
+    }
+    let status = status.expect("the loop ends once the command has exited");
     if !status.success() {
         return Err(format!("key command failed ({status})"));
     }
-    Ok(out)
+    String::from_utf8(out).map_err(|_| "key command: its output is not UTF-8 text".to_string())
 }
 
 #[cfg(test)]
@@ -295,6 +332,8 @@ mod tests {
             (format!("k1:{secret}:soon"), "can only be `active`"),
             (format!("k 1:{secret}"), "no key"),
             (format!("k/1:{secret}"), "a key id is"),
+            (secret.clone(), "a key id is"),
+            (format!("{secret}:k1"), "a key id is"),
         ];
         for (text, expected) in cases {
             let e = KeyRing::parse(&text, "src").expect_err(&text);
@@ -327,6 +366,13 @@ mod tests {
         assert_eq!(ring.active().id(), "kms1");
         assert!(KeySource::Command("exit 3".into()).load().unwrap_err().contains("failed"));
         assert!(KeySource::Command("true".into()).load().unwrap_err().contains("holds no archive key"));
+        // A command that leaves a process holding its output open does not hang the caller.
+        let began = std::time::Instant::now();
+        let e = KeySource::Command(format!("printf '%s' '{line}'; (sleep 3 2>/dev/null &)")).load();
+        assert!(began.elapsed() < Duration::from_secs(2), "waited {:?}", began.elapsed());
+        assert!(e.is_ok_and(|r| r.active().id() == "kms1"));
+        std::env::remove_var("KEEPSAKE_TEST_RING_UNSET");
+        assert!(KeySource::Env("KEEPSAKE_TEST_RING_UNSET".into()).load().unwrap_err().contains("is not set"));
     }
 
     #[test]

@@ -72,10 +72,14 @@ pub async fn held(archive: &Archive) -> Result<bool, String> {
             Err(e) => return Err(format!("reading {}: {e}", o.location)),
         };
         // A lease that cannot be read holds, rather than being ignored.
-        let lease = archive.keys.open(Kind::Lease, o.location.as_ref(), &bytes).ok();
-        let live = lease
-            .and_then(|opened| serde_json::from_slice::<Lease>(&opened.bytes).ok())
-            .is_none_or(|l| l.expires_us > now_us());
+        let lease = match archive.keys.open(Kind::Lease, o.location.as_ref(), &bytes) {
+            Ok(opened) => serde_json::from_slice::<Lease>(&opened.bytes).ok(),
+            Err(e) => {
+                tracing::warn!("a lease that does not open holds retention until it is deleted: {e}");
+                None
+            }
+        };
+        let live = lease.is_none_or(|l| l.expires_us > now_us());
         if live {
             return Ok(true);
         }

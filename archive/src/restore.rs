@@ -315,7 +315,7 @@ async fn replay(plan: &Plan, dir: &Path, progress: &impl Fn(&str), lease: &Lease
     let mut expect = Expect::load(&plan.archive).await.map_err(RestoreError::Archive)?;
     // Read before the listing: `head` never leads it, so segments ending before it are lost.
     let head = match plan.target {
-        Target::Latest => crate::head::read(&plan.archive).await.map_err(RestoreError::Archive)?,
+        Target::Latest => crate::head::read(&plan.archive).await.map_err(|e| RestoreError::Archive(e.to_string()))?,
         Target::Index(_) | Target::Time(_) => None,
     };
     if let Some(h) = &head {

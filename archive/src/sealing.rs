@@ -29,6 +29,18 @@ impl fmt::Debug for Keys {
     }
 }
 
+/// Why one of the archive's small objects (`head`, `archive-info.json`) could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The store failed, or the object is malformed; retrying may help.
+    #[error("{0}")]
+    Store(String),
+    /// The root's encryption is not this reader's: plaintext where this reader has keys, sealed
+    /// where it has none, with a key it lacks, or not authentic. Retrying cannot help.
+    #[error("{0}")]
+    Keys(OpenError),
+}
+
 /// One key (or none, for a plaintext archive) that names chunks and seals objects.
 #[derive(Clone, Debug)]
 pub struct Sealer(Option<Arc<ArchiveKey>>);

@@ -8,7 +8,7 @@
 //!
 //! It reads, never writes. (Digests are proved by replaying: that is restore's job.)
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
 use futures::TryStreamExt;
 use object_store::{ObjectMeta, ObjectStoreExt};
@@ -16,7 +16,7 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 use crate::chain::{check_link, Expect};
 use crate::envelope::Kind;
 use crate::segment::{entry_hash, parse_object_name, Link, Segment};
-use crate::snapshot::{chunk_name, decode_manifest, parse_chunk_name, parse_manifest_name, Chunk, ChunkId};
+use crate::snapshot::{chunk_name, decode_manifest, parse_manifest_name, Chunk, ChunkId};
 use crate::store::Archive;
 
 /// One segment as listed.
@@ -79,7 +79,7 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
         Expect::default()
     });
     // Read before the listing: `head` never leads it (crate::head).
-    let head = crate::head::read(archive).await;
+    let head = crate::head::read(archive).await.map_err(|e| e.to_string());
     if let Ok(Some(h)) = &head {
         if let Err(problem) = expect.head(h) {
             report.problems.push(format!("{problem} (a forged or foreign head)"));
@@ -150,8 +150,10 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
             }
         }
     }
-    let (snapshots, digests, chunks) = verify_snapshots(archive, cluster_id, &mut expect, &mut report).await?;
-    sweep(archive, &chunks, &mut report).await?;
+    let (snapshots, digests, mut read) = verify_snapshots(archive, cluster_id, &mut expect, &mut report).await?;
+    read.extend(listed.iter().map(|s| s.name.clone()));
+    read.extend([crate::head::OBJECT, crate::info::OBJECT].map(|o| archive.path(o).to_string()));
+    sweep(archive, &read, &mut report).await?;
     // A segment that continues from a snapshot names its digest: the manifest there must agree.
     for (name, header) in &links {
         if let Link::Snapshot { index, digest, .. } = header.prev {
@@ -199,19 +201,21 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
 
 /// Checks every snapshot manifest and every chunk they name (each chunk once); returns the
 /// indices of the snapshots that check out, every decoded manifest's state digest, and the
-/// chunks read.
+/// objects read.
 async fn verify_snapshots(
     archive: &Archive,
     cluster_id: &str,
     expect: &mut Expect,
     report: &mut Report,
-) -> Result<(Vec<u64>, BTreeMap<u64, [u8; 32]>, BTreeSet<ChunkId>), object_store::Error> {
+) -> Result<(Vec<u64>, BTreeMap<u64, [u8; 32]>, HashSet<String>), object_store::Error> {
     let objects: Vec<ObjectMeta> = archive.store.list(Some(&archive.path("snapshots"))).try_collect().await?;
     let mut checked: BTreeMap<ChunkId, bool> = BTreeMap::new();
+    let mut read = HashSet::new();
     let (mut good, mut digests) = (Vec::new(), BTreeMap::new());
     for o in &objects {
         let Some(index) = parse_manifest_name(o.location.as_ref()) else { continue };
         let name = o.location.to_string();
+        read.insert(name.clone());
         report.bytes += o.size;
         let bytes = archive.store.get(&o.location).await?.bytes().await?;
         let m = match archive.keys.open(Kind::Manifest, &name, &bytes) {
@@ -280,24 +284,18 @@ async fn verify_snapshots(
         }
     }
     report.chunks = checked.len();
-    Ok((good, digests, checked.into_keys().collect()))
+    read.extend(checked.keys().map(|id| archive.path(&chunk_name(id)).to_string()));
+    Ok((good, digests, read))
 }
 
-/// Reads every object of the root the checks above did not (leases, probes, chunks no manifest
-/// names, and whatever else is there) and names each one the archive's keys refuse: in an
-/// encrypted archive, every object must be sealed with one of its keys and authenticate; in a
-/// plaintext one, none may be sealed.
-async fn sweep(archive: &Archive, chunks: &BTreeSet<ChunkId>, report: &mut Report) -> Result<(), object_store::Error> {
-    let read = |name: &str| {
-        parse_object_name(name).is_some()
-            || parse_manifest_name(name).is_some()
-            || parse_chunk_name(name).is_some_and(|id| chunks.contains(&id))
-            || name == archive.path(crate::head::OBJECT).as_ref()
-            || name == archive.path(crate::info::OBJECT).as_ref()
-    };
+/// Reads every object of the root the checks above did not (`read`: leases, probes, chunks no
+/// manifest names, objects listed since, and whatever else is there) and names each one the
+/// archive's keys refuse: in an encrypted archive, every object must be sealed with one of its
+/// keys and authenticate; in a plaintext one, none may be sealed.
+async fn sweep(archive: &Archive, read: &HashSet<String>, report: &mut Report) -> Result<(), object_store::Error> {
     let mut objects = archive.store.list(Some(&archive.root));
     while let Some(o) = objects.try_next().await? {
-        if read(o.location.as_ref()) {
+        if read.contains(o.location.as_ref()) {
             continue;
         }
         let bytes = match archive.store.get(&o.location).await {

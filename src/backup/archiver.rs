@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use keepsake_archive::entry::archived;
-use keepsake_archive::envelope::Kind;
+use keepsake_archive::envelope::{Kind, OpenError, Why};
 use keepsake_archive::head;
 use keepsake_archive::info::{self, ArchiveInfo, Claim, Probe};
 use keepsake_archive::proto::ArchivedEntry;
@@ -89,8 +89,22 @@ enum NotYet {
 fn not_yet(e: info::ReadError) -> NotYet {
     match e {
         info::ReadError::Store(e) => NotYet::Retry(e),
-        info::ReadError::Keys(e) => NotYet::Refuse(e.to_string()),
+        info::ReadError::Keys(e) => refused_by_keys(e),
     }
+}
+
+/// An object of the root this node's keys do not open as it seals: nothing is written there.
+fn refused_by_keys(e: OpenError) -> NotYet {
+    if e.why != Why::Plaintext {
+        return NotYet::Refuse(e.to_string());
+    }
+    NotYet::Refuse(format!(
+        "{} is plaintext: this archive root is not encrypted, and this node has archive keys. An archive \
+         is encrypted from its first object or never (a plaintext archive read with keys could be a \
+         forged one): to encrypt the cluster's archive, give it a new, empty root (docs/operations.md, \
+         Encrypting the archive)",
+        e.object
+    ))
 }
 
 /// What the listing says the archive ends with.
@@ -177,7 +191,7 @@ impl Archiver {
                     self.update(|s| s.archived_index = Some(h.archived_index));
                 }
                 Ok(_) => {}
-                Err(e) => self.fail("reading the archive head", e),
+                Err(e) => self.fail("reading the archive head", e.to_string()),
             }
             // Once a second, or at once when this node becomes leader: waking on every metrics
             // change would read `head` once per commit (one object-store GET per write).
@@ -298,11 +312,16 @@ impl Archiver {
     async fn take_office(&self) -> Result<Office, NotYet> {
         let (history, parent) = self.history().await?;
         let term = self.raft.metrics().borrow().current_term;
-        // A head that does not decode is no head: the listing decides (verify names it).
-        let head = head::read(&self.archive).await.unwrap_or_else(|e| {
-            tracing::warn!(archive = %self.archive.url, "ignoring the archive head: {e}");
-            None
-        });
+        // A head that does not decode is no head: the listing decides (verify names it). One
+        // sealed otherwise than this node seals is refused: the root is not this node's to write.
+        let head = match head::read(&self.archive).await {
+            Ok(head) => head,
+            Err(info::ReadError::Keys(e)) => return Err(refused_by_keys(e)),
+            Err(info::ReadError::Store(e)) => {
+                tracing::warn!(archive = %self.archive.url, "ignoring the archive head: {e}");
+                None
+            }
+        };
         if let Some(h) = head.as_ref().filter(|h| h.history() == Some(history) && h.term > term) {
             return Err(NotYet::Superseded(format!(
                 "the archive head was written by the leader of term {}, later than this node's {term}: this node \
@@ -345,6 +364,7 @@ impl Archiver {
                         info::OBJECT
                     )));
                 }
+                self.sealed_as_this_node_seals(&end).await?;
                 false
             }
         };
@@ -368,6 +388,20 @@ impl Archiver {
         let archived = end.last();
         let prev = self.link_to(&end).await.map_err(NotYet::Retry)?;
         Ok(Office { history, term, archived, prev })
+    }
+
+    /// With no `archive-info.json` to say whether the root is encrypted, its newest segment or
+    /// manifest says: one this node's keys do not open as it seals (plaintext where it has keys,
+    /// sealed where it has none) means nothing is written there.
+    async fn sealed_as_this_node_seals(&self, end: &End) -> Result<(), NotYet> {
+        let (kind, path) = match (&end.segment, end.snapshot) {
+            (Some((_, path)), _) => (Kind::Segment, path.clone()),
+            (None, Some(index)) => (Kind::Manifest, self.archive.path(&manifest_name(index))),
+            (None, None) => return Ok(()),
+        };
+        let failed = |e: object_store::Error| NotYet::Retry(format!("reading {path}: {e}"));
+        let bytes = self.archive.store.get(&path).await.map_err(failed)?.bytes().await.map_err(failed)?;
+        self.archive.keys.open(kind, path.as_ref(), &bytes).map(drop).map_err(refused_by_keys)
     }
 
     /// What a segment after the archive's end continues from: the last archived entry (from

@@ -60,6 +60,12 @@ pub async fn run(cmd: ArchiveKeyCommand) -> Result<(), Failure> {
         if ring.as_ref().is_some_and(|r| r.get(&a.id).is_some()) {
             return Err(fail(format!("{source} already holds a key {:?}: choose another id", a.id)));
         }
+        let holds_keys = text.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+        if ring.is_none() && holds_keys {
+            // Adding a key as the active one would make it seal at once, on this node only.
+            let why = KeyRing::parse(&text, &source).err().unwrap_or_default();
+            return Err(fail(format!("{why}: mend the file before adding a key")));
+        }
         let entry = generate_entry(&a.id).map_err(fail)?;
         let first = ring.is_none();
         format!("{}{entry}{}\n", text, if first { ":active" } else { "" })

@@ -126,12 +126,17 @@ async fn an_encrypted_archive_refuses_wrong_keys_forged_segments_and_plaintext_o
     cluster.put_archive_object(&newest, genuine).await;
     assert_eq!(verify_with(&cluster, Some(&key_file)).0, 0, "the genuine segment is back");
 
-    // A plaintext object slipped in anywhere under the root is named by verify.
-    let slipped = format!("{}/leases/slipped-in.lease", cluster.open_archive().root);
-    cluster.put_archive_object(&slipped, br#"{"holder":"x","expires_us":0}"#.to_vec()).await;
-    let (code, text) = verify_with(&cluster, Some(&key_file));
-    assert_ne!(code, 0, "verify fails on a plaintext object: {text}");
-    assert!(text.contains("slipped-in.lease") && text.contains("plaintext"), "{text}");
+    // A plaintext object slipped in anywhere under the root is named by verify, whatever its
+    // name looks like.
+    let root = cluster.open_archive().root;
+    for name in ["leases/slipped-in.lease", "leases/00000000000000000001-00000000000000000002.seg"] {
+        let slipped = format!("{root}/{name}");
+        cluster.put_archive_object(&slipped, br#"{"holder":"x","expires_us":0}"#.to_vec()).await;
+        let (code, text) = verify_with(&cluster, Some(&key_file));
+        assert_ne!(code, 0, "verify fails on a plaintext object: {text}");
+        assert!(text.contains(name) && text.contains("plaintext"), "{text}");
+        cluster.delete_archive_object(&slipped).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -234,6 +239,31 @@ async fn a_node_given_keys_refuses_to_archive_into_a_plaintext_root() {
     .await
     .expect("the leader refuses the plaintext root");
     assert!(refused.contains("not encrypted") && refused.contains("new, empty root"), "{refused}");
+    // With no archive-info.json or head to say so, the root's segments say it is plaintext.
+    for id in cluster.ids() {
+        cluster.stop(id).await;
+    }
+    let root = cluster.open_archive().root;
+    cluster.delete_archive_object(&format!("{root}/archive-info.json")).await;
+    cluster.delete_archive_object(&format!("{root}/head")).await;
+    for id in cluster.ids() {
+        cluster.restart(id);
+    }
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let refused = eventually(Duration::from_secs(15), || async {
+        let s = cluster.backup_status(leader).await;
+        (!s.refused.is_empty()).then_some(s.refused)
+    })
+    .await
+    .expect("the leader refuses the plaintext root without its archive-info.json");
+    assert!(refused.contains(".seg is plaintext") && refused.contains("new, empty root"), "{refused}");
+    let info = format!("{}/archive-info.json", cluster.open_archive().root);
+    let listed = {
+        use futures::TryStreamExt;
+        let archive = cluster.open_archive();
+        archive.store.list(Some(&archive.root)).try_collect::<Vec<_>>().await.expect("list")
+    };
+    assert!(listed.iter().all(|o| o.location.as_ref() != info), "no sealed archive-info.json was claimed");
     let segments = cluster.segment_objects().await;
     assert!(!segments.is_empty());
     for s in segments {

@@ -79,8 +79,8 @@ async fn sidekick_losing_every_node_and_disk_loses_no_archived_write() {
     sidekick(None).await;
 }
 
-/// The Sidekick test with the archive encrypted: it passes the same, and no value written
-/// appears in any object of the bucket.
+/// The Sidekick test with the archive encrypted: it passes the same, and no value or user id
+/// written appears in any object of the bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sidekick_with_an_encrypted_archive_loses_nothing_and_the_bucket_holds_no_value() {
     let keys = tempfile::tempdir().expect("a directory for the key file");
@@ -112,7 +112,7 @@ async fn sidekick(key_file: Option<&std::path::Path>) {
                     let id = format!("w{w}-{i}");
                     let value = format!("contact {id}").into_bytes();
                     let req = PutRequest {
-                        key: Some(key("sk", "contacts", &id)),
+                        key: Some(key("sidekick-user", "contacts", &id)),
                         value: value.clone(),
                         durability,
                         ..Default::default()
@@ -150,6 +150,7 @@ async fn sidekick(key_file: Option<&std::path::Path>) {
         for (name, bytes) in &objects {
             for readable in readable_forms(bytes) {
                 assert!(!readable.windows(8).any(|w| w == b"contact "), "{name} holds a value in the clear");
+                assert!(!readable.windows(13).any(|w| w == b"sidekick-user"), "{name} holds a user id in the clear");
             }
             assert!(bytes.starts_with(keepsake_archive::envelope::MAGIC), "{name} is not sealed");
         }
@@ -170,7 +171,7 @@ async fn sidekick(key_file: Option<&std::path::Path>) {
     let mut client = new.store(leader);
     let (mut archived_ok, mut archived_lost, mut covered_ok, mut covered_lost, mut beyond) = (0, 0, 0, 0, 0);
     for (id, a) in &acked {
-        let found = get(&mut client, "sk", "contacts", id).await.ok().map(|item| item.value);
+        let found = get(&mut client, "sidekick-user", "contacts", id).await.ok().map(|item| item.value);
         let present = found.as_deref() == Some(a.value.as_slice());
         match (a.archived, a.log_index <= head) {
             (true, _) if present => archived_ok += 1,
