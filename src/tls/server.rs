@@ -4,9 +4,11 @@
 //! restart. A port in insecure mode goes through the same loop as plain TCP.
 //!
 //! Invariant: a connection reaches a server only once its handshake has completed with the
-//! newest checked material's configuration.
+//! newest checked material's configuration, and stays only if its client starts speaking
+//! within `FIRST_BYTES_TIMEOUT`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -32,6 +34,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// signatures, and one host cannot take the others' share.
 const HANDSHAKES: usize = 4096;
 const HANDSHAKES_PER_ADDRESS: usize = 32;
+/// A client must send its first bytes (the HTTP/2 connection preface is 24 bytes; an HTTP/1
+/// request line is longer) within this long of its connection reaching the server, or the
+/// connection is closed: one that connects and then says nothing holds nothing for long.
+const FIRST_BYTES: usize = 24;
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them.
 const BACKLOG: usize = 64;
 
@@ -102,6 +109,15 @@ fn build(material: &Material, auth: ClientAuth, alpn: &[Vec<u8>]) -> Result<Arc<
 pub struct Conn {
     io: Io,
     _slot: Slot,
+    /// Until the client has sent its first `FIRST_BYTES`: when it must have.
+    first_bytes: Option<(usize, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl Conn {
+    fn new(io: Io, slot: Slot) -> Conn {
+        let deadline = Box::pin(tokio::time::sleep(FIRST_BYTES_TIMEOUT));
+        Conn { io, _slot: slot, first_bytes: Some((0, deadline)) }
+    }
 }
 
 enum Io {
@@ -186,10 +202,23 @@ impl tonic::transport::server::Connected for Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        let conn = self.get_mut();
+        let before = buf.filled().len();
+        let read = match &mut conn.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        let Some((got, deadline)) = &mut conn.first_bytes else { return read };
+        *got += buf.filled().len() - before;
+        if *got >= FIRST_BYTES {
+            conn.first_bytes = None;
+        } else if read.is_pending() && deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client sent no request within 10 s of connecting",
+            )));
         }
+        read
     }
 }
 
@@ -261,7 +290,7 @@ pub fn accept(listener: TcpListener, tls: Option<Arc<Reloading>>, per_address: u
             };
             let _ = tcp.set_nodelay(true);
             let Some(tls) = &tls else {
-                if tx.send(Conn { io: Io::Plain(tcp), _slot: slot }).await.is_err() {
+                if tx.send(Conn::new(Io::Plain(tcp), slot)).await.is_err() {
                     return;
                 }
                 continue;
@@ -277,7 +306,7 @@ pub fn accept(listener: TcpListener, tls: Option<Arc<Reloading>>, per_address: u
                 let (_permit, _shake) = (permit, shake);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Conn { io: Io::Tls(Box::new(stream)), _slot: slot }).await;
+                        let _ = tx.send(Conn::new(Io::Tls(Box::new(stream)), slot)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%from, "TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(%from, "TLS handshake timed out"),

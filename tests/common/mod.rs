@@ -41,5 +41,6 @@ pub use rpc::{
 pub use s3::{S3Server, S3_ENV};
 #[allow(unused_imports)]
 pub use tls::{
-    certs_dir, client_pair, client_tls, der_of, https_request, rotate_node_files, served_certificate, GATEWAY_TENANT,
+    certs_dir, client_pair, client_tls, der_of, handshaken, https_request, rotate_node_files, served_certificate,
+    GATEWAY_TENANT,
 };

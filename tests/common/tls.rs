@@ -110,6 +110,12 @@ pub async fn served_certificate(addr: &str) -> std::io::Result<Vec<u8>> {
     Ok(first.to_vec())
 }
 
+/// A TLS connection to `addr` whose handshake is done and which has sent nothing since.
+pub async fn handshaken(addr: &str) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(client_config()?).connect(server_name(addr)?, tcp).await
+}
+
 /// tonic's TLS settings for a channel, as the operator.
 pub fn client_tls() -> ClientTlsConfig {
     keepsake::tls::client::ClientFiles {

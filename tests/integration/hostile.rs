@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Code;
 
-use crate::common::{key, request, Cluster};
+use crate::common::{handshaken, key, request, Cluster};
 
 /// A codec that sends whatever bytes it is given, protobuf or not.
 #[derive(Clone, Default)]
@@ -143,6 +143,33 @@ async fn oversized_messages_are_refused_without_being_buffered() {
     let grown = cluster.rss_bytes(leader).expect("rss").saturating_sub(before);
     assert!(grown < 96 << 20, "refusing 480 MiB of oversized messages grew the node by {} MiB", grown >> 20);
     still_serves(&cluster, leader, "after-oversized", Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_silent_after_its_handshake_is_closed_within_seconds() {
+    let cluster = Cluster::start(1).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let silent = |addr: String| async move {
+        let mut tls = handshaken(&addr).await.expect("a TLS handshake");
+        let began = std::time::Instant::now();
+        // Never sends the HTTP/2 preface (or an HTTP/1 request): reads what the node sends (its
+        // HTTP/2 settings) until it hangs up.
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut got)).await;
+        assert!(
+            read.is_ok(),
+            "{addr}: the silent connection is still open after 30 s (the node sent {} bytes)",
+            got.len()
+        );
+        began.elapsed()
+    };
+    let (client, http) = tokio::join!(silent(cluster.client_addr(leader)), silent(cluster.http_addr(leader)));
+    for (port, held) in [("client", client), ("http", http)] {
+        println!("the {port} port closed a silent connection after {held:?}");
+        assert!(held >= Duration::from_secs(9), "the {port} port closed a connection that was only quiet for {held:?}");
+        assert!(held <= Duration::from_secs(15), "the {port} port held a silent connection for {held:?}");
+    }
+    still_serves(&cluster, leader, "after-silence", Duration::from_secs(2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
