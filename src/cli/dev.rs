@@ -12,7 +12,6 @@ use clap::Args;
 use crate::config::{ArchiveConfig, Member, NodeConfig, TlsConfig};
 use crate::tls::certs;
 use crate::tls::client::ClientFiles;
-use crate::tls::identity::{Identity, Role};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -116,17 +115,8 @@ fn make_certs(dir: &Path, members: &[Member]) -> anyhow::Result<()> {
     if dir.join(certs::CA_CERT).exists() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let fail = anyhow::Error::msg;
-    certs::create_ca(dir, "keepsake dev CA (throwaway)", 3650).map_err(fail)?;
-    let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
-    for m in members {
-        certs::create_node(dir, m.id, &hosts, 3650).map_err(fail)?;
-    }
-    let operator = Identity::Client { role: Role::Operator, tenants: vec![] };
-    let pair = certs::create_client(dir, "operator", &operator, 3650).map_err(fail)?;
-    std::fs::copy(&pair.cert, dir.join("client.crt"))?;
-    std::fs::copy(&pair.key, dir.join("client.key"))?;
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    certs::create_local(dir, "keepsake dev CA (throwaway)", &ids).map_err(anyhow::Error::msg)?;
     Ok(())
 }
 

@@ -70,6 +70,25 @@ pub fn create_node(dir: &Path, id: u64, hosts: &[String], days: u32) -> Result<P
     sign(dir, params, &Identity::Node(id), &node_pair(dir, id), days)
 }
 
+/// A throwaway CA in `dir` for a cluster on this machine (a dev cluster, a benchmark's), with
+/// a certificate for each of `nodes` (for 127.0.0.1 and localhost) and an operator's client
+/// certificate, also as `client.crt` and `client.key` (the names the CLI looks for).
+pub fn create_local(dir: &Path, name: &str, nodes: &[u64]) -> Result<Pair, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    create_ca(dir, name, 3650)?;
+    let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+    for id in nodes {
+        create_node(dir, *id, &hosts, 3650)?;
+    }
+    let operator = Identity::Client { role: super::identity::Role::Operator, tenants: vec![] };
+    let pair = create_client(dir, "operator", &operator, 3650)?;
+    let client = Pair::named(dir, "client");
+    for (from, to) in [(&pair.cert, &client.cert), (&pair.key, &client.key)] {
+        std::fs::copy(from, to).map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
+    }
+    Ok(client)
+}
+
 /// Creates a client certificate named `name` for `identity`, signed by the CA in `dir`.
 pub fn create_client(dir: &Path, name: &str, identity: &Identity, days: u32) -> Result<Pair, String> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {

@@ -76,13 +76,14 @@ async fn bench_drives_each_workload_and_writes_what_it_reports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_starts_its_own_cluster_reports_each_node_and_stops_it() {
+async fn bench_starts_its_own_tls_cluster_reports_each_node_and_stops_it() {
     let dir = tempfile::tempdir().expect("a scratch directory");
     let cluster_dir = dir.path().join("cluster");
     // Nine ports: client base..+2, peer +100..+102, HTTP +200..+202.
     let base = free_port_block();
     let report = bench(&[
         "--start-cluster",
+        "--tls",
         "--cluster-dir",
         &cluster_dir.to_string_lossy(),
         "--cluster-port",

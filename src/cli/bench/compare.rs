@@ -4,7 +4,8 @@
 //!
 //! etcd through its v3 API (`etcd-client`: Put and linearizable Range); PostgreSQL through
 //! `tokio-postgres` against a `kv(k text primary key, v bytea)` table (upsert and select on the
-//! primary). Both store an item under one flat key, `user/collection/item`.
+//! primary). Both store an item under one flat key, `user/collection/item`. Both speak TLS
+//! (rustls on aws-lc-rs, as Keepsake does) when the benchmark is given their CA.
 
 use std::time::Duration;
 
@@ -29,17 +30,38 @@ fn flat_prefix(user: u64) -> String {
     format!("{}/{COLLECTION}/", user_id(user))
 }
 
-async fn connect_postgres(conninfo: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL ({conninfo}): {e}"))?;
-    tokio::spawn(connection);
+/// Connects to PostgreSQL: with TLS (rustls, verifying its certificate against `c.postgres_ca`)
+/// when a CA is given, else as the connection string says without TLS.
+async fn connect_postgres(c: &Connect) -> anyhow::Result<tokio_postgres::Client> {
+    let conninfo = &c.postgres;
+    let failed = |e: tokio_postgres::Error| anyhow::anyhow!("cannot connect to PostgreSQL ({conninfo}): {e}");
+    let client = match &c.postgres_ca {
+        None => {
+            let (client, connection) =
+                tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await.map_err(failed)?;
+            tokio::spawn(connection);
+            client
+        }
+        Some(ca) => {
+            let files =
+                crate::tls::material::TlsFiles { ca: ca.clone(), cert: Default::default(), key: Default::default() };
+            let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(files.roots().map_err(anyhow::Error::msg)?)
+                .with_no_client_auth();
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
+            let (client, connection) = tokio_postgres::connect(conninfo, tls).await.map_err(failed)?;
+            tokio::spawn(connection);
+            client
+        }
+    };
     Ok(client)
 }
 
 /// Creates the table the workload uses, before any client connects.
-pub async fn prepare_postgres(conninfo: &str) -> anyhow::Result<()> {
-    let client = connect_postgres(conninfo).await?;
+pub async fn prepare_postgres(c: &Connect) -> anyhow::Result<()> {
+    let client = connect_postgres(c).await?;
     client.batch_execute("CREATE TABLE IF NOT EXISTS kv (k text PRIMARY KEY, v bytea NOT NULL)").await?;
     Ok(())
 }
@@ -48,16 +70,19 @@ impl Other {
     pub async fn connect(c: &Connect) -> anyhow::Result<Other> {
         match c.target {
             Target::Etcd => {
-                let opts = etcd_client::ConnectOptions::new()
+                let mut opts = etcd_client::ConnectOptions::new()
                     .with_connect_timeout(Duration::from_secs(5))
                     .with_timeout(c.timeout);
+                if let Some(tls) = &c.tls {
+                    opts = opts.with_tls(tls.clone());
+                }
                 let client = etcd_client::Client::connect(&c.endpoints, Some(opts))
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot connect to etcd at {}: {e}", c.endpoints.join(",")))?;
                 Ok(Other::Etcd(Box::new(client)))
             }
             Target::Postgres => {
-                let client = connect_postgres(&c.postgres).await?;
+                let client = connect_postgres(c).await?;
                 let upsert = client
                     .prepare("INSERT INTO kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v")
                     .await?;

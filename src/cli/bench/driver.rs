@@ -63,7 +63,7 @@ impl Driver {
     pub async fn prepare_target(c: &Connect) -> anyhow::Result<()> {
         match c.target {
             #[cfg(feature = "bench-compare")]
-            Target::Postgres => super::compare::prepare_postgres(&c.postgres).await,
+            Target::Postgres => super::compare::prepare_postgres(c).await,
             _ => Ok(()),
         }
     }

@@ -128,6 +128,11 @@ pub struct BenchArgs {
     /// Keep a started cluster's directory afterwards.
     #[arg(long)]
     keep_cluster_dir: bool,
+    /// A started cluster serves TLS, with a throwaway CA in its directory (without it, it
+    /// serves plaintext in insecure mode). etcd and PostgreSQL are reached with TLS when --ca
+    /// names their CA.
+    #[arg(long)]
+    tls: bool,
     /// Also report these server processes' CPU time and peak memory (comma-separated pids).
     #[arg(long, value_delimiter = ',')]
     watch_pid: Vec<u32>,
@@ -172,6 +177,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     if args.start_cluster && args.target != Target::Keepsake {
         return Err(Failure::usage("--start-cluster starts Keepsake; drop it for --target etcd or postgres"));
     }
+    if args.tls && !args.start_cluster {
+        return Err(Failure::usage(
+            "--tls is for a cluster the benchmark starts; reach another with --ca (and --cert, --key)",
+        ));
+    }
     let cluster = match args.start_cluster {
         true => {
             let dir = match &args.cluster_dir {
@@ -187,6 +197,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
                     args.cluster_port,
                     args.node_config.as_deref(),
                     args.keep_cluster_dir,
+                    args.tls,
                 )
                 .await?,
             )
@@ -205,10 +216,13 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         None => None,
     };
 
-    // A cluster the benchmark starts serves plaintext; another one is reached as the CLI is.
+    // A cluster the benchmark starts is reached with the certificates it made; another one as
+    // the CLI reaches it; etcd and PostgreSQL with TLS only when --ca names their CA.
     let tls = match (&cluster, args.target) {
+        (Some(c), _) => c.client_tls().map_err(Failure::usage)?,
         (None, Target::Keepsake) => args.client.tls.resolve()?,
-        _ => None,
+        (None, _) if args.client.tls.ca.is_some() => args.client.tls.resolve()?,
+        (None, _) => None,
     };
     if args.client.tls.token.is_some() {
         return Err(Failure::usage(
@@ -232,6 +246,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         timeout: args.client.timeout,
         postgres: args.postgres.clone(),
         tls: tls.clone(),
+        postgres_ca: args.client.tls.ca.clone().filter(|_| args.target == Target::Postgres),
     };
     Driver::prepare_target(&connect).await?;
     let mut drivers: Vec<Driver> = Vec::with_capacity(args.clients);

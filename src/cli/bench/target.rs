@@ -50,8 +50,11 @@ pub struct Connect {
     /// libpq-style connection string (PostgreSQL only).
     #[cfg_attr(not(feature = "bench-compare"), allow(dead_code))]
     pub postgres: String,
-    /// How Keepsake's nodes are reached (None: plaintext).
+    /// How Keepsake's nodes, or etcd's members, are reached (None: plaintext).
     pub tls: crate::cli::client::Tls,
+    /// The CA PostgreSQL's certificate chains to, when it is reached with TLS.
+    #[cfg_attr(not(feature = "bench-compare"), allow(dead_code))]
+    pub postgres_ca: Option<std::path::PathBuf>,
 }
 
 pub fn status_error(s: tonic::Status) -> OpError {
