@@ -7,7 +7,9 @@
 //! directory) takes a steady write load of `KEEPSAKE_MEASURE_BYTES` (default 1 GiB) of 16 KiB
 //! values from 32 writers while the archive lag is sampled every 100 ms; then the archive is
 //! restored twice — replaying segments only, and from an archive snapshot — and each restore's
-//! speed is printed, and then that of one scrub pass over the snapshot's chunks. It asserts only that nothing was lost.
+//! speed is printed, and then that of one scrub pass over the snapshot's chunks
+//! (`KEEPSAKE_MEASURE_ENCRYPTED=1`: with the archive encrypted). It asserts only that nothing
+//! was lost.
 //!
 //! `election_to_first_upload_on_an_archive_of_a_million_objects` fills a local archive with
 //! `KEEPSAKE_MEASURE_OBJECTS` (default 1,000,000) chunk objects, then kills the leader three
@@ -77,6 +79,11 @@ async fn archive_lag_and_restore_speed() {
     let mut builder = Cluster::builder().archive_snapshots_on_demand();
     if std::env::var("KEEPSAKE_MEASURE_ARCHIVE").as_deref() != Ok("local") {
         builder = builder.archive_s3(&s3, "measure");
+    }
+    let keys = tempfile::tempdir().expect("a directory for the key file");
+    if std::env::var("KEEPSAKE_MEASURE_ENCRYPTED").as_deref() == Ok("1") {
+        println!("the archive is encrypted");
+        builder = builder.archive_key_file(&write_key_file(&keys.path().join("archive.keys"), &key_entry("measure")));
     }
     let cluster = builder.start().await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
