@@ -38,6 +38,11 @@ impl Expect {
         })
     }
 
+    /// Whether the expectation comes from the root's `archive-info.json`.
+    pub fn from_info(&self) -> bool {
+        self.source == info::OBJECT
+    }
+
     pub fn history(&self) -> Option<HistoryId> {
         self.history
     }

@@ -240,10 +240,12 @@ const EXITED_GRACE: Duration = Duration::from_millis(500);
 
 /// Runs a key command and returns its standard output. Its standard error is passed through
 /// (never parsed into a message); it must exit within `COMMAND_TIMEOUT`, printing at most
-/// `MAX_COMMAND_OUTPUT` bytes.
+/// `MAX_COMMAND_OUTPUT` bytes. It runs in a process group of its own, which is killed whole
+/// when it fails, runs late, or leaves a process holding its output once it has exited.
 fn run_key_command(command: &str) -> Result<String, String> {
     use std::io::Read;
-    use std::process::{Command, Stdio};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Child, Command, Stdio};
     use std::sync::mpsc::RecvTimeoutError;
     use std::time::Instant;
     let mut child = Command::new("sh")
@@ -251,47 +253,76 @@ fn run_key_command(command: &str) -> Result<String, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("key command: cannot start sh: {e}"))?;
     let mut stdout = child.stdout.take().expect("stdout is piped");
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (tx, rx) = std::sync::mpsc::channel::<Result<Vec<u8>, String>>();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 8192];
-        while let Ok(n @ 1..) = stdout.read(&mut buf) {
-            if tx.send(buf[..n].to_vec()).is_err() {
+        loop {
+            let chunk = match stdout.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => Ok(buf[..n].to_vec()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e.to_string()),
+            };
+            let failed = chunk.is_err();
+            if tx.send(chunk).is_err() || failed {
                 return;
             }
         }
     });
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let (mut out, mut status, mut exited_at) = (Vec::new(), None, None);
-    let failed = |child: &mut std::process::Child, why: String| {
+    // The whole group: a pipeline's other commands, and whatever the command left behind.
+    let stop_all = |child: &mut Child| {
+        let group = format!("-{}", child.id());
+        let quiet = || Stdio::null();
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stdout(quiet()).stderr(quiet()).status();
         let _ = child.kill();
         let _ = child.wait();
-        Err(why)
     };
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let (mut out, mut status, mut exited_at, mut closed) = (Vec::new(), None, None, false);
     loop {
-        let closed = match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(chunk) => {
-                out.extend_from_slice(&chunk);
-                false
+        if closed {
+            std::thread::sleep(Duration::from_millis(20));
+        } else {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(Ok(chunk)) => out.extend_from_slice(&chunk),
+                Ok(Err(e)) => {
+                    stop_all(&mut child);
+                    return Err(format!("key command: reading its output: {e}"));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => closed = true,
             }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
+        }
         if out.len() > MAX_COMMAND_OUTPUT {
-            return failed(&mut child, format!("key command printed more than {MAX_COMMAND_OUTPUT} bytes"));
+            stop_all(&mut child);
+            return Err(format!("key command printed more than {MAX_COMMAND_OUTPUT} bytes"));
         }
         if status.is_none() {
-            status = child.try_wait().map_err(|e| format!("key command: {e}"))?;
-            exited_at = status.map(|_| Instant::now());
+            match child.try_wait() {
+                Ok(exited) => {
+                    status = exited;
+                    exited_at = exited.map(|_| Instant::now());
+                }
+                Err(e) => {
+                    stop_all(&mut child);
+                    return Err(format!("key command: {e}"));
+                }
+            }
         }
         let grace_over = exited_at.is_some_and(|t| t.elapsed() > EXITED_GRACE);
         if status.is_some() && (closed || grace_over) {
+            if !closed {
+                stop_all(&mut child);
+            }
             break;
         }
         if Instant::now() > deadline {
-            return failed(&mut child, format!("key command did not exit within {} s", COMMAND_TIMEOUT.as_secs()));
+            stop_all(&mut child);
+            return Err(format!("key command did not exit within {} s", COMMAND_TIMEOUT.as_secs()));
         }
     }
     let status = status.expect("the loop ends once the command has exited");
@@ -368,9 +399,16 @@ mod tests {
         assert!(KeySource::Command("true".into()).load().unwrap_err().contains("holds no archive key"));
         // A command that leaves a process holding its output open does not hang the caller.
         let began = std::time::Instant::now();
-        let e = KeySource::Command(format!("printf '%s' '{line}'; (sleep 3 2>/dev/null &)")).load();
+        let dir = std::env::temp_dir().join(format!("keepsake-key-command-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let left = dir.join("left-behind");
+        let e = KeySource::Command(format!("printf '%s' '{line}'; (sleep 3 2>/dev/null; touch {}) &", left.display()))
+            .load();
         assert!(began.elapsed() < Duration::from_secs(2), "waited {:?}", began.elapsed());
         assert!(e.is_ok_and(|r| r.active().id() == "kms1"));
+        std::thread::sleep(Duration::from_secs(4));
+        assert!(!left.exists(), "the process the command left holding its output was stopped");
+        std::fs::remove_dir_all(&dir).unwrap();
         std::env::remove_var("KEEPSAKE_TEST_RING_UNSET");
         assert!(KeySource::Env("KEEPSAKE_TEST_RING_UNSET".into()).load().unwrap_err().contains("is not set"));
     }

@@ -74,12 +74,16 @@ pub async fn list_snapshots(archive: &Archive) -> Result<Vec<(u64, String, u64)>
 
 pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, object_store::Error> {
     let mut report = Report::default();
-    let mut expect = Expect::load(archive).await.unwrap_or_else(|problem| {
+    let loaded = Expect::load(archive).await;
+    // Whether there was an info object to read (one that appears later is swept).
+    let info_read = loaded.as_ref().map_or(true, Expect::from_info);
+    let mut expect = loaded.unwrap_or_else(|problem| {
         report.problems.push(problem);
         Expect::default()
     });
     // Read before the listing: `head` never leads it (crate::head).
     let head = crate::head::read(archive).await.map_err(|e| e.to_string());
+    let head_read = !matches!(head, Ok(None));
     if let Ok(Some(h)) = &head {
         if let Err(problem) = expect.head(h) {
             report.problems.push(format!("{problem} (a forged or foreign head)"));
@@ -152,7 +156,12 @@ pub async fn verify(archive: &Archive, cluster_id: &str) -> Result<Report, objec
     }
     let (snapshots, digests, mut read) = verify_snapshots(archive, cluster_id, &mut expect, &mut report).await?;
     read.extend(listed.iter().map(|s| s.name.clone()));
-    read.extend([crate::head::OBJECT, crate::info::OBJECT].map(|o| archive.path(o).to_string()));
+    // The head and the info, where they were there to read (one that appears since is swept).
+    for (object, was_read) in [(crate::head::OBJECT, head_read), (crate::info::OBJECT, info_read)] {
+        if was_read {
+            read.insert(archive.path(object).to_string());
+        }
+    }
     sweep(archive, &read, &mut report).await?;
     // A segment that continues from a snapshot names its digest: the manifest there must agree.
     for (name, header) in &links {

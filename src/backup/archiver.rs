@@ -93,6 +93,12 @@ fn not_yet(e: info::ReadError) -> NotYet {
     }
 }
 
+/// Whether an object did not open because the root is sealed otherwise than this node seals,
+/// rather than because the object is damaged or forged.
+fn keys_do_not_fit(e: &OpenError) -> bool {
+    matches!(e.why, Why::Plaintext | Why::NoKeys { .. } | Why::UnknownKey { .. } | Why::WrongKey { .. })
+}
+
 /// An object of the root this node's keys do not open as it seals: nothing is written there.
 fn refused_by_keys(e: OpenError) -> NotYet {
     if e.why != Why::Plaintext {
@@ -312,12 +318,13 @@ impl Archiver {
     async fn take_office(&self) -> Result<Office, NotYet> {
         let (history, parent) = self.history().await?;
         let term = self.raft.metrics().borrow().current_term;
-        // A head that does not decode is no head: the listing decides (verify names it). One
-        // sealed otherwise than this node seals is refused: the root is not this node's to write.
+        // A head that does not decode, or does not authenticate, is no head: the listing
+        // decides (verify names it). One this node's keys do not fit (plaintext where it seals,
+        // sealed where it does not, a key it lacks) is refused: the root is not its to write.
         let head = match head::read(&self.archive).await {
             Ok(head) => head,
-            Err(info::ReadError::Keys(e)) => return Err(refused_by_keys(e)),
-            Err(info::ReadError::Store(e)) => {
+            Err(info::ReadError::Keys(e)) if keys_do_not_fit(&e) => return Err(refused_by_keys(e)),
+            Err(e) => {
                 tracing::warn!(archive = %self.archive.url, "ignoring the archive head: {e}");
                 None
             }

@@ -68,7 +68,8 @@ pub async fn run(cmd: ArchiveKeyCommand) -> Result<(), Failure> {
         }
         let entry = generate_entry(&a.id).map_err(fail)?;
         let first = ring.is_none();
-        format!("{}{entry}{}\n", text, if first { ":active" } else { "" })
+        let sep = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
+        format!("{text}{sep}{entry}{}\n", if first { ":active" } else { "" })
     };
     // Only a ring that loads is written: a node reloading it must never meet a broken file.
     let ring = KeyRing::parse(&text, &source).map_err(fail)?;

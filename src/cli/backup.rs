@@ -50,7 +50,7 @@ pub struct ArchiveArgs {
     #[arg(long, default_value = "")]
     pub key_env: String,
     /// …or from what this command prints (as archive.key_command).
-    #[arg(long, env = "KEEPSAKE_ARCHIVE_KEY_COMMAND", default_value = "")]
+    #[arg(long, env = "KEEPSAKE_ARCHIVE_KEY_COMMAND", hide_env_values = true, default_value = "")]
     pub key_command: String,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,

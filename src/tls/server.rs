@@ -34,9 +34,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// signatures, and one host cannot take the others' share.
 const HANDSHAKES: usize = 4096;
 const HANDSHAKES_PER_ADDRESS: usize = 32;
-/// A client must send its first bytes (the HTTP/2 connection preface is 24 bytes; an HTTP/1
-/// request line is longer) within this long of its connection reaching the server, or the
-/// connection is closed: one that connects and then says nothing holds nothing for long.
+/// A client must send its first 24 bytes (the HTTP/2 connection preface exactly; an HTTP/1
+/// request with its headers is longer) within this long of its connection reaching the server,
+/// or the connection is closed: one that connects and then says nothing holds nothing for long.
 const FIRST_BYTES: usize = 24;
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them.

@@ -37,6 +37,9 @@ impl LocalCluster {
             Some(p) => std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
             None => format!("[archive]\nurl = {:?}\n", dir.join("archive").display().to_string()),
         };
+        if base.lines().any(|l| l.trim() == "[tls]") {
+            anyhow::bail!("the node config has a [tls] table: the benchmark sets TLS itself (--tls, or plaintext)");
+        }
         let certs = tls.then(|| dir.join("tls"));
         if let Some(certs) = &certs {
             crate::tls::certs::create_local(certs, "keepsake bench CA (throwaway)", &[1, 2, 3])
