@@ -254,8 +254,31 @@ fn code_and_message<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (Co
     (status.code(), status.message().to_owned())
 }
 
+/// The services reflection lists, sorted, through its version `$v` (`v1`, or `v1alpha`: what
+/// grpcio-reflection speaks); the two versions' messages are the same but for their package.
+macro_rules! reflected_services {
+    ($v:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$v::{
+            server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+            server_reflection_response::MessageResponse, ServerReflectionRequest,
+        };
+        let list = MessageRequest::ListServices(String::new());
+        let ask = ServerReflectionRequest { message_request: Some(list), ..Default::default() };
+        let mut client = ServerReflectionClient::new($channel);
+        let info = client.server_reflection_info(request(tokio_stream::iter([ask]), RPC_TIMEOUT));
+        let mut answers = bounded(info).await.expect("reflection answers");
+        let answer = within(RPC_TIMEOUT, answers.message()).await.expect("an answer").expect("one message");
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("reflection did not list services: {answer:?}")
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        names
+    }};
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_client_with_no_credentials_gets_unauthenticated_and_health_stays_open() {
+async fn a_client_with_no_credentials_gets_unauthenticated_and_health_and_reflection_stay_open() {
     let cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
     let anonymous = channel_as(&cluster.client_addr(leader), None, None).await;
@@ -266,10 +289,15 @@ async fn a_client_with_no_credentials_gets_unauthenticated_and_health_stays_open
     let status =
         AdminClient::new(anonymous.clone()).cluster_status(request(ClusterStatusRequest {}, RPC_TIMEOUT)).await;
     assert_eq!(status.expect_err("served").code(), Code::Unauthenticated);
-    let mut health = tonic_health::pb::health_client::HealthClient::new(anonymous);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(anonymous.clone());
     let served =
         health.check(request(tonic_health::pb::HealthCheckRequest { service: String::new() }, RPC_TIMEOUT)).await;
     assert!(served.is_ok(), "health is open to any TLS client: {served:?}");
+    // Reflection, v1 and v1alpha, lists exactly the services this port serves.
+    let mut expected: Vec<String> = keepsake::server::CLIENT_SERVICES.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(reflected_services!(v1, anonymous.clone()), expected, "reflection v1");
+    assert_eq!(reflected_services!(v1alpha, anonymous), expected, "reflection v1alpha");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
