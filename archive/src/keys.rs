@@ -240,22 +240,24 @@ const EXITED_GRACE: Duration = Duration::from_millis(500);
 
 /// Runs a key command and returns its standard output. Its standard error is passed through
 /// (never parsed into a message); it must exit within `COMMAND_TIMEOUT`, printing at most
-/// `MAX_COMMAND_OUTPUT` bytes. It runs in a process group of its own, which is killed whole
-/// when it fails, runs late, or leaves a process holding its output once it has exited.
+/// `MAX_COMMAND_OUTPUT` bytes; output it prints more than `EXITED_GRACE` after it exited is not
+/// waited for. Without a terminal (a node under a supervisor) it runs in a process group of its
+/// own, killed whole if it fails or runs late, so a pipeline leaves nothing behind; at a
+/// terminal it stays in the caller's group, so that it may ask for a passphrase and Ctrl-C
+/// reaches it.
 fn run_key_command(command: &str) -> Result<String, String> {
-    use std::io::Read;
+    use std::io::{IsTerminal, Read};
     use std::os::unix::process::CommandExt;
     use std::process::{Child, Command, Stdio};
     use std::sync::mpsc::RecvTimeoutError;
     use std::time::Instant;
-    let mut child = Command::new("sh")
-        .args(["-c", command])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("key command: cannot start sh: {e}"))?;
+    let own_group = !std::io::stdin().is_terminal() && !std::io::stderr().is_terminal();
+    let mut sh = Command::new("sh");
+    sh.args(["-c", command]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    if own_group {
+        sh.process_group(0);
+    }
+    let mut child = sh.spawn().map_err(|e| format!("key command: cannot start sh: {e}"))?;
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = std::sync::mpsc::channel::<Result<Vec<u8>, String>>();
     std::thread::spawn(move || {
@@ -273,11 +275,14 @@ fn run_key_command(command: &str) -> Result<String, String> {
             }
         }
     });
-    // The whole group: a pipeline's other commands, and whatever the command left behind.
-    let stop_all = |child: &mut Child| {
-        let group = format!("-{}", child.id());
-        let quiet = || Stdio::null();
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).stdout(quiet()).stderr(quiet()).status();
+    // The whole group (a pipeline's other commands too), but only while its leader is not yet
+    // reaped: until then no other group can have its number.
+    let stop_all = |child: &mut Child, reaped: bool| {
+        if own_group && !reaped {
+            let group = format!("-{}", child.id());
+            let quiet = || Stdio::null();
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).stdout(quiet()).stderr(quiet()).status();
+        }
         let _ = child.kill();
         let _ = child.wait();
     };
@@ -290,7 +295,7 @@ fn run_key_command(command: &str) -> Result<String, String> {
             match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(Ok(chunk)) => out.extend_from_slice(&chunk),
                 Ok(Err(e)) => {
-                    stop_all(&mut child);
+                    stop_all(&mut child, status.is_some());
                     return Err(format!("key command: reading its output: {e}"));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -298,7 +303,7 @@ fn run_key_command(command: &str) -> Result<String, String> {
             }
         }
         if out.len() > MAX_COMMAND_OUTPUT {
-            stop_all(&mut child);
+            stop_all(&mut child, status.is_some());
             return Err(format!("key command printed more than {MAX_COMMAND_OUTPUT} bytes"));
         }
         if status.is_none() {
@@ -308,20 +313,17 @@ fn run_key_command(command: &str) -> Result<String, String> {
                     exited_at = exited.map(|_| Instant::now());
                 }
                 Err(e) => {
-                    stop_all(&mut child);
+                    stop_all(&mut child, false);
                     return Err(format!("key command: {e}"));
                 }
             }
         }
         let grace_over = exited_at.is_some_and(|t| t.elapsed() > EXITED_GRACE);
         if status.is_some() && (closed || grace_over) {
-            if !closed {
-                stop_all(&mut child);
-            }
             break;
         }
         if Instant::now() > deadline {
-            stop_all(&mut child);
+            stop_all(&mut child, status.is_some());
             return Err(format!("key command did not exit within {} s", COMMAND_TIMEOUT.as_secs()));
         }
     }
@@ -399,16 +401,14 @@ mod tests {
         assert!(KeySource::Command("true".into()).load().unwrap_err().contains("holds no archive key"));
         // A command that leaves a process holding its output open does not hang the caller.
         let began = std::time::Instant::now();
-        let dir = std::env::temp_dir().join(format!("keepsake-key-command-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let left = dir.join("left-behind");
-        let e = KeySource::Command(format!("printf '%s' '{line}'; (sleep 3 2>/dev/null; touch {}) &", left.display()))
-            .load();
+        let e = KeySource::Command(format!("printf '%s' '{line}'; (sleep 3 2>/dev/null &)")).load();
         assert!(began.elapsed() < Duration::from_secs(2), "waited {:?}", began.elapsed());
         assert!(e.is_ok_and(|r| r.active().id() == "kms1"));
-        std::thread::sleep(Duration::from_secs(4));
-        assert!(!left.exists(), "the process the command left holding its output was stopped");
-        std::fs::remove_dir_all(&dir).unwrap();
+        // A pipeline that runs late is stopped whole, and said to have.
+        let began = std::time::Instant::now();
+        let e = KeySource::Command("sleep 40 | cat".into()).load().unwrap_err();
+        assert!(e.contains("did not exit within"), "{e}");
+        assert!(began.elapsed() < COMMAND_TIMEOUT + Duration::from_secs(5), "waited {:?}", began.elapsed());
         std::env::remove_var("KEEPSAKE_TEST_RING_UNSET");
         assert!(KeySource::Env("KEEPSAKE_TEST_RING_UNSET".into()).load().unwrap_err().contains("is not set"));
     }
