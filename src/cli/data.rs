@@ -6,7 +6,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::client::{request, with_failover, Failure};
-use super::{ClientOpts, Output};
+use super::{ClientOpts, Output, WriteDurability};
 use crate::proto::v1::store_client::StoreClient;
 use crate::proto::v1::*;
 
@@ -41,6 +41,9 @@ pub struct PutArgs {
     /// Write only if the item is at this revision (0: only if it does not exist).
     #[arg(long)]
     if_revision: Option<u64>,
+    /// When the write is acknowledged: on a quorum's disks, or once also archived.
+    #[arg(long, value_enum, default_value_t = WriteDurability::Quorum)]
+    durability: WriteDurability,
     #[command(flatten)]
     opts: ClientOpts,
 }
@@ -62,6 +65,9 @@ pub struct DeleteArgs {
     key: KeyArgs,
     #[arg(long)]
     if_revision: Option<u64>,
+    /// When the delete is acknowledged: on a quorum's disks, or once also archived.
+    #[arg(long, value_enum, default_value_t = WriteDurability::Quorum)]
+    durability: WriteDurability,
     #[command(flatten)]
     opts: ClientOpts,
 }
@@ -142,7 +148,7 @@ pub async fn put(a: PutArgs) -> Result<(), Failure> {
         value,
         content_type: a.content_type.clone(),
         if_revision: a.if_revision,
-        durability: Durability::Quorum as i32,
+        durability: a.durability.wire(),
     };
     let resp = with_failover(&a.opts, |ch| {
         let msg = msg.clone();
@@ -180,8 +186,7 @@ pub async fn get(a: GetArgs) -> Result<(), Failure> {
 }
 
 pub async fn delete(a: DeleteArgs) -> Result<(), Failure> {
-    let msg =
-        DeleteRequest { key: Some(a.key.key()), if_revision: a.if_revision, durability: Durability::Quorum as i32 };
+    let msg = DeleteRequest { key: Some(a.key.key()), if_revision: a.if_revision, durability: a.durability.wire() };
     let resp = with_failover(&a.opts, |ch| {
         let (msg, opts) = (msg.clone(), a.opts.clone());
         async move { StoreClient::new(ch).delete(request(&opts, msg)).await }

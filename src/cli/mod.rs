@@ -129,6 +129,22 @@ pub enum Output {
     Json,
 }
 
+/// When a write is acknowledged: once a quorum has it on disk, or once it is also archived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WriteDurability {
+    Quorum,
+    Archived,
+}
+
+impl WriteDurability {
+    pub fn wire(self) -> i32 {
+        match self {
+            WriteDurability::Quorum => crate::proto::v1::Durability::Quorum as i32,
+            WriteDurability::Archived => crate::proto::v1::Durability::Archived as i32,
+        }
+    }
+}
+
 pub use crate::config::parse_duration;
 
 pub fn main() -> ExitCode {

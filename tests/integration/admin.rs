@@ -219,6 +219,16 @@ async fn cli_commands_print_results_and_exit_with_documented_codes() {
     let (code, out, err) = cli(&[&["put"][..], &key, &["--value", "alice@example.com"]].concat());
     assert_eq!(code, 0, "put: {err}");
     assert!(out.starts_with("revision "), "put prints the revision: {out}");
+    // An ARCHIVED put is acknowledged once the archive holds it.
+    let archived_key = ["--user", "u1", "--collection", "notes", "--id", "archived"];
+    let args = [&["put"][..], &archived_key, &["--value", "kept", "--durability", "archived", "--output", "json"]];
+    let (code, out, err) = cli(&args.concat());
+    assert_eq!(code, 0, "put --durability archived: {err}");
+    let put: serde_json::Value = serde_json::from_str(&out).expect("put --output json prints JSON");
+    let index = put["log_index"].as_u64().expect("a log index");
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    let archived = cluster.backup_status(leader).await.archived_index.unwrap_or(0);
+    assert!(archived >= index, "acknowledged at index {index}, but the archive holds only up to {archived}");
 
     let (code, out, err) = cli(&[&["get"][..], &key].concat());
     assert_eq!((code, out.as_str()), (0, "alice@example.com\n"), "get: {err}");

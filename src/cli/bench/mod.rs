@@ -24,7 +24,7 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 
 use super::client::{connect, node_status, Tls};
-use super::{parse_duration, ClientOpts, Failure, Output};
+use super::{parse_duration, ClientOpts, Failure, Output, WriteDurability};
 use crate::proto::v1::admin_client::AdminClient;
 use crate::proto::v1::{BackupStatusRequest, Durability};
 use driver::Driver;
@@ -51,12 +51,6 @@ pub enum KeyOrder {
     /// Operations walk the key space in order (user 0's items, then user 1's, …), so a write
     /// run of `users × items` operations writes every key once.
     Sequential,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BenchDurability {
-    Quorum,
-    Archived,
 }
 
 #[derive(Args, Debug)]
@@ -106,8 +100,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Mix::Write)]
     mix: Mix,
     /// Keepsake: when a put is acknowledged.
-    #[arg(long, value_enum, default_value_t = BenchDurability::Quorum)]
-    durability: BenchDurability,
+    #[arg(long, value_enum, default_value_t = WriteDurability::Quorum)]
+    durability: WriteDurability,
     /// Write every key once before a read workload (read, 90/10, changes) starts.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     preload: bool,
@@ -240,8 +234,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             _ => endpoints.clone(),
         },
         durability: match args.durability {
-            BenchDurability::Quorum => Durability::Quorum,
-            BenchDurability::Archived => Durability::Archived,
+            WriteDurability::Quorum => Durability::Quorum,
+            WriteDurability::Archived => Durability::Archived,
         },
         timeout: args.client.timeout,
         postgres: args.postgres.clone(),
