@@ -217,6 +217,21 @@ async fn a_new_active_key_takes_over_without_stopping_uploads_and_old_keys_still
     assert!(text.contains(&format!("restored {} items", acked as u64 + SYSTEM_ITEMS)), "{text}");
 }
 
+/// Restarts every (stopped) node and returns why the new leader refuses to archive, once it
+/// says (panics with `expected` if it does not within 15 s).
+async fn restart_and_refuse(cluster: &Cluster, expected: &str) -> String {
+    for id in cluster.ids() {
+        cluster.restart(id);
+    }
+    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
+    eventually(Duration::from_secs(15), || async {
+        let s = cluster.backup_status(leader).await;
+        (!s.refused.is_empty()).then_some(s.refused)
+    })
+    .await
+    .expect(expected)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_given_keys_refuses_to_archive_into_a_plaintext_root() {
     let s3 = S3Server::start();
@@ -228,16 +243,7 @@ async fn a_node_given_keys_refuses_to_archive_into_a_plaintext_root() {
         cluster.stop(id).await;
         cluster.add_archive_option(id, "key_file", &format!("{:?}", key_file.display().to_string()));
     }
-    for id in cluster.ids() {
-        cluster.restart(id);
-    }
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let refused = eventually(Duration::from_secs(15), || async {
-        let s = cluster.backup_status(leader).await;
-        (!s.refused.is_empty()).then_some(s.refused)
-    })
-    .await
-    .expect("the leader refuses the plaintext root");
+    let refused = restart_and_refuse(&cluster, "the leader refuses the plaintext root").await;
     assert!(refused.contains("not encrypted") && refused.contains("new, empty root"), "{refused}");
     // With no archive-info.json or head to say so, the root's segments say it is plaintext.
     for id in cluster.ids() {
@@ -246,16 +252,8 @@ async fn a_node_given_keys_refuses_to_archive_into_a_plaintext_root() {
     let root = cluster.open_archive().root;
     cluster.delete_archive_object(&format!("{root}/archive-info.json")).await;
     cluster.delete_archive_object(&format!("{root}/head")).await;
-    for id in cluster.ids() {
-        cluster.restart(id);
-    }
-    let leader = cluster.wait_for_leader(LEADER_TIMEOUT).await;
-    let refused = eventually(Duration::from_secs(15), || async {
-        let s = cluster.backup_status(leader).await;
-        (!s.refused.is_empty()).then_some(s.refused)
-    })
-    .await
-    .expect("the leader refuses the plaintext root without its archive-info.json");
+    let refused =
+        restart_and_refuse(&cluster, "the leader refuses the plaintext root without its archive-info.json").await;
     assert!(refused.contains(".seg is plaintext") && refused.contains("new, empty root"), "{refused}");
     let info = format!("{}/archive-info.json", cluster.open_archive().root);
     let listed = {
