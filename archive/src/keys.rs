@@ -279,9 +279,13 @@ fn run_key_command(command: &str) -> Result<String, String> {
     // reaped: until then no other group can have its number.
     let stop_all = |child: &mut Child, reaped: bool| {
         if own_group && !reaped {
-            let group = format!("-{}", child.id());
-            let quiet = || Stdio::null();
-            let _ = Command::new("kill").args(["-KILL", "--", &group]).stdout(quiet()).stderr(quiet()).status();
+            let group = child.id() as libc::pid_t;
+            #[allow(unsafe_code)]
+            // SAFETY: a signal to the process group our unreaped child leads, so its number is
+            // still ours; kill(2) touches no memory of this process.
+            unsafe {
+                libc::kill(-group, libc::SIGKILL)
+            };
         }
         let _ = child.kill();
         let _ = child.wait();
